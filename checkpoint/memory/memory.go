@@ -1,0 +1,96 @@
+// Package memory is an in-process [shardflow.CheckpointStore]: for unit tests
+// and for pipelines that run in one process and may re-read a stream after a
+// restart (at-least-once from the starting position).
+//
+// A Store is safe for concurrent use; several pipelines may share one. Its
+// accessors Checkpoint and Checkpoints let tests assert where each shard was
+// checkpointed:
+//
+//	store := memory.New()
+//	// ... run a pipeline whose source uses store ...
+//	cp, ok := store.Checkpoint("orders", "shardId-000000000000")
+package memory
+
+import (
+	"context"
+	"maps"
+	"sync"
+
+	"github.com/shardflow/shardflow"
+)
+
+// Store keeps checkpoints in a map. The zero Store is not usable; call New.
+type Store struct {
+	mu  sync.Mutex
+	cps map[key]shardflow.Checkpoint
+	n   int
+}
+
+type key struct{ stream, shard string }
+
+// New returns an empty store.
+func New() *Store { return &Store{cps: make(map[key]shardflow.Checkpoint)} }
+
+var _ shardflow.CheckpointStore = (*Store)(nil)
+
+// Load returns the shard's checkpoint; ok is false when none was saved. It
+// fails only when ctx is done.
+func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Checkpoint, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return shardflow.Checkpoint{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp, ok := s.cps[key{stream, shardID}]
+	return cp, ok, nil
+}
+
+// Save records the shard's checkpoint. It fails only when ctx is done.
+func (s *Store) Save(ctx context.Context, stream, shardID string, cp shardflow.Checkpoint) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cps[key{stream, shardID}] = cp
+	s.n++
+	return nil
+}
+
+// Checkpoint returns the checkpoint saved for a shard, for assertions.
+func (s *Store) Checkpoint(stream, shardID string) (shardflow.Checkpoint, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp, ok := s.cps[key{stream, shardID}]
+	return cp, ok
+}
+
+// Checkpoints returns a copy of every checkpoint of stream, by shard id, for
+// assertions with go-cmp.
+func (s *Store) Checkpoints(stream string) map[string]shardflow.Checkpoint {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]shardflow.Checkpoint)
+	for k, cp := range s.cps {
+		if k.stream == stream {
+			out[k.shard] = cp
+		}
+	}
+	return out
+}
+
+// Saves returns how many times Save succeeded: tests use it to check that
+// checkpoints are written at a bounded rate, not once per record.
+func (s *Store) Saves() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+// Reset deletes every checkpoint, as if the store were new.
+func (s *Store) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	maps.DeleteFunc(s.cps, func(key, shardflow.Checkpoint) bool { return true })
+	s.n = 0
+}

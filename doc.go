@@ -1,0 +1,64 @@
+// Package shardflow builds typed pipelines that process sharded streams such as
+// AWS Kinesis Data Streams, with plain Go functions as handlers:
+//
+//	err := shardflow.Source(src).   // *Stream[shardflow.Record]
+//		Map(decodeOrder).           // Record -> Order
+//		Filter(isLarge).            // Order  -> Order
+//		Map(toEntry).               // Order  -> Entry
+//		Sink(sink).
+//		Run(ctx)                    // blocks; cancel ctx for a graceful drain
+//
+// Every handler has the shape func(context.Context, In) (Out, error); Map and
+// FlatMap are generic methods (Go 1.27), so each stage may change the element
+// type and nothing is erased to any between stages.
+//
+// # Delivery guarantee
+//
+// Delivery is at-least-once, in order per shard. Each record read from a shard
+// carries its position. A per-shard tracker advances that shard's checkpoint
+// only to the highest position below which every record is completely done:
+// dropped by a Filter, written by the Sink (the sink acknowledges each record
+// only once it is durable), or handed to a dead-letter handler. A record that
+// is still in flight or that failed holds the checkpoint back, however many
+// later records have finished. After a crash the pipeline resumes from the last
+// saved checkpoint, so the records processed since then are processed again:
+// duplicates are limited to what was in flight, plus at most one checkpoint
+// interval of finished work. Make sinks idempotent where duplicates matter.
+//
+// Checkpoints are written to a [CheckpointStore] at a bounded rate (see
+// [Options].CheckpointInterval), when a shard ends and when the pipeline stops,
+// never once per record.
+//
+// # Concurrency and order
+//
+// Records of one shard run through the stages one at a time, in the order the
+// source delivered them, on one goroutine per shard (a lane); different shards
+// run concurrently. A sink receives the records of a shard in order, and may
+// acknowledge them in any order: the checkpoint stays contiguous.
+//
+// # Failures
+//
+// A handler error is retried with exponential backoff (see [RetryPolicy]) unless
+// it is marked [Permanent]; then the record either stops the pipeline (the
+// default: [Pipeline.Run] returns a [*StageError] naming the stage and the
+// record's shard and position, and nothing at or after that record is
+// checkpointed for its shard) or, with [WithDeadLetter], is handed to a
+// dead-letter handler and the pipeline goes on. A panic in a handler is
+// recovered and becomes a [*PanicError]; it is not retried.
+//
+// # Shutdown
+//
+// Cancelling the context given to [Pipeline.Run] drains the pipeline: the
+// source stops reading, records already read finish their way through the
+// stages, partial batches are flushed, the sink is flushed, and a final
+// checkpoint is written for every shard. The drain is bounded by
+// [Options].DrainTimeout. A clean drain returns nil.
+//
+// # Writing sources and sinks
+//
+// A source implements [ShardSource]: for each shard it reads, it opens a
+// [Lane], emits records with their positions, and ends the lane when the shard
+// is closed. A sink implements [Sink]: it acknowledges every accepted record
+// exactly once through its [Ack]. Package shardflowtest has in-memory versions
+// of both for unit tests, and package checkpoint/memory an in-memory store.
+package shardflow

@@ -1,0 +1,340 @@
+package shardflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ShardSource delivers the records of a sharded stream to a pipeline. It is
+// the extension point the Kinesis source, the in-memory test source and user
+// sources implement.
+//
+// Run reads until ctx is done or the source is exhausted, and returns nil in
+// both cases (or ctx's error); any other error stops the pipeline. For each
+// shard it reads, Run opens a [Lane] with shards.Open, calls [Lane.Emit] for
+// each record in shard order, and finally either ends the lane
+// ([Lane.End], for a closed shard), closes it ([Lane.Close], when it stops
+// reading a shard that goes on) or abandons it ([Lane.Abandon], when it lost
+// the shard). Lanes still open when Run returns are drained and checkpointed by
+// the pipeline. Run must not call Emit after it returned.
+type ShardSource[T any] interface {
+	Run(ctx context.Context, shards *Shards[T]) error
+}
+
+// Shards opens lanes for a [ShardSource]. It is safe for concurrent use.
+type Shards[T any] struct {
+	r *run
+}
+
+// Open starts the lane of one shard: a goroutine that runs the shard's
+// records through the pipeline's stages in order. Checkpoints of the lane are
+// saved to store (nil: none are). Open fails with [ErrShardOpen] when the
+// shard already has an open lane, and with [ErrLaneClosed] once the pipeline
+// is stopping.
+func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T], error) {
+	r := s.r
+	key := stream + "\x00" + shardID
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing {
+		return nil, fmt.Errorf("open lane of shard %s/%s: %w", stream, shardID, ErrLaneClosed)
+	}
+	if _, ok := r.lanes[key]; ok {
+		return nil, fmt.Errorf("open lane of shard %s/%s: %w", stream, shardID, ErrShardOpen)
+	}
+	l := &Lane[T]{
+		r:      r,
+		key:    key,
+		stream: stream,
+		shard:  shardID,
+		store:  store,
+		in:     make(chan item[T], r.opts.MaxInFlight),
+		stop:   make(chan struct{}),
+		exited: make(chan struct{}),
+		log:    r.log.With("stream", stream, "shard_id", shardID),
+	}
+	l.trk = newTracker(r.opts.MaxInFlight, r.fail)
+	l.ctx, l.cancel = context.WithCancelCause(r.procCtx)
+	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log}
+	r.attach(l.env)
+	l.entry = l.env.entry.(node[T])
+	r.lanes[key] = l
+	r.wg.Add(1)
+	go l.loop()
+	l.log.Debug("lane opened")
+	return l, nil
+}
+
+// Lane carries the records of one shard through the pipeline, in order, and
+// tracks them until they are done. Emit, End, Close and Abandon are called by
+// the source; they are safe for concurrent use, but a shard's records must be
+// emitted from one goroutine to have an order.
+type Lane[T any] struct {
+	r      *run
+	key    string
+	stream string
+	shard  string
+	store  CheckpointStore
+	trk    *tracker
+	in     chan item[T]
+	stop   chan struct{}
+	exited chan struct{}
+	ctx    context.Context // the stages' context: ends with the pipeline or on Abandon
+	cancel context.CancelCauseFunc
+	env    *laneEnv
+	entry  node[T]
+	log    *slog.Logger
+
+	stopOnce  sync.Once
+	lost      atomic.Bool
+	saveMu    sync.Mutex
+	savedHead uint64
+}
+
+// Stream returns the name of the lane's stream.
+func (l *Lane[T]) Stream() string { return l.stream }
+
+// ShardID returns the id of the lane's shard.
+func (l *Lane[T]) ShardID() string { return l.shard }
+
+// Emit hands the next record of the shard, at position pos, to the pipeline.
+// It blocks while [Options].MaxInFlight records of the shard are in flight,
+// until one is done or ctx ends. It returns [ErrLaneClosed] once the lane was
+// ended, closed or abandoned or the pipeline stopped, and [ErrLeaseLost] once a
+// checkpoint save reported the shard's lease lost: the source then stops
+// reading the shard.
+func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
+	t := l.trk
+	t.mu.Lock()
+	for {
+		if t.closed != nil {
+			err := t.closed
+			t.mu.Unlock()
+			return err
+		}
+		if t.tail-t.head < t.limit {
+			break
+		}
+		wake := t.waitLocked()
+		t.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-l.ctx.Done():
+			return ErrLaneClosed
+		}
+		t.mu.Lock()
+	}
+	idx := t.tail
+	t.tail++
+	s := &t.slots[idx&t.mask]
+	*s = slot{pos: pos, idx: idx, pending: 1}
+	// The channel holds at most limit items, and every item in it has a
+	// reserved slot, so this send never blocks. Sending under the lock orders
+	// it before shutdown, which takes the lock to close the lane.
+	l.in <- item[T]{v: v, tok: token{t: t, idx: idx}}
+	t.mu.Unlock()
+	return nil
+}
+
+// End declares the shard closed (resharded) after its last record was
+// emitted: it waits until every record of the shard is done, then saves the
+// shard's checkpoint as SHARD_END so that readers move on to its children.
+// It returns the failure of a record of the shard, if one failed, without
+// saving SHARD_END, or ctx's error.
+func (l *Lane[T]) End(ctx context.Context) error {
+	if err := l.finish(ctx); err != nil {
+		return err
+	}
+	defer l.r.removeLane(l)
+	if _, _, _, err := l.trk.progress(); err != nil {
+		return err
+	}
+	if err := l.saveProgress(ctx, true); err != nil {
+		return err
+	}
+	l.log.Info("shard ended and checkpointed at SHARD_END")
+	return nil
+}
+
+// Close stops the lane of a shard that is not finished (the source hands it
+// to another reader): it waits, within ctx, until the records already emitted
+// are done, then saves the checkpoint as far as they got.
+func (l *Lane[T]) Close(ctx context.Context) error {
+	waitErr := l.finish(ctx)
+	defer l.r.removeLane(l)
+	if err := l.saveProgress(ctx, false); err != nil {
+		return err
+	}
+	return waitErr
+}
+
+// Abandon stops the lane at once, without waiting for its records and
+// without saving its checkpoint again: the source lost the shard, and its new
+// owner will process the records in flight here again.
+func (l *Lane[T]) Abandon() {
+	l.lost.Store(true)
+	l.shutdown(ErrLaneClosed)
+	l.cancel(ErrLaneClosed)
+	l.r.removeLane(l)
+}
+
+// finish stops taking records, lets the lane's goroutine drain them, flushes
+// the sink and waits until every record is done or failed.
+func (l *Lane[T]) finish(ctx context.Context) error {
+	l.shutdown(ErrLaneClosed)
+	select {
+	case <-l.exited:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	if err := l.r.flush(ctx); err != nil {
+		return err
+	}
+	return l.waitIdle(ctx)
+}
+
+func (l *Lane[T]) shutdown(err error) {
+	l.stopOnce.Do(func() {
+		l.trk.close(err)
+		close(l.stop)
+	})
+}
+
+func (l *Lane[T]) waitExited() { <-l.exited }
+
+// waitIdle waits until every emitted record is done, a record failed, or
+// the lane's or ctx's end.
+func (l *Lane[T]) waitIdle(ctx context.Context) error {
+	t := l.trk
+	for {
+		t.mu.Lock()
+		if t.err != nil {
+			t.mu.Unlock()
+			return t.err
+		}
+		if t.head == t.tail {
+			t.mu.Unlock()
+			return nil
+		}
+		wake := t.waitLocked()
+		t.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-l.ctx.Done():
+			return context.Cause(l.ctx)
+		}
+	}
+}
+
+// saveProgress saves the checkpoint if it moved since the last save (or, with
+// end, saves SHARD_END).
+func (l *Lane[T]) saveProgress(ctx context.Context, end bool) error {
+	if l.store == nil {
+		return nil
+	}
+	l.saveMu.Lock()
+	defer l.saveMu.Unlock()
+	if l.lost.Load() {
+		return nil
+	}
+	head, _, last, _ := l.trk.progress()
+	if !end && head == l.savedHead {
+		return nil
+	}
+	err := l.store.Save(ctx, l.stream, l.shard, Checkpoint{Position: last, ShardEnd: end})
+	if err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			l.log.Warn("lease lost: stopping the shard's lane", "err", err)
+			l.lost.Store(true)
+			l.shutdown(ErrLeaseLost)
+			l.cancel(ErrLeaseLost)
+			l.r.removeLane(l)
+		}
+		return fmt.Errorf("save checkpoint of shard %s/%s: %w", l.stream, l.shard, err)
+	}
+	l.savedHead = head
+	l.log.Debug("checkpoint saved", "sequence_number", last.SequenceNumber,
+		"sub_sequence_number", last.SubSequenceNumber, "shard_end", end)
+	return nil
+}
+
+// loop is the lane's goroutine: it runs each record through the stages, in
+// order, fires linger timers, and on shutdown drains what was emitted and
+// flushes partial batches.
+func (l *Lane[T]) loop() {
+	defer l.r.wg.Done()
+	defer close(l.exited)
+	env := l.env
+	for {
+		var timer <-chan time.Time
+		if env.timer != nil && !env.next.IsZero() {
+			timer = env.timer.C
+		}
+		select {
+		case it := <-l.in:
+			if l.ctx.Err() != nil {
+				return // failed or timed out: what is left is not processed
+			}
+			l.entry.push(l.ctx, it)
+		case now := <-timer:
+			env.next = time.Time{}
+			l.entry.tick(l.ctx, now)
+		case <-l.stop:
+			for {
+				select {
+				case it := <-l.in:
+					if l.ctx.Err() != nil {
+						return
+					}
+					l.entry.push(l.ctx, it)
+					continue
+				default:
+				}
+				break
+			}
+			if l.ctx.Err() == nil {
+				l.entry.flush(l.ctx)
+			}
+			if env.timer != nil {
+				env.timer.Stop()
+			}
+			return
+		case <-l.ctx.Done():
+			return
+		}
+	}
+}
+
+// laneEnv is the non-generic state of a lane that stage nodes use.
+type laneEnv struct {
+	stream, shard string
+	log           *slog.Logger
+	entry         any // node[T] of the lane's element type, set by the source stage
+
+	timer *time.Timer
+	next  time.Time
+}
+
+// schedule asks for a tick at or soon after at. Called on the lane's
+// goroutine only.
+func (e *laneEnv) schedule(at time.Time) {
+	if !e.next.IsZero() && !at.Before(e.next) {
+		return
+	}
+	e.next = at
+	d := time.Until(at)
+	if e.timer == nil {
+		e.timer = time.NewTimer(d)
+	} else {
+		e.timer.Reset(d)
+	}
+}

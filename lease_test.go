@@ -1,0 +1,94 @@
+package shardflow_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint/memory"
+	"github.com/shardflow/shardflow/shardflowtest"
+)
+
+// losingStore refuses checkpoints of one shard as a store whose lease was
+// taken by another instance would.
+type losingStore struct {
+	*memory.Store
+	lose string
+}
+
+func (s losingStore) Save(ctx context.Context, stream, shard string, cp shardflow.Checkpoint) error {
+	if shard == s.lose {
+		return fmt.Errorf("conditional write refused: %w", shardflow.ErrLeaseLost)
+	}
+	return s.Store.Save(ctx, stream, shard, cp)
+}
+
+// slowSource emits n records per shard, one every 100ms, and stops reading a
+// shard whose lane reports its lease lost.
+type slowSource struct {
+	shards []string
+	n      int
+	store  shardflow.CheckpointStore
+	mu     sync.Mutex
+	lost   []string
+}
+
+func (s *slowSource) Run(ctx context.Context, shards *shardflow.Shards[int]) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.shards))
+	for _, id := range s.shards {
+		lane, err := shards.Open("s", id, s.store)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			for i := 1; i <= s.n; i++ {
+				err := lane.Emit(ctx, shardflow.Position{SequenceNumber: fmt.Sprint(i)}, i)
+				if errors.Is(err, shardflow.ErrLeaseLost) {
+					s.mu.Lock()
+					s.lost = append(s.lost, id)
+					s.mu.Unlock()
+					return
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+func TestLosingALeaseStopsOnlyThatShard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := losingStore{Store: memory.New(), lose: "b"}
+		src := &slowSource{shards: []string{"a", "b"}, n: 30, store: store}
+		sink := shardflowtest.NewSink[int]()
+		err := shardflow.Source[int](src, func(o *shardflow.Options) { o.CheckpointInterval = time.Second }).
+			Sink(sink).Run(t.Context())
+		if err != nil {
+			t.Fatalf("Run = %v; want nil: a lost lease is not a pipeline failure", err)
+		}
+		if diff := cmp.Diff([]string{"b"}, src.lost); diff != "" {
+			t.Errorf("shards whose Emit reported the lost lease (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff(map[string]shardflow.Checkpoint{"a": seq(30)}, store.Checkpoints("s")); diff != "" {
+			t.Errorf("checkpoints mismatch (-want +got):\n%s", diff)
+		}
+		// Shard a ran to the end; shard b stopped at the first checkpoint
+		// interval, after about 10 of its records.
+		if n := len(sink.Items()); n < 35 || n > 45 {
+			t.Errorf("sink got %d values; want the 30 of shard a and about 10 of shard b", n)
+		}
+	})
+}

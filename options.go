@@ -1,0 +1,161 @@
+package shardflow
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/shardflow/shardflow/internal/retry"
+)
+
+// Options configure a pipeline. Pass them to [Source] as functions that adjust
+// the defaults:
+//
+//	shardflow.Source(src, func(o *shardflow.Options) { o.CheckpointInterval = time.Second })
+type Options struct {
+	// CheckpointInterval is how often each shard's checkpoint is saved while
+	// the pipeline runs, when it moved. Checkpoints are also saved when a shard
+	// ends and when the pipeline stops. Default: 5s. Must not be negative.
+	CheckpointInterval time.Duration
+
+	// DrainTimeout bounds the drain after the context given to Run is
+	// cancelled or the source is exhausted: records still in flight after it
+	// are abandoned (not checkpointed) and Run returns ErrDrainTimeout.
+	// Default: 30s. Must not be negative.
+	DrainTimeout time.Duration
+
+	// MaxInFlight caps the records of one shard that were emitted but are not
+	// yet done; the source blocks in Lane.Emit while the cap is reached.
+	// Default: 1000. Must not be negative.
+	MaxInFlight int
+
+	// Retry is the retry policy of stages that set none with WithRetry.
+	// Default: the zero RetryPolicy, that is 3 attempts starting at 100ms.
+	Retry RetryPolicy
+
+	// Logger receives lifecycle events (Info) and retried failures (Warn).
+	// Default: nil, which discards them. Record payloads are never logged.
+	Logger *slog.Logger
+}
+
+func (o *Options) resolve() error {
+	if o.CheckpointInterval < 0 {
+		return &ConfigError{Field: "Options.CheckpointInterval", Reason: "negative"}
+	}
+	if o.DrainTimeout < 0 {
+		return &ConfigError{Field: "Options.DrainTimeout", Reason: "negative"}
+	}
+	if o.MaxInFlight < 0 {
+		return &ConfigError{Field: "Options.MaxInFlight", Reason: "negative"}
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = 5 * time.Second
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 1000
+	}
+	if err := o.Retry.validate("Options.Retry"); err != nil {
+		return err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// RetryPolicy says how often and how fast a stage retries a failed handler
+// call. Waits grow exponentially with 50% jitter and end early when the
+// pipeline stops. Errors marked with [Permanent], and panics, are not retried.
+type RetryPolicy struct {
+	// MaxAttempts is the number of calls including the first. Default (0): 3.
+	// 1 means no retries.
+	MaxAttempts int
+	// InitialInterval is the first wait. Default: 100ms.
+	InitialInterval time.Duration
+	// MaxInterval caps each wait. Default: 5s.
+	MaxInterval time.Duration
+	// Multiplier grows the wait after each attempt. Default: 2.
+	Multiplier float64
+}
+
+// NoRetry is a RetryPolicy that calls a handler once.
+var NoRetry = RetryPolicy{MaxAttempts: 1}
+
+func (p RetryPolicy) validate(field string) error {
+	switch {
+	case p.MaxAttempts < 0:
+		return &ConfigError{Field: field + ".MaxAttempts", Reason: "negative"}
+	case p.InitialInterval < 0:
+		return &ConfigError{Field: field + ".InitialInterval", Reason: "negative"}
+	case p.MaxInterval < 0:
+		return &ConfigError{Field: field + ".MaxInterval", Reason: "negative"}
+	case p.Multiplier != 0 && p.Multiplier < 1:
+		return &ConfigError{Field: field + ".Multiplier", Reason: "below 1"}
+	}
+	return nil
+}
+
+func (p RetryPolicy) resolve() retry.Policy {
+	r := retry.Policy{MaxAttempts: p.MaxAttempts, InitialInterval: p.InitialInterval,
+		MaxInterval: p.MaxInterval, Multiplier: p.Multiplier}
+	if r.MaxAttempts == 0 {
+		r.MaxAttempts = 3
+	}
+	if r.InitialInterval == 0 {
+		r.InitialInterval = 100 * time.Millisecond
+	}
+	if r.MaxInterval == 0 {
+		r.MaxInterval = 5 * time.Second
+	}
+	if r.MaxInterval < r.InitialInterval {
+		r.MaxInterval = r.InitialInterval
+	}
+	if r.Multiplier == 0 {
+		r.Multiplier = 2
+	}
+	return r
+}
+
+// StageOption configures one stage. See [WithName], [WithRetry] and
+// [WithDeadLetter].
+type StageOption interface {
+	applyStage(*stageConfig)
+}
+
+type stageOptionFunc func(*stageConfig)
+
+func (f stageOptionFunc) applyStage(c *stageConfig) { f(c) }
+
+// WithName names a stage in errors and logs. Default: its kind and its place
+// in the pipeline, like "map#2".
+func WithName(name string) StageOption {
+	return stageOptionFunc(func(c *stageConfig) { c.name = name })
+}
+
+// WithRetry sets the stage's retry policy, in place of [Options].Retry.
+func WithRetry(p RetryPolicy) StageOption {
+	return stageOptionFunc(func(c *stageConfig) { c.retry = &p })
+}
+
+// WithDeadLetter routes records that fail the stage for good to handle, with
+// their error, instead of stopping the pipeline. When handle returns nil the
+// record counts as done and its shard's checkpoint may pass it; when handle
+// fails too, the pipeline stops with both errors.
+//
+// T must be the stage's input type: for a Sink stage the sink's element type,
+// for a stage after Batch a slice. A mismatch is reported by Run as a
+// [*ConfigError]. handle is called on the shard's goroutine, or on the sink's
+// goroutine for records the sink failed after accepting them; it must be safe
+// for concurrent use across shards.
+func WithDeadLetter[T any](handle func(ctx context.Context, v T, err error) error) StageOption {
+	return stageOptionFunc(func(c *stageConfig) { c.deadLetter = handle })
+}
+
+type stageConfig struct {
+	name       string
+	retry      *RetryPolicy
+	deadLetter any
+}

@@ -1,0 +1,259 @@
+package shardflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Source starts a pipeline that reads from src. optFns adjust the pipeline's
+// [Options]; invalid options are reported by [Pipeline.Run].
+func Source[T any](src ShardSource[T], optFns ...func(*Options)) *Stream[T] {
+	p := &plan{}
+	for _, fn := range optFns {
+		fn(&p.opts)
+	}
+	if err := p.opts.resolve(); err != nil {
+		p.setErr(err)
+	}
+	if src == nil {
+		p.setErr(&ConfigError{Field: "Source", Reason: "nil source"})
+	}
+	p.runSource = func(ctx context.Context, r *run) error {
+		return src.Run(ctx, &Shards[T]{r: r})
+	}
+	return &Stream[T]{p: p, attach: func(env *laneEnv, down node[T]) { env.entry = down }}
+}
+
+// plan is what the builder methods collect: options, the source, and the
+// first configuration error.
+type plan struct {
+	opts      Options
+	runSource func(ctx context.Context, r *run) error
+	nstages   int
+	mu        sync.Mutex
+	err       error
+}
+
+func (p *plan) setErr(err error) {
+	p.mu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	p.mu.Unlock()
+}
+
+// Pipeline is a complete chain from a source to a sink, ready to [Pipeline.Run].
+type Pipeline struct {
+	p      *plan
+	attach func(env *laneEnv)
+	flush  func(ctx context.Context) error
+	ran    atomic.Bool
+}
+
+// Run runs the pipeline until the source is exhausted, ctx is cancelled, or a
+// record fails for good, and returns only when every lane has stopped.
+//
+// Cancelling ctx drains the pipeline: the source stops reading, records
+// already read finish, partial batches and the sink are flushed, and each
+// shard's final checkpoint is saved; all within [Options].DrainTimeout. A
+// clean drain, like an exhausted source, returns nil. Run returns a
+// [*StageError] when a record failed a stage (it is not checkpointed, nor
+// anything after it in its shard), [ErrDrainTimeout] when the drain ran out of
+// time, a [*ConfigError] when the pipeline was built wrong, and the source's
+// error when it failed. Run may be called once.
+func (pl *Pipeline) Run(ctx context.Context) error {
+	if !pl.ran.CompareAndSwap(false, true) {
+		return ErrAlreadyRun
+	}
+	if err := pl.p.err; err != nil {
+		return err
+	}
+	o := pl.p.opts
+	r := &run{
+		opts:   o,
+		attach: pl.attach,
+		flush:  pl.flush,
+		lanes:  make(map[string]laneHandle),
+		log:    o.Logger.With("component", "shardflow.pipeline"),
+	}
+	r.srcCtx, r.cancelSrc = context.WithCancelCause(ctx)
+	r.procCtx, r.cancelProc = context.WithCancelCause(context.WithoutCancel(ctx))
+	defer r.cancelSrc(nil)
+	defer r.cancelProc(nil)
+
+	cpCtx, stopCheckpoints := context.WithCancel(r.procCtx)
+	cpDone := make(chan struct{})
+	go func() {
+		defer close(cpDone)
+		r.checkpointLoop(cpCtx)
+	}()
+
+	// The drain clock starts when ctx is cancelled or the source returns,
+	// whichever comes first.
+	stopWatch := context.AfterFunc(ctx, r.startDrainClock)
+	srcErr := pl.p.runSource(r.srcCtx, r)
+	stopWatch()
+	r.startDrainClock()
+	defer r.stopDrainClock()
+	if srcErr != nil && !(r.srcCtx.Err() != nil && isContextErr(srcErr, r.srcCtx)) {
+		r.fail(fmt.Errorf("source: %w", srcErr))
+	}
+
+	r.mu.Lock()
+	r.closing = true
+	r.mu.Unlock()
+	for _, l := range r.openLanes() {
+		l.shutdown(ErrLaneClosed)
+	}
+	r.wg.Wait()
+	if r.procCtx.Err() == nil {
+		if err := r.flush(r.procCtx); err != nil && r.procCtx.Err() == nil {
+			r.fail(err)
+		}
+	}
+	for _, l := range r.openLanes() {
+		_ = l.waitIdle(r.procCtx) // failures are in r.err; timeouts in procCtx
+	}
+	stopCheckpoints()
+	<-cpDone
+
+	saveCtx, cancelSave := context.WithTimeout(context.WithoutCancel(ctx), o.DrainTimeout)
+	defer cancelSave()
+	var errs []error
+	for _, l := range r.openLanes() {
+		if err := l.saveProgress(saveCtx, false); err != nil && !errors.Is(err, ErrLeaseLost) {
+			errs = append(errs, err)
+		}
+	}
+
+	r.mu.Lock()
+	failure := r.err
+	r.mu.Unlock()
+	switch {
+	case failure != nil:
+		errs = append([]error{failure}, errs...)
+	case errors.Is(context.Cause(r.procCtx), ErrDrainTimeout):
+		errs = append([]error{ErrDrainTimeout}, errs...)
+	}
+	if len(errs) == 0 {
+		r.log.Info("pipeline stopped cleanly")
+	}
+	return errors.Join(errs...)
+}
+
+func isContextErr(err error, ctx context.Context) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Cause(ctx))
+}
+
+// laneHandle is the element-type-free view of a lane the run needs.
+type laneHandle interface {
+	shutdown(err error)
+	waitIdle(ctx context.Context) error
+	saveProgress(ctx context.Context, end bool) error
+	laneKey() string
+}
+
+func (l *Lane[T]) laneKey() string { return l.key }
+
+// run is the state of one Pipeline.Run.
+type run struct {
+	opts   Options
+	attach func(env *laneEnv)
+	flush  func(ctx context.Context) error
+	log    *slog.Logger
+
+	// srcCtx is the source's: it ends when Run's ctx does or on failure.
+	srcCtx    context.Context
+	cancelSrc context.CancelCauseFunc
+	// procCtx is the stages': it outlives Run's ctx for the drain, and ends
+	// on failure or when the drain times out.
+	procCtx    context.Context
+	cancelProc context.CancelCauseFunc
+
+	mu      sync.Mutex
+	lanes   map[string]laneHandle
+	closing bool
+	err     error
+	wg      sync.WaitGroup // lane goroutines
+
+	drainOnce  sync.Once
+	drainTimer *time.Timer
+}
+
+// fail records the first failure and stops the pipeline.
+func (r *run) fail(err error) {
+	r.mu.Lock()
+	// Once the pipeline is stopping (an earlier failure, or the drain timed
+	// out), later failures are consequences of that: keep the first cause.
+	first := r.err == nil && r.procCtx.Err() == nil
+	if first {
+		r.err = err
+	}
+	r.mu.Unlock()
+	if first {
+		r.log.Error("pipeline stopping on failure", "err", err)
+	}
+	r.cancelSrc(err)
+	r.cancelProc(err)
+}
+
+func (r *run) removeLane(l laneHandle) {
+	r.mu.Lock()
+	if cur, ok := r.lanes[l.laneKey()]; ok && cur == l {
+		delete(r.lanes, l.laneKey())
+	}
+	r.mu.Unlock()
+}
+
+func (r *run) openLanes() []laneHandle {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	keys := slices.Sorted(maps.Keys(r.lanes))
+	out := make([]laneHandle, len(keys))
+	for i, k := range keys {
+		out[i] = r.lanes[k]
+	}
+	return out
+}
+
+func (r *run) startDrainClock() {
+	r.drainOnce.Do(func() {
+		r.mu.Lock()
+		r.drainTimer = time.AfterFunc(r.opts.DrainTimeout, func() { r.cancelProc(ErrDrainTimeout) })
+		r.mu.Unlock()
+	})
+}
+
+func (r *run) stopDrainClock() {
+	r.mu.Lock()
+	if r.drainTimer != nil {
+		r.drainTimer.Stop()
+	}
+	r.mu.Unlock()
+}
+
+// checkpointLoop saves every lane's checkpoint that moved, each interval.
+func (r *run) checkpointLoop(ctx context.Context) {
+	t := time.NewTicker(r.opts.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, l := range r.openLanes() {
+			if err := l.saveProgress(ctx, false); err != nil && ctx.Err() == nil && !errors.Is(err, ErrLeaseLost) {
+				r.log.Warn("checkpoint not saved; retrying next interval", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,358 @@
+package shardflow
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"runtime/debug"
+	"time"
+
+	"github.com/shardflow/shardflow/internal/retry"
+)
+
+// Stream is a typed stage of a pipeline under construction: the values of
+// type T that come out of the stages before it. Build it with [Source] and the
+// methods below, and finish it with [Stream.Sink]. The methods only describe
+// the pipeline; nothing runs before [Pipeline.Run].
+type Stream[T any] struct {
+	p *plan
+	// attach wires a lane's nodes: it is given the downstream node for T and
+	// wires it below the upstream ones.
+	attach func(env *laneEnv, down node[T])
+}
+
+// Sink is where a pipeline's values end up: the Kinesis sink, the test kit's
+// collecting sink, or user code. Write is called on the shard's goroutine, in
+// shard order, and concurrently across shards.
+type Sink[T any] interface {
+	// Write takes v. When it returns nil, the sink owns v and must call
+	// ack.Done exactly once, now or later, from any goroutine: with nil once v
+	// is durable, or with the error it gave up with. When Write returns an
+	// error, v was not taken and ack must not be called; the stage retries
+	// Write per its retry policy, then applies its failure policy.
+	Write(ctx context.Context, v T, ack Ack) error
+	// Flush asks the sink to write what it buffers now and returns once it
+	// did (acks may still follow). It may be called concurrently with Write
+	// and more than once.
+	Flush(ctx context.Context) error
+}
+
+// SinkFunc adapts a synchronous function to a [Sink]: each value is durable
+// once the function returned nil.
+type SinkFunc[T any] func(ctx context.Context, v T) error
+
+// Write calls f and acknowledges v when f returns nil.
+func (f SinkFunc[T]) Write(ctx context.Context, v T, ack Ack) error {
+	if err := f(ctx, v); err != nil {
+		return err
+	}
+	ack.Done(nil)
+	return nil
+}
+
+// Flush does nothing: a SinkFunc buffers nothing.
+func (f SinkFunc[T]) Flush(context.Context) error { return nil }
+
+// item is a value in flight with the token of the record(s) it came from.
+type item[T any] struct {
+	v   T
+	tok token
+}
+
+// node is one stage of one lane. Nodes of a lane are called on the lane's
+// goroutine only.
+type node[T any] interface {
+	// push handles one value; failures are reported through its token.
+	push(ctx context.Context, it item[T])
+	// tick lets time-driven nodes emit what is due, then passes it on.
+	tick(ctx context.Context, now time.Time)
+	// flush emits everything held, then passes it on.
+	flush(ctx context.Context)
+}
+
+// stage is the lane-independent part of a stage.
+type stage struct {
+	name  string
+	retry retry.Policy
+	log   *slog.Logger
+}
+
+// newStage registers a stage of kind with its options; In is its input type,
+// which a dead-letter handler must match.
+func newStage[In any](p *plan, kind string, fnNil bool, opts []StageOption) (*stage, func(context.Context, In, error) error) {
+	p.mu.Lock()
+	p.nstages++
+	n := p.nstages
+	p.mu.Unlock()
+	cfg := stageConfig{name: fmt.Sprintf("%s#%d", kind, n)}
+	if kind == "sink" {
+		cfg.name = "sink"
+	}
+	for _, o := range opts {
+		if o != nil {
+			o.applyStage(&cfg)
+		}
+	}
+	if fnNil {
+		p.setErr(&ConfigError{Field: cfg.name, Reason: "nil handler"})
+	}
+	pol := p.opts.Retry
+	if cfg.retry != nil {
+		if err := cfg.retry.validate(cfg.name + " retry"); err != nil {
+			p.setErr(err)
+		}
+		pol = *cfg.retry
+	}
+	st := &stage{name: cfg.name, retry: pol.resolve(), log: p.opts.Logger}
+	var dl func(context.Context, In, error) error
+	if cfg.deadLetter != nil {
+		var ok bool
+		dl, ok = cfg.deadLetter.(func(context.Context, In, error) error)
+		if !ok {
+			p.setErr(&ConfigError{Field: cfg.name + " dead-letter handler", Reason: fmt.Sprintf(
+				"handles %s, but the stage's input is %s", reflect.TypeOf(cfg.deadLetter).In(1),
+				reflect.TypeFor[In]())})
+		}
+	}
+	return st, dl
+}
+
+// protect calls f, turning a panic into a *PanicError.
+func protect[In, Out any](ctx context.Context, f func(context.Context, In) (Out, error), v In) (out Out, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return f(ctx, v)
+}
+
+// invoke calls f with v under the stage's retry policy. Panics are not
+// retried.
+func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, f func(context.Context, In) (Out, error), v In) (Out, error) {
+	out, err := protect(ctx, f, v)
+	if err == nil {
+		return out, nil
+	}
+	if _, isPanic := err.(*PanicError); isPanic {
+		return out, err
+	}
+	err = retry.Do(ctx, st.retry, err, func() error {
+		var e error
+		out, e = protect(ctx, f, v)
+		if _, isPanic := e.(*PanicError); isPanic {
+			return retry.Permanent(e)
+		}
+		return e
+	}, func(attempt int, err error, wait time.Duration) {
+		env.log.Warn("handler failed; retrying", "stage", st.name, "attempt", attempt, "wait", wait, "err", err)
+	})
+	return out, err
+}
+
+// settleFailure applies the stage's failure policy to a value that failed
+// for good: the dead-letter handler when there is one, else the failure of
+// its record(s), which stops the pipeline.
+func settleFailure[In any](ctx context.Context, st *stage, env *laneEnv, dl func(context.Context, In, error) error, v In, tok token, err error) {
+	if dl != nil {
+		_, dlErr := protect(ctx, func(ctx context.Context, v In) (struct{}, error) { return struct{}{}, dl(ctx, v, err) }, v)
+		if dlErr == nil {
+			env.log.Warn("record sent to the dead-letter handler", "stage", st.name,
+				"sequence_number", tok.position().SequenceNumber, "err", err)
+			tok.done(nil)
+			return
+		}
+		err = fmt.Errorf("%w; dead-letter handler failed too: %w", err, dlErr)
+	}
+	tok.done(&StageError{Stage: st.name, Stream: env.stream, ShardID: env.shard, Position: tok.position(), Err: err})
+}
+
+// Map applies f to each value. A record whose f fails for good is handled by
+// the stage's failure policy.
+func (s *Stream[T]) Map[U any](f func(context.Context, T) (U, error), opts ...StageOption) *Stream[U] {
+	st, dl := newStage[T](s.p, "map", f == nil, opts)
+	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
+		s.attach(env, &mapNode[T, U]{st: st, env: env, f: f, dl: dl, next: down})
+	}}
+}
+
+type mapNode[In, Out any] struct {
+	st   *stage
+	env  *laneEnv
+	f    func(context.Context, In) (Out, error)
+	dl   func(context.Context, In, error) error
+	next node[Out]
+}
+
+func (n *mapNode[In, Out]) push(ctx context.Context, it item[In]) {
+	out, err := invoke(ctx, n.st, n.env, n.f, it.v)
+	if err != nil {
+		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		return
+	}
+	n.next.push(ctx, item[Out]{v: out, tok: it.tok})
+}
+
+func (n *mapNode[In, Out]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
+func (n *mapNode[In, Out]) flush(ctx context.Context)               { n.next.flush(ctx) }
+
+// Filter keeps the values for which keep returns true. A dropped value's
+// record is done at once, so the checkpoint may pass it.
+func (s *Stream[T]) Filter(keep func(context.Context, T) (bool, error), opts ...StageOption) *Stream[T] {
+	st, dl := newStage[T](s.p, "filter", keep == nil, opts)
+	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
+		s.attach(env, &filterNode[T]{st: st, env: env, f: keep, dl: dl, next: down})
+	}}
+}
+
+type filterNode[T any] struct {
+	st   *stage
+	env  *laneEnv
+	f    func(context.Context, T) (bool, error)
+	dl   func(context.Context, T, error) error
+	next node[T]
+}
+
+func (n *filterNode[T]) push(ctx context.Context, it item[T]) {
+	keep, err := invoke(ctx, n.st, n.env, n.f, it.v)
+	switch {
+	case err != nil:
+		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+	case keep:
+		n.next.push(ctx, it)
+	default:
+		it.tok.done(nil)
+	}
+}
+
+func (n *filterNode[T]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
+func (n *filterNode[T]) flush(ctx context.Context)               { n.next.flush(ctx) }
+
+// FlatMap turns each value into zero or more values, in order. The record is
+// done when all of its children are (at once, when there are none); if one
+// child fails, the record fails.
+func (s *Stream[T]) FlatMap[U any](f func(context.Context, T) ([]U, error), opts ...StageOption) *Stream[U] {
+	st, dl := newStage[T](s.p, "flatmap", f == nil, opts)
+	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
+		s.attach(env, &flatMapNode[T, U]{st: st, env: env, f: f, dl: dl, next: down})
+	}}
+}
+
+type flatMapNode[In, Out any] struct {
+	st   *stage
+	env  *laneEnv
+	f    func(context.Context, In) ([]Out, error)
+	dl   func(context.Context, In, error) error
+	next node[Out]
+}
+
+func (n *flatMapNode[In, Out]) push(ctx context.Context, it item[In]) {
+	outs, err := invoke(ctx, n.st, n.env, n.f, it.v)
+	if err != nil {
+		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		return
+	}
+	if len(outs) == 0 {
+		it.tok.done(nil)
+		return
+	}
+	// Declare every child before the first can complete.
+	it.tok.addRef(int32(len(outs) - 1))
+	for _, o := range outs {
+		n.next.push(ctx, item[Out]{v: o, tok: it.tok})
+	}
+}
+
+func (n *flatMapNode[In, Out]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
+func (n *flatMapNode[In, Out]) flush(ctx context.Context)               { n.next.flush(ctx) }
+
+// Tap calls f with each value for its side effect and passes the value on
+// unchanged.
+func (s *Stream[T]) Tap(f func(context.Context, T) error, opts ...StageOption) *Stream[T] {
+	var g func(context.Context, T) (struct{}, error)
+	if f != nil {
+		g = func(ctx context.Context, v T) (struct{}, error) { return struct{}{}, f(ctx, v) }
+	}
+	st, dl := newStage[T](s.p, "tap", f == nil, opts)
+	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
+		s.attach(env, &tapNode[T]{st: st, env: env, f: g, dl: dl, next: down})
+	}}
+}
+
+type tapNode[T any] struct {
+	st   *stage
+	env  *laneEnv
+	f    func(context.Context, T) (struct{}, error)
+	dl   func(context.Context, T, error) error
+	next node[T]
+}
+
+func (n *tapNode[T]) push(ctx context.Context, it item[T]) {
+	if _, err := invoke(ctx, n.st, n.env, n.f, it.v); err != nil {
+		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		return
+	}
+	n.next.push(ctx, it)
+}
+
+func (n *tapNode[T]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
+func (n *tapNode[T]) flush(ctx context.Context)               { n.next.flush(ctx) }
+
+// Sink ends the pipeline in sink. The stage's retry policy applies to errors
+// returned by sink.Write; its failure policy to those and to errors the sink
+// reports through Ack.Done.
+func (s *Stream[T]) Sink(sink Sink[T], opts ...StageOption) *Pipeline {
+	st, dl := newStage[T](s.p, "sink", sink == nil, opts)
+	pl := &Pipeline{p: s.p}
+	pl.attach = func(env *laneEnv) {
+		s.attach(env, &sinkNode[T]{st: st, env: env, sink: sink, dl: dl})
+	}
+	pl.flush = func(ctx context.Context) error {
+		if err := sink.Flush(ctx); err != nil {
+			return fmt.Errorf("stage %q: flush: %w", st.name, err)
+		}
+		return nil
+	}
+	return pl
+}
+
+type sinkNode[T any] struct {
+	st   *stage
+	env  *laneEnv
+	sink Sink[T]
+	dl   func(context.Context, T, error) error
+}
+
+func (n *sinkNode[T]) push(ctx context.Context, it item[T]) {
+	ack := Ack{tok: it.tok, h: n}
+	if n.dl != nil {
+		// The dead-letter handler of a record the sink fails later needs
+		// the value: the one allocation per record this option costs.
+		ack.h = &sinkLetter[T]{n: n, v: it.v, ctx: ctx}
+	}
+	_, err := invoke(ctx, n.st, n.env, func(ctx context.Context, v T) (struct{}, error) {
+		return struct{}{}, n.sink.Write(ctx, v, ack)
+	}, it.v)
+	if err != nil {
+		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+	}
+}
+
+func (n *sinkNode[T]) tick(context.Context, time.Time) {}
+func (n *sinkNode[T]) flush(context.Context)           {}
+
+func (n *sinkNode[T]) ackFailed(tok token, err error) {
+	tok.done(&StageError{Stage: n.st.name, Stream: n.env.stream, ShardID: n.env.shard, Position: tok.position(), Err: err})
+}
+
+// sinkLetter remembers a value handed to a sink with a dead-letter handler.
+type sinkLetter[T any] struct {
+	n   *sinkNode[T]
+	v   T
+	ctx context.Context // the lane's context: the handler runs within the pipeline's life
+}
+
+func (s *sinkLetter[T]) ackFailed(tok token, err error) {
+	settleFailure(s.ctx, s.n.st, s.n.env, s.n.dl, s.v, tok, err)
+}
