@@ -3,6 +3,7 @@ package shardflow
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 )
 
 // errDoubleAck is the failure of a record whose Ack was completed twice.
@@ -122,27 +123,41 @@ func (g *group) done(err error) {
 // retired, in emission order, in a ring of slots.
 //
 // How the checkpoint advances, step by step:
-//  1. Emit reserves the slot at tail with one pending completion; it waits
-//     while tail-head reaches the in-flight limit.
+//  1. Emit (the source's goroutine) reserves the slot at tail with one pending
+//     completion; it waits while tail-head reaches the in-flight limit.
 //  2. Completions (Filter drops, sink acks, FlatMap children) decrement the
 //     slot's pending count, in any order and from any goroutine.
 //  3. When the slot at head reaches zero, head moves forward over every
-//     consecutive slot at zero and remembers the last one's position: that
-//     is the checkpoint candidate. A failed slot never reaches zero, so head
+//     consecutive slot at zero. The position of the last slot it passed is
+//     the checkpoint candidate. A failed slot never reaches zero, so head
 //     never passes it.
 //  4. The checkpointer saves the candidate when head moved since last save.
+//
+// Two locks keep the emitting and the completing goroutines off each other:
+// emitMu serialises emitters and guards what they write (the slot at tail,
+// then tail, and the lane's queue); mu serialises completions and guards
+// head, the pending counts and the candidate. head and tail are atomics so
+// each side reads the other's without its lock. A completer only touches
+// slots in [head, tail), which Emit has finished writing before it moved
+// tail; Emit only writes the slot at tail, which no completer touches. Lock
+// order: emitMu before mu.
 type tracker struct {
-	mu     sync.Mutex
+	// Read-only after construction.
 	slots  []slot
 	mask   uint64
 	limit  uint64
-	head   uint64 // oldest slot not retired
-	tail   uint64 // next slot to reserve
-	last   Position
-	err    error         // first failure of a record of this shard
-	closed error         // set once no more records may be emitted
-	wake   chan struct{} // closed on progress while somebody waits
 	onFail func(error)
+
+	// The emitting side.
+	emitMu sync.Mutex
+	closed error         // set once no more records may be emitted; under emitMu
+	tail   atomic.Uint64 // next slot to reserve; written under emitMu
+
+	// The completing side.
+	head atomic.Uint64 // oldest slot not retired; written under mu
+	mu   sync.Mutex
+	err  error         // first failure of a record of this shard
+	wake chan struct{} // closed on progress while somebody waits
 }
 
 type slot struct {
@@ -153,16 +168,19 @@ type slot struct {
 }
 
 func newTracker(limit int, onFail func(error)) *tracker {
+	// One slot more than the limit keeps the last retired slot, whose
+	// position is the checkpoint candidate, from being reused while head
+	// stays where it is.
 	n := 1
-	for n < limit {
+	for n < limit+1 {
 		n <<= 1
 	}
 	return &tracker{slots: make([]slot, n), mask: uint64(n - 1), limit: uint64(limit), onFail: onFail}
 }
 
-// live returns the slot of idx if it is still in flight.
+// live returns the slot of idx if it is still in flight. Called with mu held.
 func (t *tracker) live(idx uint64) *slot {
-	if idx < t.head || idx >= t.tail {
+	if idx < t.head.Load() || idx >= t.tail.Load() {
 		return nil
 	}
 	s := &t.slots[idx&t.mask]
@@ -199,17 +217,23 @@ func (t *tracker) complete(idx uint64, err error) {
 		t.onFail(err)
 		return
 	}
-	if s.pending == 0 && idx == t.head {
-		for t.head < t.tail {
-			h := &t.slots[t.head&t.mask]
+	if head := t.head.Load(); s.pending == 0 && idx == head {
+		tail := t.tail.Load()
+		for head < tail {
+			h := &t.slots[head&t.mask]
 			if h.pending != 0 || h.failed {
 				break
 			}
-			t.last = h.pos
-			h.pos = Position{}
-			t.head++
+			head++
 		}
-		t.notifyLocked()
+		t.head.Store(head)
+		// Wake waiters (an emitter at the in-flight limit, or somebody
+		// waiting for the shard to be idle) once a quarter of the limit is
+		// free, not at every retired record: an emitter woken per record
+		// would sleep and wake once per record.
+		if tail-head <= t.limit-t.limit/4 {
+			t.notifyLocked()
+		}
 	}
 	t.mu.Unlock()
 }
@@ -225,6 +249,7 @@ func (t *tracker) position(idx uint64) Position {
 
 // notifyLocked wakes the goroutines waiting for progress, if any. The wake
 // channel exists only while somebody waits, so progress costs no allocation.
+// Called with mu held.
 func (t *tracker) notifyLocked() {
 	if t.wake != nil {
 		close(t.wake)
@@ -232,6 +257,8 @@ func (t *tracker) notifyLocked() {
 	}
 }
 
+// waitLocked returns a channel closed at the next progress. Called with mu
+// held.
 func (t *tracker) waitLocked() <-chan struct{} {
 	if t.wake == nil {
 		t.wake = make(chan struct{})
@@ -239,20 +266,14 @@ func (t *tracker) waitLocked() <-chan struct{} {
 	return t.wake
 }
 
-// progress returns the number of retired records and the position of the
-// last one.
+// progress returns the retired count, the emitted count, the position of the
+// last retired record and the first failure.
 func (t *tracker) progress() (head, tail uint64, last Position, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.head, t.tail, t.last, t.err
-}
-
-// close refuses further records with err; the first close wins.
-func (t *tracker) close(err error) {
-	t.mu.Lock()
-	if t.closed == nil {
-		t.closed = err
+	head = t.head.Load()
+	if head > 0 {
+		last = t.slots[(head-1)&t.mask].pos
 	}
-	t.notifyLocked()
-	t.mu.Unlock()
+	return head, t.tail.Load(), last, t.err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,8 +54,7 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 		stream: stream,
 		shard:  shardID,
 		store:  store,
-		in:     make(chan item[T], r.opts.MaxInFlight),
-		stop:   make(chan struct{}),
+		notify: make(chan struct{}, 1),
 		exited: make(chan struct{}),
 		log:    r.log.With("stream", stream, "shard_id", shardID),
 	}
@@ -81,16 +81,21 @@ type Lane[T any] struct {
 	shard  string
 	store  CheckpointStore
 	trk    *tracker
-	in     chan item[T]
-	stop   chan struct{}
 	exited chan struct{}
+	// queue holds emitted records for the lane's goroutine; it and idle are
+	// guarded by trk.emitMu. The goroutine takes the whole queue at once, so a
+	// busy lane costs one lock per record on each side and no channel
+	// operation; notify wakes an idle goroutine. spare is the goroutine's own.
+	queue  []item[T]
+	idle   bool
+	notify chan struct{}
+	spare  []item[T]
 	ctx    context.Context // the stages' context: ends with the pipeline or on Abandon
 	cancel context.CancelCauseFunc
 	env    *laneEnv
 	entry  node[T]
 	log    *slog.Logger
 
-	stopOnce  sync.Once
 	lost      atomic.Bool
 	saveMu    sync.Mutex
 	savedHead uint64
@@ -110,18 +115,28 @@ func (l *Lane[T]) ShardID() string { return l.shard }
 // reading the shard.
 func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
 	t := l.trk
-	t.mu.Lock()
+	t.emitMu.Lock()
+	var idx uint64
 	for {
 		if t.closed != nil {
 			err := t.closed
-			t.mu.Unlock()
+			t.emitMu.Unlock()
 			return err
 		}
-		if t.tail-t.head < t.limit {
+		idx = t.tail.Load()
+		if idx-t.head.Load() < t.limit {
 			break
+		}
+		// Full: wait for progress. Taking mu before looking again closes the
+		// gap where head moves between the check and the wait.
+		t.mu.Lock()
+		if idx-t.head.Load() < t.limit {
+			t.mu.Unlock()
+			continue
 		}
 		wake := t.waitLocked()
 		t.mu.Unlock()
+		t.emitMu.Unlock()
 		select {
 		case <-wake:
 		case <-ctx.Done():
@@ -129,18 +144,26 @@ func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
 		case <-l.ctx.Done():
 			return ErrLaneClosed
 		}
-		t.mu.Lock()
+		t.emitMu.Lock()
 	}
-	idx := t.tail
-	t.tail++
-	s := &t.slots[idx&t.mask]
-	*s = slot{pos: pos, idx: idx, pending: 1}
-	// The channel holds at most limit items, and every item in it has a
-	// reserved slot, so this send never blocks. Sending under the lock orders
-	// it before shutdown, which takes the lock to close the lane.
-	l.in <- item[T]{v: v, tok: token{t: t, idx: idx}}
-	t.mu.Unlock()
+	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, pending: 1}
+	t.tail.Store(idx + 1)
+	l.queue = append(l.queue, item[T]{v: v, tok: token{t: t, idx: idx}})
+	l.wakeLocked()
+	t.emitMu.Unlock()
 	return nil
+}
+
+// wakeLocked wakes the lane's goroutine if it sleeps. Called with
+// trk.emitMu held.
+func (l *Lane[T]) wakeLocked() {
+	if l.idle {
+		l.idle = false
+		select {
+		case l.notify <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // End declares the shard closed (resharded) after its last record was
@@ -201,10 +224,17 @@ func (l *Lane[T]) finish(ctx context.Context) error {
 }
 
 func (l *Lane[T]) shutdown(err error) {
-	l.stopOnce.Do(func() {
-		l.trk.close(err)
-		close(l.stop)
-	})
+	t := l.trk
+	t.emitMu.Lock()
+	if t.closed == nil {
+		t.closed = err
+	}
+	l.idle = true // force a wake-up even if the goroutine is busy: it rechecks
+	l.wakeLocked()
+	t.mu.Lock()
+	t.notifyLocked()
+	t.mu.Unlock()
+	t.emitMu.Unlock()
 }
 
 func (l *Lane[T]) waitExited() { <-l.exited }
@@ -219,7 +249,7 @@ func (l *Lane[T]) waitIdle(ctx context.Context) error {
 			t.mu.Unlock()
 			return t.err
 		}
-		if t.head == t.tail {
+		if t.head.Load() == t.tail.Load() {
 			t.mu.Unlock()
 			return nil
 		}
@@ -274,43 +304,84 @@ func (l *Lane[T]) loop() {
 	defer l.r.wg.Done()
 	defer close(l.exited)
 	env := l.env
+	done := l.ctx.Done()
+	defer func() {
+		if env.timer != nil {
+			env.timer.Stop()
+		}
+	}()
+	t := l.trk
+	yielded := false
 	for {
+		t.emitMu.Lock()
+		closed := t.closed != nil
+		if len(l.queue) == 0 && !closed && !yielded {
+			// Yield once before sleeping: a source in the middle of a
+			// batch of records usually emits more right away, and a
+			// sleep and wake-up costs more than a yield.
+			t.emitMu.Unlock()
+			yielded = true
+			runtime.Gosched()
+			continue
+		}
+		yielded = false
+		// Swap the queue with the spare slice: the two alternate, so the
+		// source never appends to the slice being processed.
+		batch := l.queue
+		l.queue = l.spare[:0]
+		if len(batch) == 0 && !closed {
+			l.idle = true
+		}
+		t.emitMu.Unlock()
+
+		for i := range batch {
+			select {
+			case <-done:
+				return // failed or timed out: what is left is not processed
+			default:
+			}
+			l.entry.push(l.ctx, batch[i])
+			batch[i] = item[T]{} // let the value be collected
+		}
+		l.spare = batch[:0]
+		if len(batch) > 0 {
+			l.tickIfDue()
+			continue
+		}
+		if closed {
+			select {
+			case <-done:
+			default:
+				l.entry.flush(l.ctx)
+			}
+			return
+		}
 		var timer <-chan time.Time
 		if env.timer != nil && !env.next.IsZero() {
 			timer = env.timer.C
 		}
 		select {
-		case it := <-l.in:
-			if l.ctx.Err() != nil {
-				return // failed or timed out: what is left is not processed
-			}
-			l.entry.push(l.ctx, it)
+		case <-l.notify:
 		case now := <-timer:
 			env.next = time.Time{}
 			l.entry.tick(l.ctx, now)
-		case <-l.stop:
-			for {
-				select {
-				case it := <-l.in:
-					if l.ctx.Err() != nil {
-						return
-					}
-					l.entry.push(l.ctx, it)
-					continue
-				default:
-				}
-				break
-			}
-			if l.ctx.Err() == nil {
-				l.entry.flush(l.ctx)
-			}
-			if env.timer != nil {
-				env.timer.Stop()
-			}
-			return
-		case <-l.ctx.Done():
+		case <-done:
 			return
 		}
+	}
+}
+
+// tickIfDue fires a due linger timer while the lane is busy.
+func (l *Lane[T]) tickIfDue() {
+	env := l.env
+	if env.timer == nil || env.next.IsZero() {
+		return
+	}
+	select {
+	case now := <-env.timer.C:
+		env.next = time.Time{}
+		l.entry.tick(l.ctx, now)
+	default:
 	}
 }
 

@@ -331,12 +331,36 @@ func (n *sinkNode[T]) push(ctx context.Context, it item[T]) {
 		// the value: the one allocation per record this option costs.
 		ack.h = &sinkLetter[T]{n: n, v: it.v, ctx: ctx}
 	}
-	_, err := invoke(ctx, n.st, n.env, func(ctx context.Context, v T) (struct{}, error) {
-		return struct{}{}, n.sink.Write(ctx, v, ack)
-	}, it.v)
+	err := n.write(ctx, it.v, ack)
+	if err == nil {
+		return
+	}
+	if _, isPanic := err.(*PanicError); !isPanic {
+		err = retry.Do(ctx, n.st.retry, err, func() error {
+			if err := n.write(ctx, it.v, ack); err != nil {
+				if _, isPanic := err.(*PanicError); isPanic {
+					return retry.Permanent(err)
+				}
+				return err
+			}
+			return nil
+		}, func(attempt int, err error, wait time.Duration) {
+			n.env.log.Warn("sink write failed; retrying", "stage", n.st.name, "attempt", attempt, "wait", wait, "err", err)
+		})
+	}
 	if err != nil {
 		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
 	}
+}
+
+// write calls the sink, turning a panic into a *PanicError.
+func (n *sinkNode[T]) write(ctx context.Context, v T, ack Ack) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return n.sink.Write(ctx, v, ack)
 }
 
 func (n *sinkNode[T]) tick(context.Context, time.Time) {}
