@@ -237,8 +237,6 @@ func (l *Lane[T]) shutdown(err error) {
 	t.emitMu.Unlock()
 }
 
-func (l *Lane[T]) waitExited() { <-l.exited }
-
 // waitIdle waits until every emitted record is done, a record failed, or
 // the lane's or ctx's end.
 func (l *Lane[T]) waitIdle(ctx context.Context) error {

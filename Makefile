@@ -1,0 +1,23 @@
+# The machine's Go may be older than go.mod's; the go command fetches this
+# toolchain from the module proxy on first use.
+export GOTOOLCHAIN := go1.27.3
+
+.PHONY: demo test bench emulators-start emulators-stop
+
+## demo: run the main job (an example pipeline over the in-memory test kit)
+demo:
+	go run ./examples/quickstart
+
+## test: start the emulators, check formatting, vet, staticcheck, go test -race ./..., stop them
+test:
+	bash scripts/test.sh
+
+## bench: the pipeline core next to a hand-written loop
+bench:
+	go test -run '^$$' -bench . -benchmem -count 6 .
+
+emulators-start:
+	bash scripts/emulators.sh start
+
+emulators-stop:
+	bash scripts/emulators.sh stop

@@ -1,0 +1,148 @@
+package shardflow_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint/memory"
+	"github.com/shardflow/shardflow/shardflowtest"
+)
+
+// The quick start: Kinesis records are decoded to a struct, filtered, turned
+// into strings and written to a sink. The in-memory source and sink of
+// package shardflowtest stand in for Kinesis here; the Kinesis source and
+// sink plug into the same places.
+func Example() {
+	type Order struct {
+		ID     string
+		Amount int
+	}
+	decode := func(_ context.Context, r shardflow.Record) (Order, error) {
+		id, amount, ok := strings.Cut(string(r.Data), "=")
+		if !ok {
+			return Order{}, shardflow.Permanent(fmt.Errorf("record %s: no '='", r.SequenceNumber))
+		}
+		n, err := strconv.Atoi(amount)
+		return Order{ID: id, Amount: n}, err
+	}
+	isLarge := func(_ context.Context, o Order) (bool, error) { return o.Amount >= 100, nil }
+	describe := func(_ context.Context, o Order) (string, error) {
+		return fmt.Sprintf("%s (%d)", o.ID, o.Amount), nil
+	}
+
+	store := memory.New()
+	src := shardflowtest.NewSource[shardflow.Record]("orders", func(o *shardflowtest.SourceOptions) {
+		o.Store = store
+	}).AddShard("shardId-000000000000", shardflowtest.Records("orders", "shardId-000000000000",
+		"o-1=250", "o-2=20", "o-3=120")...)
+	sink := shardflowtest.NewSink[string]()
+
+	// Each Map may change the element type: Record, then Order, then string.
+	err := shardflow.Source(src).
+		Map(decode).
+		Filter(isLarge).
+		Map(describe).
+		Sink(sink).
+		Run(context.Background())
+	if err != nil {
+		fmt.Println("pipeline failed:", err)
+		return
+	}
+	fmt.Println(sink.Items())
+	cp, _ := store.Checkpoint("orders", "shardId-000000000000")
+	fmt.Println("checkpointed at sequence number", cp.SequenceNumber)
+	// Output:
+	// [o-1 (250) o-3 (120)]
+	// checkpointed at sequence number 3
+}
+
+// A record that fails a stage stops the pipeline by default. Run returns a
+// *StageError naming the stage, shard and position, and the shard's
+// checkpoint stays before the failed record, so it is read again after a
+// restart.
+func ExampleStageError() {
+	store := memory.New()
+	src := shardflowtest.NewSource[string]("s", func(o *shardflowtest.SourceOptions) { o.Store = store }).
+		AddShard("shard-a", "1", "2", "three", "4")
+	err := shardflow.Source(src).
+		Map(func(_ context.Context, s string) (int, error) {
+			n, err := strconv.Atoi(s)
+			return n, shardflow.Permanent(err) // no use retrying bad input
+		}, shardflow.WithName("parse")).
+		Sink(shardflowtest.NewSink[int]()).
+		Run(context.Background())
+
+	if se, ok := errors.AsType[*shardflow.StageError](err); ok {
+		fmt.Printf("stage %s failed at %s/%s sequence %s\n", se.Stage, se.Stream, se.ShardID, se.Position.SequenceNumber)
+	}
+	cp, _ := store.Checkpoint("s", "shard-a")
+	fmt.Println("checkpoint:", cp.SequenceNumber)
+	// Output:
+	// stage parse failed at s/shard-a sequence 3
+	// checkpoint: 2
+}
+
+// With a dead-letter handler, records that fail a stage are handed over
+// with their error and the pipeline goes on; the checkpoint passes them once
+// the handler returned nil.
+func ExampleWithDeadLetter() {
+	store := memory.New()
+	src := shardflowtest.NewSource[string]("s", func(o *shardflowtest.SourceOptions) { o.Store = store }).
+		AddShard("shard-a", "1", "2", "three", "4")
+	sink := shardflowtest.NewSink[int]()
+	err := shardflow.Source(src).
+		Map(func(_ context.Context, s string) (int, error) {
+			n, err := strconv.Atoi(s)
+			return n, shardflow.Permanent(err)
+		}, shardflow.WithDeadLetter(func(_ context.Context, s string, err error) error {
+			fmt.Printf("dead letter %q: %v\n", s, err)
+			return nil
+		})).
+		Sink(sink).
+		Run(context.Background())
+	cp, _ := store.Checkpoint("s", "shard-a")
+	fmt.Println(sink.Items(), err, "checkpoint:", cp.SequenceNumber)
+	// Output:
+	// dead letter "three": strconv.Atoi: parsing "three": invalid syntax
+	// [1 2 4] <nil> checkpoint: 4
+}
+
+// Batch hands slices to handlers that work better on many values at once,
+// like a bulk insert. Each batch holds at most MaxCount values and waits at
+// most Linger for more.
+func ExampleStream_Batch() {
+	src := shardflowtest.NewSource[int]("s").AddShard("shard-a", 1, 2, 3, 4, 5, 6, 7)
+	sink := shardflowtest.NewSink[int]()
+	err := shardflow.Source(src).
+		Batch(shardflow.BatchOptions[int]{MaxCount: 3}).
+		Map(func(_ context.Context, batch []int) (int, error) {
+			sum := 0
+			for _, n := range batch {
+				sum += n
+			}
+			return sum, nil
+		}).
+		Sink(sink).
+		Run(context.Background())
+	fmt.Println(sink.Items(), err)
+	// Output:
+	// [6 15 7] <nil>
+}
+
+// FlatMap turns one record into several values; the record counts as done
+// only when all of them are.
+func ExampleStream_FlatMap() {
+	src := shardflowtest.NewSource[string]("s").AddShard("shard-a", "a b", "", "c")
+	sink := shardflowtest.NewSink[string]()
+	err := shardflow.Source(src).
+		FlatMap(func(_ context.Context, line string) ([]string, error) { return strings.Fields(line), nil }).
+		Sink(sink).
+		Run(context.Background())
+	fmt.Println(sink.Items(), err)
+	// Output:
+	// [a b c] <nil>
+}

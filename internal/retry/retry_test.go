@@ -1,0 +1,66 @@
+package retry_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/shardflow/shardflow/internal/retry"
+)
+
+var policy = retry.Policy{MaxAttempts: 5, InitialInterval: time.Second, MaxInterval: 4 * time.Second, Multiplier: 2}
+
+func TestDoStopsWaitingWhenTheContextEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancelCause(t.Context())
+		stopped := errors.New("pipeline stopping")
+		time.AfterFunc(300*time.Millisecond, func() { cancel(stopped) })
+		first := errors.New("first")
+		calls := 0
+		start := time.Now()
+		err := retry.Do(ctx, policy, first, func() error { calls++; return first }, nil)
+		if !errors.Is(err, first) || !errors.Is(err, stopped) {
+			t.Errorf("Do = %v; want the last error and the context's cause", err)
+		}
+		if calls != 0 || time.Since(start) != 300*time.Millisecond {
+			t.Errorf("%d calls after %v; want none, returning at the cancel (300ms)", calls, time.Since(start))
+		}
+	})
+}
+
+func TestDoRetriesUntilSuccessOrTheAttemptLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fail := errors.New("fail")
+		calls := 0
+		var notified []int
+		err := retry.Do(t.Context(), policy, fail, func() error {
+			calls++
+			if calls < 2 {
+				return fail
+			}
+			return nil
+		}, func(attempt int, _ error, _ time.Duration) { notified = append(notified, attempt) })
+		if err != nil || calls != 2 || len(notified) != 2 {
+			t.Errorf("Do = %v after %d more calls, %d notifications; want nil, 2, 2", err, calls, len(notified))
+		}
+
+		calls = 0
+		err = retry.Do(t.Context(), policy, fail, func() error { calls++; return fail }, nil)
+		if !errors.Is(err, fail) || calls != policy.MaxAttempts-1 {
+			t.Errorf("Do = %v after %d more calls; want fail after %d", err, calls, policy.MaxAttempts-1)
+		}
+	})
+}
+
+func TestPermanentErrorsAreNotRetried(t *testing.T) {
+	calls := 0
+	perm := retry.Permanent(errors.New("bad input"))
+	if err := retry.Do(t.Context(), policy, perm, func() error { calls++; return nil }, nil); err != perm || calls != 0 {
+		t.Errorf("Do = %v after %d calls; want the permanent error at once", err, calls)
+	}
+	if retry.Permanent(nil) != nil {
+		t.Errorf("Permanent(nil) is not nil")
+	}
+}
