@@ -1,0 +1,628 @@
+// Package kinesisfake is an in-memory fake of the Kinesis Data Streams API,
+// for unit tests of code that reads or writes Kinesis: shardflow's Kinesis
+// source and sink accept it in place of a *kinesis.Client, and so does any
+// code written against the same aws-sdk-go-v2 method signatures.
+//
+// It keeps what matters to a reader and a writer: records are routed to the
+// open shard whose hash key range holds the MD5 of their partition key (or
+// their explicit hash key), sequence numbers are large decimals that grow
+// within a shard, iterators expire five minutes after they were issued,
+// shards split and merge into children listed by ListShards and returned in
+// ChildShards at a parent's end, and PutRecords enforces the request limits
+// Kinesis does. Faults are injected on demand: whole-call errors with
+// [Fake.InjectError], per-entry PutRecords failures with [Fake.FailEntries].
+//
+// Time comes from the time package, so tests under testing/synctest control
+// iterator expiry and arrival timestamps. A Fake is safe for concurrent use.
+package kinesisfake
+
+import (
+	"context"
+	"crypto/md5"
+	"errors"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+)
+
+// Limits Kinesis enforces on writes; the fake refuses requests past them.
+const (
+	MaxPutRecordsEntries = 500
+	MaxPutRecordsBytes   = 5 << 20
+	MaxRecordBytes       = 1 << 20
+	MaxPartitionKeyLen   = 256
+	IteratorLifetime     = 5 * time.Minute
+	maxGetRecordsLimit   = 10000
+	accountID            = "000000000000"
+	region               = "us-east-1"
+)
+
+var maxHashKey = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 128), big.NewInt(1))
+
+// Fake is an in-memory Kinesis. The zero Fake is not usable; call New.
+type Fake struct {
+	mu        sync.Mutex
+	streams   map[string]*stream
+	iterators map[string]iterator
+	nextIter  int
+	seq       *big.Int
+	inject    func(op string, input any) error
+	failEntry func(stream string, e types.PutRecordsRequestEntry) (code string)
+	calls     map[string]int
+}
+
+type stream struct {
+	name   string
+	shards []*shard // in creation order
+}
+
+type shard struct {
+	id             string
+	parent         string
+	adjacentParent string
+	start, end     *big.Int // inclusive hash key range
+	startSeq       string
+	endSeq         string // set when closed
+	records        []types.Record
+}
+
+func (s *shard) closed() bool { return s.endSeq != "" }
+
+type iterator struct {
+	stream, shard string
+	next          int // index of the next record to return
+	issued        time.Time
+}
+
+// New returns an empty fake.
+func New() *Fake {
+	seq, _ := new(big.Int).SetString("49590338271490256608559692538361571095921575989136588898", 10)
+	return &Fake{
+		streams:   make(map[string]*stream),
+		iterators: make(map[string]iterator),
+		seq:       seq,
+		calls:     make(map[string]int),
+	}
+}
+
+// StreamARN returns the ARN the fake gives the named stream.
+func StreamARN(name string) string {
+	return fmt.Sprintf("arn:aws:kinesis:%s:%s:stream/%s", region, accountID, name)
+}
+
+// InjectError makes every later API call first call fn with the operation
+// name ("PutRecords", "GetRecords", ...) and its input; a non-nil error is
+// returned as the call's error and the call does nothing. nil removes it.
+func (f *Fake) InjectError(fn func(op string, input any) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inject = fn
+}
+
+// FailEntries makes PutRecords call fn for each entry it would write; a
+// non-empty error code ("ProvisionedThroughputExceededException",
+// "InternalFailure", ...) fails that entry, which is not written. nil removes it.
+func (f *Fake) FailEntries(fn func(stream string, e types.PutRecordsRequestEntry) (code string)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failEntry = fn
+}
+
+// Calls returns how many times the operation was called (injected failures
+// included).
+func (f *Fake) Calls(op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[op]
+}
+
+// begin counts the call and applies an injected fault. Called with f.mu held.
+func (f *Fake) begin(op string, input any) error {
+	f.calls[op]++
+	if f.inject != nil {
+		return f.inject(op, input)
+	}
+	return nil
+}
+
+// CreateStream creates a stream of ShardCount shards that split the hash
+// key space evenly.
+func (f *Fake) CreateStream(_ context.Context, in *kinesis.CreateStreamInput, _ ...func(*kinesis.Options)) (*kinesis.CreateStreamOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("CreateStream", in); err != nil {
+		return nil, err
+	}
+	name := aws.ToString(in.StreamName)
+	if name == "" {
+		return nil, invalidArgument("StreamName is required")
+	}
+	if _, ok := f.streams[name]; ok {
+		return nil, &types.ResourceInUseException{Message: aws.String("Stream " + name + " already exists")}
+	}
+	n := int64(aws.ToInt32(in.ShardCount))
+	if n < 1 {
+		n = 1
+	}
+	st := &stream{name: name}
+	width := new(big.Int).Div(new(big.Int).Add(maxHashKey, big.NewInt(1)), big.NewInt(n))
+	for i := range n {
+		start := new(big.Int).Mul(width, big.NewInt(i))
+		end := new(big.Int).Sub(new(big.Int).Add(start, width), big.NewInt(1))
+		if i == n-1 {
+			end = new(big.Int).Set(maxHashKey)
+		}
+		st.shards = append(st.shards, &shard{id: shardID(len(st.shards)), start: start, end: end, startSeq: f.nextSeq()})
+	}
+	f.streams[name] = st
+	return &kinesis.CreateStreamOutput{}, nil
+}
+
+func shardID(i int) string { return fmt.Sprintf("shardId-%012d", i) }
+
+func (f *Fake) nextSeq() string {
+	f.seq.Add(f.seq, big.NewInt(1))
+	return f.seq.String()
+}
+
+// lookup finds a stream by name or ARN. Called with f.mu held.
+func (f *Fake) lookup(name, arn *string) (*stream, error) {
+	n := aws.ToString(name)
+	if a := aws.ToString(arn); a != "" {
+		i := strings.LastIndex(a, ":stream/")
+		if i < 0 {
+			return nil, invalidArgument("malformed StreamARN " + a)
+		}
+		n = a[i+len(":stream/"):]
+	}
+	st, ok := f.streams[n]
+	if !ok {
+		return nil, &types.ResourceNotFoundException{Message: aws.String("Stream " + n + " under account " + accountID + " not found.")}
+	}
+	return st, nil
+}
+
+func (st *stream) shard(id string) *shard {
+	for _, s := range st.shards {
+		if s.id == id {
+			return s
+		}
+	}
+	return nil
+}
+
+func invalidArgument(msg string) error {
+	return &types.InvalidArgumentException{Message: aws.String(msg)}
+}
+
+// hashKey returns the 128-bit hash key a record is routed by.
+func hashKey(partitionKey string, explicit *string) (*big.Int, error) {
+	if explicit != nil {
+		h, ok := new(big.Int).SetString(*explicit, 10)
+		if !ok || h.Sign() < 0 || h.Cmp(maxHashKey) > 0 {
+			return nil, invalidArgument("ExplicitHashKey " + *explicit + " is not a decimal in [0, 2^128-1]")
+		}
+		return h, nil
+	}
+	sum := md5.Sum([]byte(partitionKey))
+	return new(big.Int).SetBytes(sum[:]), nil
+}
+
+// route finds the open shard whose range holds h.
+func (st *stream) route(h *big.Int) *shard {
+	for _, s := range st.shards {
+		if !s.closed() && s.start.Cmp(h) <= 0 && h.Cmp(s.end) <= 0 {
+			return s
+		}
+	}
+	return nil
+}
+
+func validateEntry(data []byte, key *string) error {
+	k := aws.ToString(key)
+	if k == "" || len([]rune(k)) > MaxPartitionKeyLen {
+		return invalidArgument(fmt.Sprintf("partition key must be 1 to %d characters, got %d", MaxPartitionKeyLen, len([]rune(k))))
+	}
+	if len(data)+len(k) > MaxRecordBytes {
+		return invalidArgument(fmt.Sprintf("record of %d bytes (data + partition key) exceeds the limit of %d", len(data)+len(k), MaxRecordBytes))
+	}
+	return nil
+}
+
+// put appends one record. Called with f.mu held.
+func (f *Fake) put(st *stream, data []byte, key string, explicit *string) (*shard, string, error) {
+	h, err := hashKey(key, explicit)
+	if err != nil {
+		return nil, "", err
+	}
+	s := st.route(h)
+	if s == nil {
+		return nil, "", fmt.Errorf("kinesisfake: no open shard for hash key %s", h)
+	}
+	seq := f.nextSeq()
+	s.records = append(s.records, types.Record{
+		Data:                        append([]byte(nil), data...),
+		PartitionKey:                aws.String(key),
+		SequenceNumber:              aws.String(seq),
+		ApproximateArrivalTimestamp: aws.Time(time.Now()),
+	})
+	return s, seq, nil
+}
+
+// PutRecord writes one record.
+func (f *Fake) PutRecord(_ context.Context, in *kinesis.PutRecordInput, _ ...func(*kinesis.Options)) (*kinesis.PutRecordOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("PutRecord", in); err != nil {
+		return nil, err
+	}
+	st, err := f.lookup(in.StreamName, in.StreamARN)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateEntry(in.Data, in.PartitionKey); err != nil {
+		return nil, err
+	}
+	s, seq, err := f.put(st, in.Data, aws.ToString(in.PartitionKey), in.ExplicitHashKey)
+	if err != nil {
+		return nil, err
+	}
+	return &kinesis.PutRecordOutput{ShardId: aws.String(s.id), SequenceNumber: aws.String(seq)}, nil
+}
+
+// PutRecords writes a batch of records, each to its shard, failing the
+// entries FailEntries says to fail.
+func (f *Fake) PutRecords(_ context.Context, in *kinesis.PutRecordsInput, _ ...func(*kinesis.Options)) (*kinesis.PutRecordsOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("PutRecords", in); err != nil {
+		return nil, err
+	}
+	st, err := f.lookup(in.StreamName, in.StreamARN)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(in.Records); n == 0 || n > MaxPutRecordsEntries {
+		return nil, invalidArgument(fmt.Sprintf("PutRecords takes 1 to %d records, got %d", MaxPutRecordsEntries, n))
+	}
+	total := 0
+	for _, e := range in.Records {
+		if err := validateEntry(e.Data, e.PartitionKey); err != nil {
+			return nil, err
+		}
+		if _, err := hashKey("", e.ExplicitHashKey); e.ExplicitHashKey != nil && err != nil {
+			return nil, err
+		}
+		total += len(e.Data) + len(aws.ToString(e.PartitionKey))
+	}
+	if total > MaxPutRecordsBytes {
+		return nil, invalidArgument(fmt.Sprintf("PutRecords request of %d bytes exceeds the limit of %d", total, MaxPutRecordsBytes))
+	}
+	out := &kinesis.PutRecordsOutput{Records: make([]types.PutRecordsResultEntry, len(in.Records))}
+	failed := int32(0)
+	for i, e := range in.Records {
+		if f.failEntry != nil {
+			if code := f.failEntry(st.name, e); code != "" {
+				out.Records[i] = types.PutRecordsResultEntry{ErrorCode: aws.String(code), ErrorMessage: aws.String("injected by kinesisfake")}
+				failed++
+				continue
+			}
+		}
+		s, seq, err := f.put(st, e.Data, aws.ToString(e.PartitionKey), e.ExplicitHashKey)
+		if err != nil {
+			return nil, err
+		}
+		out.Records[i] = types.PutRecordsResultEntry{ShardId: aws.String(s.id), SequenceNumber: aws.String(seq)}
+	}
+	out.FailedRecordCount = aws.Int32(failed)
+	return out, nil
+}
+
+// ListShards lists the stream's shards, open and closed, in creation order,
+// at most MaxResults (default 1000) per page. ShardFilter AT_LATEST lists
+// the open shards only.
+func (f *Fake) ListShards(_ context.Context, in *kinesis.ListShardsInput, _ ...func(*kinesis.Options)) (*kinesis.ListShardsOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("ListShards", in); err != nil {
+		return nil, err
+	}
+	name, arn, after := in.StreamName, in.StreamARN, aws.ToString(in.ExclusiveStartShardId)
+	filter := in.ShardFilter
+	if tok := aws.ToString(in.NextToken); tok != "" {
+		if name != nil || arn != nil {
+			return nil, invalidArgument("NextToken and StreamName cannot be provided together")
+		}
+		parts := strings.SplitN(tok, "|", 3)
+		if len(parts) != 3 {
+			return nil, invalidArgument("invalid NextToken")
+		}
+		name, after = aws.String(parts[0]), parts[1]
+		if parts[2] != "" {
+			filter = &types.ShardFilter{Type: types.ShardFilterType(parts[2])}
+		}
+	}
+	st, err := f.lookup(name, arn)
+	if err != nil {
+		return nil, err
+	}
+	limit := int(aws.ToInt32(in.MaxResults))
+	if limit <= 0 || limit > 10000 {
+		limit = 1000
+	}
+	out := &kinesis.ListShardsOutput{}
+	for _, s := range st.shards {
+		if after != "" && s.id <= after {
+			continue
+		}
+		if filter != nil && filter.Type == types.ShardFilterTypeAtLatest && s.closed() {
+			continue
+		}
+		if len(out.Shards) == limit {
+			ft := ""
+			if filter != nil {
+				ft = string(filter.Type)
+			}
+			out.NextToken = aws.String(st.name + "|" + aws.ToString(out.Shards[limit-1].ShardId) + "|" + ft)
+			break
+		}
+		out.Shards = append(out.Shards, s.describe())
+	}
+	return out, nil
+}
+
+func (s *shard) describe() types.Shard {
+	d := types.Shard{
+		ShardId:             aws.String(s.id),
+		HashKeyRange:        &types.HashKeyRange{StartingHashKey: aws.String(s.start.String()), EndingHashKey: aws.String(s.end.String())},
+		SequenceNumberRange: &types.SequenceNumberRange{StartingSequenceNumber: aws.String(s.startSeq)},
+	}
+	if s.parent != "" {
+		d.ParentShardId = aws.String(s.parent)
+	}
+	if s.adjacentParent != "" {
+		d.AdjacentParentShardId = aws.String(s.adjacentParent)
+	}
+	if s.closed() {
+		d.SequenceNumberRange.EndingSequenceNumber = aws.String(s.endSeq)
+	}
+	return d
+}
+
+// GetShardIterator returns an iterator of any type Kinesis knows.
+func (f *Fake) GetShardIterator(_ context.Context, in *kinesis.GetShardIteratorInput, _ ...func(*kinesis.Options)) (*kinesis.GetShardIteratorOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("GetShardIterator", in); err != nil {
+		return nil, err
+	}
+	st, err := f.lookup(in.StreamName, in.StreamARN)
+	if err != nil {
+		return nil, err
+	}
+	s := st.shard(aws.ToString(in.ShardId))
+	if s == nil {
+		return nil, &types.ResourceNotFoundException{Message: aws.String("Shard " + aws.ToString(in.ShardId) + " in stream " + st.name + " not found")}
+	}
+	var next int
+	switch in.ShardIteratorType {
+	case types.ShardIteratorTypeTrimHorizon:
+		next = 0
+	case types.ShardIteratorTypeLatest:
+		next = len(s.records)
+	case types.ShardIteratorTypeAtSequenceNumber, types.ShardIteratorTypeAfterSequenceNumber:
+		want, ok := new(big.Int).SetString(aws.ToString(in.StartingSequenceNumber), 10)
+		if !ok {
+			return nil, invalidArgument("StartingSequenceNumber " + aws.ToString(in.StartingSequenceNumber) + " is not a sequence number")
+		}
+		next = -1
+		for i, r := range s.records {
+			have, _ := new(big.Int).SetString(aws.ToString(r.SequenceNumber), 10)
+			if c := have.Cmp(want); c >= 0 {
+				next = i
+				if c == 0 && in.ShardIteratorType == types.ShardIteratorTypeAfterSequenceNumber {
+					next = i + 1
+				}
+				break
+			}
+		}
+		if next < 0 {
+			// Past the last record: valid if it belongs to this shard
+			// (not past its end), as Kinesis accepts the last record's
+			// sequence number.
+			next = len(s.records)
+		}
+	case types.ShardIteratorTypeAtTimestamp:
+		ts := aws.ToTime(in.Timestamp)
+		next = len(s.records)
+		for i, r := range s.records {
+			if !aws.ToTime(r.ApproximateArrivalTimestamp).Before(ts) {
+				next = i
+				break
+			}
+		}
+	default:
+		return nil, invalidArgument("unknown ShardIteratorType " + string(in.ShardIteratorType))
+	}
+	return &kinesis.GetShardIteratorOutput{ShardIterator: aws.String(f.issue(st.name, s.id, next))}, nil
+}
+
+// issue records a new iterator. Called with f.mu held.
+func (f *Fake) issue(stream, shard string, next int) string {
+	f.nextIter++
+	tok := "iter-" + strconv.Itoa(f.nextIter)
+	f.iterators[tok] = iterator{stream: stream, shard: shard, next: next, issued: time.Now()}
+	return tok
+}
+
+// GetRecords returns up to Limit (default 10,000) records from the
+// iterator's position, the next iterator (nil at the end of a closed shard,
+// with its ChildShards) and MillisBehindLatest.
+func (f *Fake) GetRecords(_ context.Context, in *kinesis.GetRecordsInput, _ ...func(*kinesis.Options)) (*kinesis.GetRecordsOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("GetRecords", in); err != nil {
+		return nil, err
+	}
+	it, ok := f.iterators[aws.ToString(in.ShardIterator)]
+	if !ok {
+		return nil, invalidArgument("invalid ShardIterator")
+	}
+	if time.Since(it.issued) > IteratorLifetime {
+		return nil, &types.ExpiredIteratorException{Message: aws.String("Iterator expired")}
+	}
+	st, err := f.lookup(aws.String(it.stream), nil)
+	if err != nil {
+		return nil, err
+	}
+	s := st.shard(it.shard)
+	limit := int(aws.ToInt32(in.Limit))
+	if limit <= 0 || limit > maxGetRecordsLimit {
+		limit = maxGetRecordsLimit
+	}
+	end := min(it.next+limit, len(s.records))
+	out := &kinesis.GetRecordsOutput{Records: append([]types.Record(nil), s.records[it.next:end]...), MillisBehindLatest: aws.Int64(0)}
+	if end < len(s.records) {
+		behind := time.Since(aws.ToTime(s.records[end].ApproximateArrivalTimestamp)).Milliseconds()
+		out.MillisBehindLatest = aws.Int64(max(behind, 1))
+	}
+	if s.closed() && end == len(s.records) {
+		for _, c := range st.shards {
+			if c.parent == s.id || c.adjacentParent == s.id {
+				parents := []string{c.parent}
+				if c.adjacentParent != "" {
+					parents = append(parents, c.adjacentParent)
+				}
+				out.ChildShards = append(out.ChildShards, types.ChildShard{
+					ShardId: aws.String(c.id), ParentShards: parents,
+					HashKeyRange: &types.HashKeyRange{StartingHashKey: aws.String(c.start.String()), EndingHashKey: aws.String(c.end.String())},
+				})
+			}
+		}
+		return out, nil
+	}
+	out.NextShardIterator = aws.String(f.issue(it.stream, it.shard, end))
+	return out, nil
+}
+
+// SplitShard closes a shard and opens two children that share its range at
+// NewStartingHashKey.
+func (f *Fake) SplitShard(_ context.Context, in *kinesis.SplitShardInput, _ ...func(*kinesis.Options)) (*kinesis.SplitShardOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("SplitShard", in); err != nil {
+		return nil, err
+	}
+	st, err := f.lookup(in.StreamName, in.StreamARN)
+	if err != nil {
+		return nil, err
+	}
+	p := st.shard(aws.ToString(in.ShardToSplit))
+	if p == nil || p.closed() {
+		return nil, &types.ResourceNotFoundException{Message: aws.String("no open shard " + aws.ToString(in.ShardToSplit))}
+	}
+	at, ok := new(big.Int).SetString(aws.ToString(in.NewStartingHashKey), 10)
+	if !ok || at.Cmp(p.start) <= 0 || at.Cmp(p.end) > 0 {
+		return nil, invalidArgument("NewStartingHashKey must be inside the shard's range, above its start")
+	}
+	p.endSeq = f.nextSeq()
+	lo := &shard{id: shardID(len(st.shards)), parent: p.id, start: p.start, end: new(big.Int).Sub(at, big.NewInt(1)), startSeq: f.nextSeq()}
+	st.shards = append(st.shards, lo)
+	hi := &shard{id: shardID(len(st.shards)), parent: p.id, start: at, end: p.end, startSeq: f.nextSeq()}
+	st.shards = append(st.shards, hi)
+	return &kinesis.SplitShardOutput{}, nil
+}
+
+// MergeShards closes two adjacent shards and opens one child over both
+// ranges.
+func (f *Fake) MergeShards(_ context.Context, in *kinesis.MergeShardsInput, _ ...func(*kinesis.Options)) (*kinesis.MergeShardsOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("MergeShards", in); err != nil {
+		return nil, err
+	}
+	st, err := f.lookup(in.StreamName, in.StreamARN)
+	if err != nil {
+		return nil, err
+	}
+	a, b := st.shard(aws.ToString(in.ShardToMerge)), st.shard(aws.ToString(in.AdjacentShardToMerge))
+	if a == nil || b == nil || a.closed() || b.closed() {
+		return nil, &types.ResourceNotFoundException{Message: aws.String("both shards must exist and be open")}
+	}
+	lo, hi := a, b
+	if hi.start.Cmp(lo.start) < 0 {
+		lo, hi = hi, lo
+	}
+	if new(big.Int).Add(lo.end, big.NewInt(1)).Cmp(hi.start) != 0 {
+		return nil, invalidArgument("shards to merge must be adjacent")
+	}
+	a.endSeq = f.nextSeq()
+	b.endSeq = f.nextSeq()
+	c := &shard{id: shardID(len(st.shards)), parent: a.id, adjacentParent: b.id, start: lo.start, end: hi.end, startSeq: f.nextSeq()}
+	st.shards = append(st.shards, c)
+	return &kinesis.MergeShardsOutput{}, nil
+}
+
+// DescribeStreamSummary describes the stream: name, ARN, status ACTIVE and
+// the number of open shards.
+func (f *Fake) DescribeStreamSummary(_ context.Context, in *kinesis.DescribeStreamSummaryInput, _ ...func(*kinesis.Options)) (*kinesis.DescribeStreamSummaryOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin("DescribeStreamSummary", in); err != nil {
+		return nil, err
+	}
+	st, err := f.lookup(in.StreamName, in.StreamARN)
+	if err != nil {
+		return nil, err
+	}
+	open := int32(0)
+	for _, s := range st.shards {
+		if !s.closed() {
+			open++
+		}
+	}
+	return &kinesis.DescribeStreamSummaryOutput{StreamDescriptionSummary: &types.StreamDescriptionSummary{
+		StreamName: aws.String(st.name), StreamARN: aws.String(StreamARN(st.name)),
+		StreamStatus: types.StreamStatusActive, OpenShardCount: aws.Int32(open),
+		RetentionPeriodHours: aws.Int32(24), StreamCreationTimestamp: aws.Time(time.Time{}),
+	}}, nil
+}
+
+// Records returns a copy of every record of a shard, in order: tests use it
+// to check what a writer wrote.
+func (f *Fake) Records(streamName, shardID string) ([]types.Record, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, err := f.lookup(aws.String(streamName), nil)
+	if err != nil {
+		return nil, err
+	}
+	s := st.shard(shardID)
+	if s == nil {
+		return nil, errors.New("kinesisfake: no shard " + shardID)
+	}
+	return append([]types.Record(nil), s.records...), nil
+}
+
+// Shards returns the ids of every shard of the stream, open and closed, in
+// creation order.
+func (f *Fake) Shards(streamName string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, err := f.lookup(aws.String(streamName), nil)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(st.shards))
+	for i, s := range st.shards {
+		ids[i] = s.id
+	}
+	return ids, nil
+}
