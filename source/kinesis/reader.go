@@ -1,0 +1,326 @@
+package kinesissource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/retry"
+)
+
+// minCallSpacing keeps a shard's reader under 5 GetRecords calls per second.
+const minCallSpacing = 200 * time.Millisecond
+
+// startSpec says where a reader starts.
+type startSpec struct {
+	checkpoint    shardflow.Checkpoint
+	hasCheckpoint bool
+	initial       StartingPosition
+}
+
+// reader reads one shard into its lane.
+type reader struct {
+	src     *Source
+	c       *coordinator
+	shardID string
+	start   startSpec
+	log     *slog.Logger
+
+	// Where the shard has been read to, to replace an expired iterator.
+	lastSeq string
+	// A checkpoint inside a KPL aggregate: skip its user records up to
+	// skipSub when the aggregate is read again.
+	skipSeq string
+	skipSub uint64
+
+	failingSince time.Time
+	bo           interface{ NextBackOff() time.Duration }
+}
+
+func (r *reader) run(ctx context.Context) error {
+	s := r.src
+	lane, err := r.c.shards.Open(s.stream, r.shardID, s.opts.Checkpoint)
+	if err != nil {
+		r.c.stopped(r.shardID)
+		if errors.Is(err, shardflow.ErrLaneClosed) {
+			return nil // the pipeline is stopping
+		}
+		return err
+	}
+	iter, err := r.firstIterator(ctx)
+	if err != nil {
+		return r.exit(ctx, err)
+	}
+	r.log.Info("reading shard", "from", r.describeStart())
+	var lastCall time.Time
+	for {
+		if !lastCall.IsZero() {
+			if err := sleep(ctx, minCallSpacing-time.Since(lastCall)); err != nil {
+				return r.exit(ctx, nil)
+			}
+		}
+		lastCall = time.Now()
+		out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: s.streamARN()})
+		ev := GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: time.Since(lastCall)}
+		if err != nil {
+			var expired *types.ExpiredIteratorException
+			if errors.As(err, &expired) {
+				r.notify(ev)
+				r.log.Info("shard iterator expired; getting a new one", "sequence_number", r.lastSeq)
+				if iter, err = r.resumeIterator(ctx); err != nil {
+					return r.exit(ctx, err)
+				}
+				continue
+			}
+			_, ev.Throttled = classify(err)
+			r.notify(ev)
+			if err := r.backoff(ctx, "get records", err); err != nil {
+				return r.exit(ctx, err)
+			}
+			continue
+		}
+		r.failingSince, r.bo = time.Time{}, nil
+		ev.Records = len(out.Records)
+		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
+		for i := range out.Records {
+			n, bytes, err := r.emit(ctx, lane, &out.Records[i])
+			ev.UserRecords += n
+			ev.Bytes += bytes
+			if err != nil {
+				r.notify(ev)
+				return r.exit(ctx, err)
+			}
+		}
+		r.notify(ev)
+		if out.NextShardIterator == nil {
+			return r.end(ctx, lane, out.ChildShards)
+		}
+		iter = aws.ToString(out.NextShardIterator)
+		if len(out.Records) == 0 && aws.ToInt64(out.MillisBehindLatest) == 0 {
+			if err := sleep(ctx, s.opts.IdleInterval); err != nil {
+				return r.exit(ctx, nil)
+			}
+		}
+	}
+}
+
+// emit hands the user records of one Kinesis record to the lane and returns
+// how many it emitted and the record's data bytes.
+func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record], kr *types.Record) (int, int, error) {
+	seq := aws.ToString(kr.SequenceNumber)
+	base := shardflow.Record{
+		Stream:                      r.src.stream,
+		ShardID:                     r.shardID,
+		PartitionKey:                aws.ToString(kr.PartitionKey),
+		SequenceNumber:              seq,
+		ApproximateArrivalTimestamp: aws.ToTime(kr.ApproximateArrivalTimestamp),
+	}
+	users, aggregated := deaggregate(kr.Data)
+	skipThrough := int64(-1)
+	if r.skipSeq != "" && seq == r.skipSeq {
+		skipThrough = int64(r.skipSub)
+	}
+	r.skipSeq = ""
+	emitted := 0
+	if !aggregated {
+		base.Data = kr.Data // zero-copy: the SDK's slice, not reused by it
+		if skipThrough < 0 {
+			if err := lane.Emit(ctx, shardflow.Position{SequenceNumber: seq}, base); err != nil {
+				return 0, len(kr.Data), err
+			}
+			emitted = 1
+		}
+		r.lastSeq = seq
+		return emitted, len(kr.Data), nil
+	}
+	for i, u := range users {
+		if int64(i) <= skipThrough {
+			continue
+		}
+		rec := base
+		rec.Data = u.data
+		rec.PartitionKey = u.partitionKey
+		rec.ExplicitHashKey = u.explicitHashKey
+		rec.SubSequenceNumber = uint64(i)
+		pos := shardflow.Position{SequenceNumber: seq, SubSequenceNumber: uint64(i), Partial: i < len(users)-1}
+		if err := lane.Emit(ctx, pos, rec); err != nil {
+			return emitted, len(kr.Data), err
+		}
+		emitted++
+	}
+	r.lastSeq = seq
+	return emitted, len(kr.Data), nil
+}
+
+// end finishes a closed shard: every record done, SHARD_END saved, then its
+// children may start.
+func (r *reader) end(ctx context.Context, lane *shardflow.Lane[shardflow.Record], children []types.ChildShard) error {
+	if err := lane.End(ctx); err != nil {
+		return r.exit(ctx, fmt.Errorf("end shard %s: %w", r.shardID, err))
+	}
+	ids := make([]string, len(children))
+	for i, c := range children {
+		ids[i] = aws.ToString(c.ShardId)
+	}
+	r.log.Info("shard ended; starting its children", "children", ids)
+	r.c.markFinished(r.shardID, true)
+	r.c.rediscover()
+	return nil
+}
+
+// exit ends the reader: nil when the pipeline or source is stopping or the
+// shard was lost, else err.
+func (r *reader) exit(ctx context.Context, err error) error {
+	r.c.stopped(r.shardID)
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case errors.Is(err, shardflow.ErrLeaseLost), errors.Is(err, shardflow.ErrLaneClosed):
+		r.log.Info("stopped reading shard", "err", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("read shard %s of stream %q: %w", r.shardID, r.src.stream, err)
+	}
+	return nil
+}
+
+func (r *reader) notify(ev GetRecordsEvent) {
+	if r.src.opts.OnGetRecords != nil {
+		r.src.opts.OnGetRecords(ev)
+	}
+}
+
+// backoff waits before a retry of a throttled or transient failure, or
+// returns err when it is not worth retrying or retries ran out of time.
+func (r *reader) backoff(ctx context.Context, what string, err error) error {
+	retryable, throttled := classify(err)
+	if !retryable {
+		return err
+	}
+	if r.bo == nil {
+		r.failingSince = time.Now()
+		r.bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
+	}
+	if failing := time.Since(r.failingSince); failing > r.src.opts.RetryTimeout {
+		return fmt.Errorf("%s: still failing after %v: %w", what, failing.Round(time.Millisecond), err)
+	}
+	wait := r.bo.NextBackOff()
+	r.log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
+	return sleep(ctx, wait)
+}
+
+func (r *reader) describeStart() string {
+	switch {
+	case r.start.hasCheckpoint && r.start.checkpoint.Partial:
+		return fmt.Sprintf("inside aggregate %s after user record %d", r.start.checkpoint.SequenceNumber, r.start.checkpoint.SubSequenceNumber)
+	case r.start.hasCheckpoint && r.start.checkpoint.SequenceNumber != "":
+		return "after checkpoint " + r.start.checkpoint.SequenceNumber
+	}
+	return r.start.initial.String()
+}
+
+// firstIterator returns the iterator the reader starts with.
+func (r *reader) firstIterator(ctx context.Context) (string, error) {
+	cp := r.start.checkpoint
+	if !r.start.hasCheckpoint || cp.SequenceNumber == "" {
+		return r.positionIterator(ctx, r.start.initial)
+	}
+	typ := types.ShardIteratorTypeAfterSequenceNumber
+	if cp.Partial {
+		typ = types.ShardIteratorTypeAtSequenceNumber
+		r.skipSeq, r.skipSub = cp.SequenceNumber, cp.SubSequenceNumber
+	}
+	iter, err := r.getIterator(ctx, &kinesis.GetShardIteratorInput{ShardIteratorType: typ, StartingSequenceNumber: aws.String(cp.SequenceNumber)})
+	var invalid *types.InvalidArgumentException
+	if errors.As(err, &invalid) {
+		if !r.src.opts.FallbackToTrimHorizon {
+			return "", &CheckpointExpiredError{Stream: r.src.stream, ShardID: r.shardID, Checkpoint: cp.SequenceNumber, Err: err}
+		}
+		r.log.Warn("checkpoint refused; starting at the trim horizon as FallbackToTrimHorizon allows: records may have been lost",
+			"sequence_number", cp.SequenceNumber, "err", err)
+		r.skipSeq = ""
+		return r.positionIterator(ctx, TrimHorizon())
+	}
+	return iter, err
+}
+
+// resumeIterator replaces an expired iterator: after the last record read,
+// or from the start if none was.
+func (r *reader) resumeIterator(ctx context.Context) (string, error) {
+	if r.lastSeq == "" {
+		return r.firstIterator(ctx)
+	}
+	return r.getIterator(ctx, &kinesis.GetShardIteratorInput{ShardIteratorType: types.ShardIteratorTypeAfterSequenceNumber, StartingSequenceNumber: aws.String(r.lastSeq)})
+}
+
+func (r *reader) positionIterator(ctx context.Context, p StartingPosition) (string, error) {
+	in := &kinesis.GetShardIteratorInput{ShardIteratorType: p.typ}
+	if p.typ == types.ShardIteratorTypeAtTimestamp {
+		in.Timestamp = aws.Time(p.at)
+	}
+	return r.getIterator(ctx, in)
+}
+
+func (r *reader) getIterator(ctx context.Context, in *kinesis.GetShardIteratorInput) (string, error) {
+	in.StreamName, in.StreamARN, in.ShardId = r.src.streamName(), r.src.streamARN(), aws.String(r.shardID)
+	var out *kinesis.GetShardIteratorOutput
+	err := r.src.retry(ctx, r.log, "get shard iterator", func() error {
+		var err error
+		out, err = r.src.client.GetShardIterator(ctx, in)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return aws.ToString(out.ShardIterator), nil
+}
+
+// retry calls op until it succeeds, fails for good, or has failed for
+// RetryTimeout, with exponential backoff and jitter between calls.
+func (s *Source) retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
+	var bo interface{ NextBackOff() time.Duration }
+	var since time.Time
+	for {
+		err := op()
+		if err == nil {
+			return nil
+		}
+		retryable, throttled := classify(err)
+		if !retryable || ctx.Err() != nil {
+			return err
+		}
+		if bo == nil {
+			since = time.Now()
+			bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
+		}
+		if failing := time.Since(since); failing > s.opts.RetryTimeout {
+			return fmt.Errorf("%s: still failing after %v: %w", what, failing.Round(time.Millisecond), err)
+		}
+		wait := bo.NextBackOff()
+		log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
+		if err := sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,441 @@
+package kinesissource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/shardflow/shardflow"
+	"golang.org/x/sync/errgroup"
+)
+
+// API is the part of the Kinesis API the source calls, with the exact
+// aws-sdk-go-v2 signatures: a *kinesis.Client satisfies it, and so does the
+// in-memory fake of package shardflowtest/kinesisfake.
+type API interface {
+	ListShards(ctx context.Context, in *kinesis.ListShardsInput, optFns ...func(*kinesis.Options)) (*kinesis.ListShardsOutput, error)
+	GetShardIterator(ctx context.Context, in *kinesis.GetShardIteratorInput, optFns ...func(*kinesis.Options)) (*kinesis.GetShardIteratorOutput, error)
+	GetRecords(ctx context.Context, in *kinesis.GetRecordsInput, optFns ...func(*kinesis.Options)) (*kinesis.GetRecordsOutput, error)
+}
+
+var _ API = (*kinesis.Client)(nil)
+
+// StartingPosition is where a shard with no checkpoint is read from.
+type StartingPosition struct {
+	typ types.ShardIteratorType
+	at  time.Time
+}
+
+// Latest starts shards without a checkpoint at the tip: only records written
+// from now on are read. Closed shards without a checkpoint are skipped.
+func Latest() StartingPosition { return StartingPosition{typ: types.ShardIteratorTypeLatest} }
+
+// TrimHorizon starts shards without a checkpoint at their oldest record
+// still retained.
+func TrimHorizon() StartingPosition {
+	return StartingPosition{typ: types.ShardIteratorTypeTrimHorizon}
+}
+
+// AtTimestamp starts shards without a checkpoint at the first record that
+// arrived at or after t.
+func AtTimestamp(t time.Time) StartingPosition {
+	return StartingPosition{typ: types.ShardIteratorTypeAtTimestamp, at: t}
+}
+
+func (p StartingPosition) String() string {
+	if p.typ == types.ShardIteratorTypeAtTimestamp {
+		return fmt.Sprintf("AT_TIMESTAMP %s", p.at.Format(time.RFC3339Nano))
+	}
+	return string(p.typ)
+}
+
+// Options configure a Source. Zero fields take the documented defaults.
+type Options struct {
+	// Checkpoint is where shards resume from and where the pipeline saves
+	// their checkpoints. Default: nil, no checkpoints: every run starts each
+	// shard at InitialPosition.
+	Checkpoint shardflow.CheckpointStore
+
+	// InitialPosition is where a shard with no checkpoint starts. Default:
+	// Latest(). A child shard whose parent this source read starts at its
+	// trim horizon whatever this says, so that no record between the
+	// parent's end and the child's start is skipped.
+	InitialPosition StartingPosition
+
+	// FallbackToTrimHorizon makes a shard whose checkpoint Kinesis no
+	// longer accepts (older than the stream's retention) start at its trim
+	// horizon, with a warning. Default: false: the source stops with a
+	// *CheckpointExpiredError, since records were lost.
+	FallbackToTrimHorizon bool
+
+	// Limit is the most records one GetRecords call returns, 1 to 10,000.
+	// Default: 10,000.
+	Limit int32
+
+	// IdleInterval is the wait between GetRecords calls on a shard that is
+	// at the tip. Default: 1s. Calls on one shard are always at least
+	// 200ms apart (Kinesis allows 5 per second per shard).
+	IdleInterval time.Duration
+
+	// DiscoveryInterval is how often ListShards runs to find new shards.
+	// It also runs whenever a shard ends. Default: 10s.
+	DiscoveryInterval time.Duration
+
+	// RetryTimeout bounds how long a shard keeps retrying throttling and
+	// transient errors without one success before the source gives up
+	// with the last error. Default: 5m.
+	RetryTimeout time.Duration
+
+	// ListShardsPageSize is MaxResults of each ListShards call, 1 to 10,000.
+	// Default: 1000.
+	ListShardsPageSize int32
+
+	// OnGetRecords, if set, is called after every GetRecords call of every
+	// shard, from the shard's goroutine: the hook for metrics such as lag
+	// (MillisBehindLatest), records and bytes read, calls and throttles.
+	// It must be quick and safe for concurrent use.
+	OnGetRecords func(GetRecordsEvent)
+
+	// Logger receives lifecycle events (Info) and retried failures (Warn).
+	// Default: nil, which discards them.
+	Logger *slog.Logger
+}
+
+// GetRecordsEvent describes one GetRecords call, for metrics.
+type GetRecordsEvent struct {
+	Stream, ShardID string
+	// Records and Bytes count the Kinesis records returned and their data
+	// bytes (before KPL de-aggregation).
+	Records, Bytes int
+	// UserRecords counts the records handed to the pipeline (after
+	// de-aggregation and skipping what a checkpoint already covered).
+	UserRecords int
+	// MillisBehindLatest is how far the shard's reader is behind the tip.
+	MillisBehindLatest int64
+	// Err is the call's error; Throttled reports a throughput error.
+	Err       error
+	Throttled bool
+	// Duration is how long the call took.
+	Duration time.Duration
+}
+
+// Source reads a Kinesis stream. Create it with New; Run it through
+// shardflow.Source. One Source may be run by one pipeline at a time.
+type Source struct {
+	client API
+	stream string // the name, also for ARN-addressed streams
+	arn    string // set when addressed by ARN
+	opts   Options
+	log    *slog.Logger
+}
+
+var _ shardflow.ShardSource[shardflow.Record] = (*Source)(nil)
+
+// New returns a source reading stream, given by name or by ARN
+// ("arn:aws:kinesis:region:account:stream/name"). It checks the options but
+// calls no API.
+func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
+	var o Options
+	for _, fn := range optFns {
+		fn(&o)
+	}
+	if client == nil {
+		return nil, &ConfigError{Field: "client", Reason: "nil"}
+	}
+	s := &Source{client: client, stream: stream}
+	if strings.HasPrefix(stream, "arn:") {
+		i := strings.LastIndex(stream, ":stream/")
+		if i < 0 || i+len(":stream/") == len(stream) {
+			return nil, &ConfigError{Field: "stream", Reason: fmt.Sprintf("%q is not a Kinesis stream ARN", stream)}
+		}
+		s.arn, s.stream = stream, stream[i+len(":stream/"):]
+	}
+	if s.stream == "" {
+		return nil, &ConfigError{Field: "stream", Reason: "empty"}
+	}
+	switch {
+	case o.Limit < 0 || o.Limit > 10000:
+		return nil, &ConfigError{Field: "Limit", Reason: "must be 1 to 10,000"}
+	case o.IdleInterval < 0:
+		return nil, &ConfigError{Field: "IdleInterval", Reason: "negative"}
+	case o.DiscoveryInterval < 0:
+		return nil, &ConfigError{Field: "DiscoveryInterval", Reason: "negative"}
+	case o.RetryTimeout < 0:
+		return nil, &ConfigError{Field: "RetryTimeout", Reason: "negative"}
+	case o.ListShardsPageSize < 0 || o.ListShardsPageSize > 10000:
+		return nil, &ConfigError{Field: "ListShardsPageSize", Reason: "must be 1 to 10,000"}
+	case o.InitialPosition.typ == types.ShardIteratorTypeAtTimestamp && o.InitialPosition.at.IsZero():
+		return nil, &ConfigError{Field: "InitialPosition", Reason: "AT_TIMESTAMP needs a time"}
+	}
+	if o.InitialPosition.typ == "" {
+		o.InitialPosition = Latest()
+	}
+	if o.Limit == 0 {
+		o.Limit = 10000
+	}
+	if o.IdleInterval == 0 {
+		o.IdleInterval = time.Second
+	}
+	if o.DiscoveryInterval == 0 {
+		o.DiscoveryInterval = 10 * time.Second
+	}
+	if o.RetryTimeout == 0 {
+		o.RetryTimeout = 5 * time.Minute
+	}
+	if o.ListShardsPageSize == 0 {
+		o.ListShardsPageSize = 1000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s.opts = o
+	s.log = o.Logger.With("component", "kinesis.source", "stream", s.stream)
+	return s, nil
+}
+
+// Stream returns the name of the stream the source reads.
+func (s *Source) Stream() string { return s.stream }
+
+// streamRef fills the stream fields of a request.
+func (s *Source) streamName() *string {
+	if s.arn != "" {
+		return nil
+	}
+	return aws.String(s.stream)
+}
+
+func (s *Source) streamARN() *string {
+	if s.arn == "" {
+		return nil
+	}
+	return aws.String(s.arn)
+}
+
+// shardInfo is what discovery knows of a shard.
+type shardInfo struct {
+	id       string
+	parents  []string
+	closed   bool
+	startSeq string
+}
+
+// Run reads the stream until ctx is done, handing every record to the
+// pipeline through shards. It returns nil when ctx is cancelled, and an error
+// when a shard cannot be read (a missing stream, denied access, an expired
+// checkpoint without FallbackToTrimHorizon, or retries that ran out).
+func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Record]) error {
+	g, gctx := errgroup.WithContext(ctx)
+	c := &coordinator{
+		src:      s,
+		shards:   shards,
+		running:  make(map[string]bool),
+		finished: make(map[string]bool),
+		consumed: make(map[string]bool),
+		wake:     make(chan struct{}, 1),
+	}
+	g.Go(func() error { return c.discoverLoop(gctx, g) })
+	err := g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))) {
+		return nil
+	}
+	return err
+}
+
+// coordinator decides which shards to read and starts their readers.
+type coordinator struct {
+	src    *Source
+	shards *shardflow.Shards[shardflow.Record]
+
+	mu       sync.Mutex
+	running  map[string]bool
+	finished map[string]bool // SHARD_END known
+	consumed map[string]bool // read by us, or checkpointed: its children start at TRIM_HORIZON
+	wake     chan struct{}
+}
+
+func (c *coordinator) discoverLoop(ctx context.Context, g *errgroup.Group) error {
+	t := time.NewTicker(c.src.opts.DiscoveryInterval)
+	defer t.Stop()
+	for {
+		if err := c.discover(ctx, g); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		case <-c.wake:
+		}
+	}
+}
+
+// rediscover asks for a discovery round now (after a shard ended).
+func (c *coordinator) rediscover() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// discover lists the shards and starts a reader for each shard that is not
+// finished and whose parents all are.
+func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
+	list, err := c.src.listShards(ctx)
+	if err != nil {
+		return err
+	}
+	known := make(map[string]bool, len(list))
+	for _, sh := range list {
+		known[sh.id] = true
+	}
+	store := c.src.opts.Checkpoint
+	for _, sh := range list {
+		c.mu.Lock()
+		skip := c.running[sh.id] || c.finished[sh.id]
+		c.mu.Unlock()
+		if skip {
+			continue
+		}
+		cp, hasCP, err := c.load(ctx, store, sh.id)
+		if err != nil {
+			return err
+		}
+		if hasCP && cp.ShardEnd {
+			c.markFinished(sh.id, true)
+			continue
+		}
+		ready := true
+		for _, p := range sh.parents {
+			if !known[p] {
+				continue // expired beyond retention: nothing left to read
+			}
+			done, err := c.parentFinished(ctx, store, p)
+			if err != nil {
+				return err
+			}
+			ready = ready && done
+		}
+		if !ready {
+			continue
+		}
+		start := startSpec{checkpoint: cp, hasCheckpoint: hasCP, initial: c.src.opts.InitialPosition}
+		if !hasCP && c.anyConsumed(sh.parents) {
+			start.initial = TrimHorizon()
+		}
+		if !hasCP && sh.closed && start.initial.typ == types.ShardIteratorTypeLatest {
+			// Nothing will ever be written to a closed shard: LATEST reads
+			// nothing of it. Its children start where Latest says too.
+			c.markFinished(sh.id, false)
+			continue
+		}
+		c.mu.Lock()
+		c.running[sh.id] = true
+		c.consumed[sh.id] = true
+		c.mu.Unlock()
+		r := &reader{src: c.src, c: c, shardID: sh.id, start: start,
+			log: c.src.log.With("shard_id", sh.id)}
+		g.Go(func() error { return r.run(ctx) })
+	}
+	return nil
+}
+
+func (c *coordinator) load(ctx context.Context, store shardflow.CheckpointStore, shardID string) (shardflow.Checkpoint, bool, error) {
+	if store == nil {
+		return shardflow.Checkpoint{}, false, nil
+	}
+	cp, ok, err := store.Load(ctx, c.src.stream, shardID)
+	if err != nil {
+		return cp, ok, fmt.Errorf("load checkpoint of shard %s: %w", shardID, err)
+	}
+	return cp, ok, nil
+}
+
+func (c *coordinator) parentFinished(ctx context.Context, store shardflow.CheckpointStore, id string) (bool, error) {
+	c.mu.Lock()
+	done := c.finished[id]
+	c.mu.Unlock()
+	if done {
+		return true, nil
+	}
+	cp, ok, err := c.load(ctx, store, id)
+	if err != nil {
+		return false, err
+	}
+	if ok && cp.ShardEnd {
+		c.markFinished(id, true)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (c *coordinator) markFinished(id string, consumed bool) {
+	c.mu.Lock()
+	c.finished[id] = true
+	if consumed {
+		c.consumed[id] = true
+	}
+	delete(c.running, id)
+	c.mu.Unlock()
+}
+
+// stopped notes that a reader stopped without finishing its shard (it lost
+// it); a later discovery may start it again.
+func (c *coordinator) stopped(id string) {
+	c.mu.Lock()
+	delete(c.running, id)
+	c.mu.Unlock()
+}
+
+func (c *coordinator) anyConsumed(ids []string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		if c.consumed[id] {
+			return true
+		}
+	}
+	return false
+}
+
+// listShards returns every shard of the stream, following NextToken,
+// retrying throttling and transient errors.
+func (s *Source) listShards(ctx context.Context) ([]shardInfo, error) {
+	var out []shardInfo
+	in := &kinesis.ListShardsInput{StreamName: s.streamName(), StreamARN: s.streamARN(), MaxResults: aws.Int32(s.opts.ListShardsPageSize)}
+	for {
+		var page *kinesis.ListShardsOutput
+		err := s.retry(ctx, s.log, "list shards", func() error {
+			var err error
+			page, err = s.client.ListShards(ctx, in)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list shards of stream %q: %w", s.stream, err)
+		}
+		for _, sh := range page.Shards {
+			info := shardInfo{id: aws.ToString(sh.ShardId)}
+			if p := aws.ToString(sh.ParentShardId); p != "" {
+				info.parents = append(info.parents, p)
+			}
+			if p := aws.ToString(sh.AdjacentParentShardId); p != "" {
+				info.parents = append(info.parents, p)
+			}
+			if r := sh.SequenceNumberRange; r != nil {
+				info.closed = r.EndingSequenceNumber != nil
+				info.startSeq = aws.ToString(r.StartingSequenceNumber)
+			}
+			out = append(out, info)
+		}
+		if aws.ToString(page.NextToken) == "" {
+			return out, nil
+		}
+		in = &kinesis.ListShardsInput{NextToken: page.NextToken, MaxResults: aws.Int32(s.opts.ListShardsPageSize)}
+	}
+}
