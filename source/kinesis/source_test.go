@@ -18,8 +18,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
-	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
+	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
 
 var _ kinesissource.API = (*kinesisfake.Fake)(nil)
