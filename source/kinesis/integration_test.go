@@ -1,0 +1,210 @@
+package kinesissource_test
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint/memory"
+	"github.com/shardflow/shardflow/internal/awstest"
+	kinesissource "github.com/shardflow/shardflow/source/kinesis"
+)
+
+// putSDK writes records "key-k:i" for i in [from, to) through the SDK.
+func putSDK(t *testing.T, c *kinesis.Client, stream string, from, to, keys int) {
+	t.Helper()
+	for i := from; i < to; {
+		var entries []types.PutRecordsRequestEntry
+		for ; i < to && len(entries) < 500; i++ {
+			key := fmt.Sprintf("key-%d", i%keys)
+			entries = append(entries, types.PutRecordsRequestEntry{Data: []byte(fmt.Sprintf("%s:%d", key, i)), PartitionKey: aws.String(key)})
+		}
+		out, err := c.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String(stream), Records: entries})
+		if err != nil || aws.ToInt32(out.FailedRecordCount) != 0 {
+			t.Fatalf("put: %v (%v failed)", err, out)
+		}
+	}
+}
+
+// runReal runs a pipeline in real time until cond holds or a minute passes.
+func runReal(t *testing.T, pl *shardflow.Pipeline, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- pl.Run(ctx) }()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() && time.Now().Before(deadline) {
+		select {
+		case err := <-errc:
+			cancel()
+			t.Fatalf("Run ended early: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if !cond() {
+		t.Fatalf("condition not met within a minute")
+	}
+}
+
+func emulatorOptions(store shardflow.CheckpointStore) func(*kinesissource.Options) {
+	return func(o *kinesissource.Options) {
+		o.Checkpoint = store
+		o.InitialPosition = kinesissource.TrimHorizon()
+		o.IdleInterval = 50 * time.Millisecond
+		o.DiscoveryInterval = time.Second
+	}
+}
+
+func TestEmulatorReadsFourShardsOnceInOrderAndResumes(t *testing.T) {
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries)
+	stream := awstest.CreateStream(t, c, 4)
+	putSDK(t, c, stream, 0, 800, 40)
+	store := memory.New()
+
+	first := &collector{}
+	runReal(t, shardflow.Source(newSource(t, c, stream, emulatorOptions(store))).Sink(first),
+		func() bool { return first.len() >= 800 })
+	checkExactlyOnceInOrder(t, 800, first.data())
+
+	// A restart from the checkpoints reads only what was written since.
+	putSDK(t, c, stream, 800, 1000, 40)
+	second := &collector{}
+	runReal(t, shardflow.Source(newSource(t, c, stream, emulatorOptions(store))).Sink(second),
+		func() bool { return second.len() >= 200 })
+	time.Sleep(500 * time.Millisecond)
+	checkExactlyOnceInOrder(t, 1000, append(first.data(), second.data()...))
+	if len(store.Checkpoints(stream)) != 4 {
+		t.Errorf("checkpoints of %d shards; want 4", len(store.Checkpoints(stream)))
+	}
+}
+
+func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries)
+	stream := awstest.CreateStream(t, c, 2)
+	store := memory.New()
+	sink := &collector{}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- shardflow.Source(newSource(t, c, stream, emulatorOptions(store))).Sink(sink).Run(ctx)
+	}()
+
+	putSDK(t, c, stream, 0, 300, 30)
+	shards := listShards(t, c, stream)
+	mid := new(big.Int).Lsh(big.NewInt(1), 126).String() // inside the first shard's range
+	if _, err := c.SplitShard(t.Context(), &kinesis.SplitShardInput{StreamName: aws.String(stream),
+		ShardToSplit: shards[0].ShardId, NewStartingHashKey: aws.String(mid)}); err != nil {
+		t.Fatalf("split: %v", err)
+	}
+	waitActive(t, c, stream)
+	putSDK(t, c, stream, 300, 600, 30)
+	// Merge the upper child of the split with the second original shard.
+	var upper, second *string
+	for _, s := range listShards(t, c, stream) {
+		if s.SequenceNumberRange.EndingSequenceNumber != nil {
+			continue
+		}
+		if aws.ToString(s.HashKeyRange.StartingHashKey) == mid {
+			upper = s.ShardId
+		}
+		if aws.ToString(s.ShardId) == aws.ToString(shards[1].ShardId) {
+			second = s.ShardId
+		}
+	}
+	if _, err := c.MergeShards(t.Context(), &kinesis.MergeShardsInput{StreamName: aws.String(stream),
+		ShardToMerge: upper, AdjacentShardToMerge: second}); err != nil {
+		t.Fatalf("merge: %v", err)
+	}
+	waitActive(t, c, stream)
+	putSDK(t, c, stream, 600, 900, 30)
+
+	deadline := time.Now().Add(time.Minute)
+	for sink.len() < 900 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnceInOrder(t, 900, sink.data())
+	ended := 0
+	for _, cp := range store.Checkpoints(stream) {
+		if cp.ShardEnd {
+			ended++
+		}
+	}
+	if ended != 3 {
+		t.Errorf("%d shards checkpointed at SHARD_END; want 3 (the split parent and both merge parents)", ended)
+	}
+}
+
+func listShards(t *testing.T, c *kinesis.Client, stream string) []types.Shard {
+	t.Helper()
+	out, err := c.ListShards(t.Context(), &kinesis.ListShardsInput{StreamName: aws.String(stream)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Shards
+}
+
+func waitActive(t *testing.T, c *kinesis.Client, stream string) {
+	t.Helper()
+	for range 200 {
+		out, err := c.DescribeStreamSummary(t.Context(), &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
+		if err == nil && out.StreamDescriptionSummary.StreamStatus == types.StreamStatusActive {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("stream %s not ACTIVE after resharding", stream)
+}
+
+func TestEmulatorSurvivesThrottlingServerErrorsAndResets(t *testing.T) {
+	plain := awstest.KinesisClient(t)
+	stream := awstest.CreateStream(t, plain, 2)
+	putSDK(t, plain, stream, 0, 600, 20)
+
+	faults := &awstest.FaultClient{Decide: func(op string, n int) awstest.Fault {
+		if op != "GetRecords" && op != "GetShardIterator" && op != "ListShards" {
+			return awstest.Pass
+		}
+		switch n % 6 {
+		case 1:
+			return awstest.Throttle
+		case 3:
+			return awstest.ServerError
+		case 4:
+			return awstest.ResetBefore
+		case 5:
+			return awstest.ResetAfter
+		}
+		return awstest.Pass
+	}}
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries, awstest.KinesisFaults(faults))
+	sink := &collector{}
+	runReal(t, shardflow.Source(newSource(t, c, stream, func(o *kinesissource.Options) {
+		o.InitialPosition = kinesissource.TrimHorizon()
+		o.Limit = 50
+		o.IdleInterval = 50 * time.Millisecond
+	})).Sink(sink), func() bool { return sink.len() >= 600 })
+	time.Sleep(300 * time.Millisecond)
+	checkExactlyOnceInOrder(t, 600, sink.data())
+	for _, f := range []awstest.Fault{awstest.Throttle, awstest.ServerError, awstest.ResetBefore, awstest.ResetAfter} {
+		if faults.Injected(f) == 0 {
+			t.Errorf("no %s was injected", f)
+		}
+	}
+	t.Logf("injected: %d throttles, %d 500s, %d resets before, %d after", faults.Injected(awstest.Throttle),
+		faults.Injected(awstest.ServerError), faults.Injected(awstest.ResetBefore), faults.Injected(awstest.ResetAfter))
+}
