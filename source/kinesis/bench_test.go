@@ -13,8 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/awstest"
-	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
+	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
 
 // readAll runs Source → counting sink until n records arrived.

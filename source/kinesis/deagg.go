@@ -1,15 +1,20 @@
 package kinesissource
 
-// userRecord is one user record of a KPL aggregated record.
-type userRecord struct {
-	data            []byte
-	partitionKey    string
-	explicitHashKey string
-}
+import (
+	"github.com/shardflow/shardflow/internal/kpl"
+)
 
-// deaggregate returns the user records of a KPL aggregated record, and
-// false for anything else (plain records, and corrupt aggregates, which are
-// delivered as plain records: never dropped).
-func deaggregate(data []byte) ([]userRecord, bool) {
-	return nil, false
+// deaggregate returns the user records of a KPL aggregated record, reusing
+// buf, and false for anything else: plain records, and corrupt aggregates
+// (bad checksum or body), which are delivered as plain records, never
+// dropped, as the KCL does. The user records' data point into data.
+func deaggregate(buf []kpl.Record, data []byte) (users []kpl.Record, aggregated, corrupt bool) {
+	if !kpl.IsAggregated(data) {
+		return buf[:0], false, false
+	}
+	users, err := kpl.AppendDecode(buf[:0], data)
+	if err != nil {
+		return users[:0], false, true
+	}
+	return users, true, false
 }

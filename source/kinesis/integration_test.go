@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/google/go-cmp/cmp"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
 	"github.com/shardflow/shardflow/internal/awstest"
@@ -207,4 +208,30 @@ func TestEmulatorSurvivesThrottlingServerErrorsAndResets(t *testing.T) {
 	}
 	t.Logf("injected: %d throttles, %d 500s, %d resets before, %d after", faults.Injected(awstest.Throttle),
 		faults.Injected(awstest.ServerError), faults.Injected(awstest.ResetBefore), faults.Injected(awstest.ResetAfter))
+}
+
+func TestEmulatorDeaggregatesKPLRecords(t *testing.T) {
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries)
+	stream := awstest.CreateStream(t, c, 1)
+	var want []gotRecord
+	for a := range 3 {
+		var users []testUserRecord
+		for i := range 50 {
+			u := testUserRecord{key: fmt.Sprintf("k%d", i%7), data: fmt.Sprintf("a%d-u%d", a, i)}
+			if i%5 == 0 {
+				u.ehk = fmt.Sprint(i * 1000003)
+			}
+			users = append(users, u)
+			want = append(want, gotRecord{u.data, u.key, u.ehk, uint64(i)})
+		}
+		if _, err := c.PutRecord(t.Context(), &kinesis.PutRecordInput{StreamName: aws.String(stream),
+			Data: aggregate(users), PartitionKey: aws.String("k0")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := &collector{}
+	runReal(t, shardflow.Source(newSource(t, c, stream, emulatorOptions(nil))).Sink(sink), func() bool { return sink.len() >= 150 })
+	if diff := cmp.Diff(want, records(sink)); diff != "" {
+		t.Errorf("user records mismatch (-want +got):\n%s", diff)
+	}
 }
