@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/kpl"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -32,6 +34,9 @@ type reader struct {
 	start   startSpec
 	log     *slog.Logger
 
+	stop     chan struct{} // closed to ask for a hand-over
+	stopOnce sync.Once
+
 	// Where the shard has been read to, to replace an expired iterator.
 	lastSeq string
 	// A checkpoint inside a KPL aggregate: skip its user records up to
@@ -39,30 +44,43 @@ type reader struct {
 	skipSeq string
 	skipSub uint64
 
+	kplBuf []kpl.Record // reused by deaggregate
+
 	failingSince time.Time
 	bo           interface{ NextBackOff() time.Duration }
 }
 
 func (r *reader) run(ctx context.Context) error {
 	s := r.src
+	// Load the checkpoint now, not at discovery: with leases, another
+	// instance may have moved it since.
+	cp, hasCP, err := r.c.load(ctx, s.opts.Checkpoint, r.shardID)
+	if err != nil {
+		r.c.stopped(r)
+		return r.exitErr(ctx, err)
+	}
+	if hasCP && cp.ShardEnd {
+		r.c.markFinished(r.shardID, true)
+		r.release(ctx)
+		r.c.rediscover()
+		return nil
+	}
+	r.start.checkpoint, r.start.hasCheckpoint = cp, hasCP
 	lane, err := r.c.shards.Open(s.stream, r.shardID, s.opts.Checkpoint)
 	if err != nil {
-		r.c.stopped(r.shardID)
-		if errors.Is(err, shardflow.ErrLaneClosed) {
-			return nil // the pipeline is stopping
-		}
-		return err
+		r.c.stopped(r)
+		return r.exitErr(ctx, err)
 	}
 	iter, err := r.firstIterator(ctx)
 	if err != nil {
-		return r.exit(ctx, err)
+		return r.exit(ctx, lane, err)
 	}
 	r.log.Info("reading shard", "from", r.describeStart())
 	var lastCall time.Time
 	for {
 		if !lastCall.IsZero() {
-			if err := sleep(ctx, minCallSpacing-time.Since(lastCall)); err != nil {
-				return r.exit(ctx, nil)
+			if err := r.sleep(ctx, minCallSpacing-time.Since(lastCall)); err != nil {
+				return r.exit(ctx, lane, nil)
 			}
 		}
 		lastCall = time.Now()
@@ -74,14 +92,14 @@ func (r *reader) run(ctx context.Context) error {
 				r.notify(ev)
 				r.log.Info("shard iterator expired; getting a new one", "sequence_number", r.lastSeq)
 				if iter, err = r.resumeIterator(ctx); err != nil {
-					return r.exit(ctx, err)
+					return r.exit(ctx, lane, err)
 				}
 				continue
 			}
 			_, ev.Throttled = classify(err)
 			r.notify(ev)
 			if err := r.backoff(ctx, "get records", err); err != nil {
-				return r.exit(ctx, err)
+				return r.exit(ctx, lane, err)
 			}
 			continue
 		}
@@ -94,7 +112,7 @@ func (r *reader) run(ctx context.Context) error {
 			ev.Bytes += bytes
 			if err != nil {
 				r.notify(ev)
-				return r.exit(ctx, err)
+				return r.exit(ctx, lane, err)
 			}
 		}
 		r.notify(ev)
@@ -103,10 +121,41 @@ func (r *reader) run(ctx context.Context) error {
 		}
 		iter = aws.ToString(out.NextShardIterator)
 		if len(out.Records) == 0 && aws.ToInt64(out.MillisBehindLatest) == 0 {
-			if err := sleep(ctx, s.opts.IdleInterval); err != nil {
-				return r.exit(ctx, nil)
+			if err := r.sleep(ctx, s.opts.IdleInterval); err != nil {
+				return r.exit(ctx, lane, nil)
 			}
 		}
+	}
+}
+
+// requestStop asks the reader to hand its shard over: it stops reading,
+// closes its lane (final checkpoint) and releases the lease.
+func (r *reader) requestStop() {
+	r.stopOnce.Do(func() { close(r.stop) })
+}
+
+// errStopRequested ends a reader's wait when it is asked to stop.
+var errStopRequested = errors.New("hand-over requested")
+
+// sleep waits d, or until ctx is done or the reader is asked to stop.
+func (r *reader) sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-r.stop:
+		return errStopRequested
+	default:
+	}
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.stop:
+		return errStopRequested
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -121,7 +170,11 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 		SequenceNumber:              seq,
 		ApproximateArrivalTimestamp: aws.ToTime(kr.ApproximateArrivalTimestamp),
 	}
-	users, aggregated := deaggregate(kr.Data)
+	users, aggregated, corrupt := deaggregate(r.kplBuf, kr.Data)
+	r.kplBuf = users
+	if corrupt {
+		r.log.Warn("corrupt KPL aggregate delivered as a plain record", "sequence_number", seq)
+	}
 	skipThrough := int64(-1)
 	if r.skipSeq != "" && seq == r.skipSeq {
 		skipThrough = int64(r.skipSub)
@@ -144,9 +197,9 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 			continue
 		}
 		rec := base
-		rec.Data = u.data
-		rec.PartitionKey = u.partitionKey
-		rec.ExplicitHashKey = u.explicitHashKey
+		rec.Data = u.Data
+		rec.PartitionKey = u.PartitionKey
+		rec.ExplicitHashKey = u.ExplicitHashKey
 		rec.SubSequenceNumber = uint64(i)
 		pos := shardflow.Position{SequenceNumber: seq, SubSequenceNumber: uint64(i), Partial: i < len(users)-1}
 		if err := lane.Emit(ctx, pos, rec); err != nil {
@@ -162,7 +215,7 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 // children may start.
 func (r *reader) end(ctx context.Context, lane *shardflow.Lane[shardflow.Record], children []types.ChildShard) error {
 	if err := lane.End(ctx); err != nil {
-		return r.exit(ctx, fmt.Errorf("end shard %s: %w", r.shardID, err))
+		return r.exit(ctx, lane, fmt.Errorf("end shard %s: %w", r.shardID, err))
 	}
 	ids := make([]string, len(children))
 	for i, c := range children {
@@ -170,24 +223,52 @@ func (r *reader) end(ctx context.Context, lane *shardflow.Lane[shardflow.Record]
 	}
 	r.log.Info("shard ended; starting its children", "children", ids)
 	r.c.markFinished(r.shardID, true)
+	r.release(ctx)
 	r.c.rediscover()
 	return nil
 }
 
-// exit ends the reader: nil when the pipeline or source is stopping or the
-// shard was lost, else err.
-func (r *reader) exit(ctx context.Context, err error) error {
-	r.c.stopped(r.shardID)
+// exit ends the reader. When the source stops (ctx done) or hands the shard
+// over, a leasing reader first closes its lane, which waits for the records
+// in flight and saves the checkpoint, then releases the lease. It returns
+// nil when stopping, and err otherwise.
+func (r *reader) exit(ctx context.Context, lane *shardflow.Lane[shardflow.Record], err error) error {
+	defer r.c.stopped(r)
+	handover := ctx.Err() != nil || errors.Is(err, errStopRequested) || err == nil
+	if r.c.leaser != nil && handover && !errors.Is(err, shardflow.ErrLeaseLost) {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.src.opts.HandoffTimeout)
+		defer cancel()
+		if cerr := lane.Close(hctx); cerr != nil {
+			r.log.Warn("shard handed over without its final checkpoint", "err", cerr)
+		} else {
+			r.release(hctx)
+		}
+		r.log.Info("stopped reading shard and released its lease")
+		return nil
+	}
+	return r.exitErr(ctx, err)
+}
+
+// exitErr maps a reader's last error to what Run returns.
+func (r *reader) exitErr(ctx context.Context, err error) error {
 	switch {
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, err == nil, errors.Is(err, errStopRequested):
 		return nil
 	case errors.Is(err, shardflow.ErrLeaseLost), errors.Is(err, shardflow.ErrLaneClosed):
 		r.log.Info("stopped reading shard", "err", err)
 		return nil
-	case err != nil:
-		return fmt.Errorf("read shard %s of stream %q: %w", r.shardID, r.src.stream, err)
 	}
-	return nil
+	return fmt.Errorf("read shard %s of stream %q: %w", r.shardID, r.src.stream, err)
+}
+
+// release gives up the shard's lease, if the store has leases.
+func (r *reader) release(ctx context.Context) {
+	if r.c.leaser == nil {
+		return
+	}
+	if err := r.c.leaser.ReleaseLease(context.WithoutCancel(ctx), r.src.stream, r.shardID); err != nil {
+		r.log.Warn("lease not released; it expires instead", "err", err)
+	}
 }
 
 func (r *reader) notify(ev GetRecordsEvent) {
@@ -212,7 +293,7 @@ func (r *reader) backoff(ctx context.Context, what string, err error) error {
 	}
 	wait := r.bo.NextBackOff()
 	r.log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
-	return sleep(ctx, wait)
+	return r.sleep(ctx, wait)
 }
 
 func (r *reader) describeStart() string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -93,6 +94,12 @@ type Options struct {
 	// with the last error. Default: 5m.
 	RetryTimeout time.Duration
 
+	// HandoffTimeout bounds how long a shard's reader waits for the shard's
+	// records in flight before it saves the checkpoint and releases the
+	// lease, when it hands a shard to another instance or shuts down. Only
+	// used with a Leaser store. Default: 30s.
+	HandoffTimeout time.Duration
+
 	// ListShardsPageSize is MaxResults of each ListShards call, 1 to 10,000.
 	// Default: 1000.
 	ListShardsPageSize int32
@@ -167,6 +174,8 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 		return nil, &ConfigError{Field: "IdleInterval", Reason: "negative"}
 	case o.DiscoveryInterval < 0:
 		return nil, &ConfigError{Field: "DiscoveryInterval", Reason: "negative"}
+	case o.HandoffTimeout < 0:
+		return nil, &ConfigError{Field: "HandoffTimeout", Reason: "negative"}
 	case o.RetryTimeout < 0:
 		return nil, &ConfigError{Field: "RetryTimeout", Reason: "negative"}
 	case o.ListShardsPageSize < 0 || o.ListShardsPageSize > 10000:
@@ -188,6 +197,9 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 	}
 	if o.RetryTimeout == 0 {
 		o.RetryTimeout = 5 * time.Minute
+	}
+	if o.HandoffTimeout == 0 {
+		o.HandoffTimeout = 30 * time.Second
 	}
 	if o.ListShardsPageSize == 0 {
 		o.ListShardsPageSize = 1000
@@ -230,17 +242,29 @@ type shardInfo struct {
 // pipeline through shards. It returns nil when ctx is cancelled, and an error
 // when a shard cannot be read (a missing stream, denied access, an expired
 // checkpoint without FallbackToTrimHorizon, or retries that ran out).
+//
+// When the checkpoint store is a [shardflow.Leaser], Run reads only the
+// shards it holds a lease of; when it stops holding one, and when ctx is
+// cancelled, it waits for the shard's records in flight (at most
+// HandoffTimeout), saves its checkpoint and releases the lease, so that
+// another instance takes over at once.
 func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Record]) error {
 	g, gctx := errgroup.WithContext(ctx)
 	c := &coordinator{
-		src:      s,
-		shards:   shards,
-		running:  make(map[string]bool),
-		finished: make(map[string]bool),
-		consumed: make(map[string]bool),
-		wake:     make(chan struct{}, 1),
+		src:       s,
+		shards:    shards,
+		readers:   make(map[string]*reader),
+		finished:  make(map[string]bool),
+		consumed:  make(map[string]bool),
+		eligible:  make(map[string]startSpec),
+		wake:      make(chan struct{}, 1),
+		leaseWake: make(chan struct{}, 1),
 	}
+	c.leaser, _ = s.opts.Checkpoint.(shardflow.Leaser)
 	g.Go(func() error { return c.discoverLoop(gctx, g) })
+	if c.leaser != nil {
+		g.Go(func() error { return c.leaseLoop(gctx, g) })
+	}
 	err := g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))) {
 		return nil
@@ -252,12 +276,15 @@ func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Rec
 type coordinator struct {
 	src    *Source
 	shards *shardflow.Shards[shardflow.Record]
+	leaser shardflow.Leaser // nil: read every eligible shard
 
-	mu       sync.Mutex
-	running  map[string]bool
-	finished map[string]bool // SHARD_END known
-	consumed map[string]bool // read by us, or checkpointed: its children start at TRIM_HORIZON
-	wake     chan struct{}
+	mu        sync.Mutex
+	readers   map[string]*reader   // running
+	finished  map[string]bool      // SHARD_END known
+	consumed  map[string]bool      // read by us, or checkpointed: its children start at TRIM_HORIZON
+	eligible  map[string]startSpec // may be read now: unfinished, parents finished
+	wake      chan struct{}
+	leaseWake chan struct{}
 }
 
 func (c *coordinator) discoverLoop(ctx context.Context, g *errgroup.Group) error {
@@ -284,8 +311,9 @@ func (c *coordinator) rediscover() {
 	}
 }
 
-// discover lists the shards and starts a reader for each shard that is not
-// finished and whose parents all are.
+// discover lists the shards and finds those that may be read now: not
+// finished, every parent finished. Without a Leaser it starts their readers;
+// with one, the lease loop starts the readers of the shards it holds.
 func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 	list, err := c.src.listShards(ctx)
 	if err != nil {
@@ -298,7 +326,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 	store := c.src.opts.Checkpoint
 	for _, sh := range list {
 		c.mu.Lock()
-		skip := c.running[sh.id] || c.finished[sh.id]
+		skip := c.finished[sh.id] || c.readers[sh.id] != nil
 		c.mu.Unlock()
 		if skip {
 			continue
@@ -325,8 +353,8 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 		if !ready {
 			continue
 		}
-		start := startSpec{checkpoint: cp, hasCheckpoint: hasCP, initial: c.src.opts.InitialPosition}
-		if !hasCP && c.anyConsumed(sh.parents) {
+		start := startSpec{initial: c.src.opts.InitialPosition}
+		if c.anyConsumed(sh.parents) {
 			start.initial = TrimHorizon()
 		}
 		if !hasCP && sh.closed && start.initial.typ == types.ShardIteratorTypeLatest {
@@ -336,14 +364,82 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 			continue
 		}
 		c.mu.Lock()
-		c.running[sh.id] = true
-		c.consumed[sh.id] = true
+		c.eligible[sh.id] = start
 		c.mu.Unlock()
-		r := &reader{src: c.src, c: c, shardID: sh.id, start: start,
-			log: c.src.log.With("shard_id", sh.id)}
-		g.Go(func() error { return r.run(ctx) })
+	}
+	if c.leaser != nil {
+		select {
+		case c.leaseWake <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, start := range c.eligible {
+		if c.readers[id] == nil {
+			c.startLocked(ctx, g, id, start)
+		}
 	}
 	return nil
+}
+
+// startLocked starts the reader of a shard. Called with c.mu held.
+func (c *coordinator) startLocked(ctx context.Context, g *errgroup.Group, id string, start startSpec) {
+	r := &reader{src: c.src, c: c, shardID: id, start: start, stop: make(chan struct{}),
+		log: c.src.log.With("shard_id", id)}
+	c.readers[id] = r
+	c.consumed[id] = true
+	g.Go(func() error { return r.run(ctx) })
+}
+
+// leaseLoop syncs this instance's leases every renew interval and whenever
+// discovery found shards, starts readers of shards it gained, and asks the
+// readers of shards it no longer holds to hand them over.
+func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
+	t := time.NewTicker(c.leaser.LeaseRenewInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		case <-c.leaseWake:
+		}
+		c.mu.Lock()
+		ids := make([]string, 0, len(c.eligible))
+		for id := range c.eligible {
+			ids = append(ids, id)
+		}
+		c.mu.Unlock()
+		slices.Sort(ids)
+		held, err := c.leaser.SyncLeases(ctx, c.src.stream, ids)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// A brief outage must not cost the leases: keep reading, and
+			// let the fenced checkpoints catch a lease really lost.
+			c.src.log.Warn("lease sync failed; retrying at the next interval", "err", err)
+			continue
+		}
+		holds := make(map[string]bool, len(held))
+		for _, id := range held {
+			holds[id] = true
+		}
+		c.mu.Lock()
+		for _, id := range held {
+			if start, ok := c.eligible[id]; ok && c.readers[id] == nil {
+				c.startLocked(ctx, g, id, start)
+			}
+		}
+		for id, r := range c.readers {
+			if !holds[id] {
+				r.requestStop()
+			}
+		}
+		c.mu.Unlock()
+	}
 }
 
 func (c *coordinator) load(ctx context.Context, store shardflow.CheckpointStore, shardID string) (shardflow.Checkpoint, bool, error) {
@@ -381,15 +477,19 @@ func (c *coordinator) markFinished(id string, consumed bool) {
 	if consumed {
 		c.consumed[id] = true
 	}
-	delete(c.running, id)
+	delete(c.readers, id)
+	delete(c.eligible, id)
 	c.mu.Unlock()
 }
 
-// stopped notes that a reader stopped without finishing its shard (it lost
-// it); a later discovery may start it again.
-func (c *coordinator) stopped(id string) {
+// stopped notes that a reader stopped without finishing its shard (it was
+// handed over or lost); the shard stays eligible, so a later round may start
+// it again.
+func (c *coordinator) stopped(r *reader) {
 	c.mu.Lock()
-	delete(c.running, id)
+	if c.readers[r.shardID] == r {
+		delete(c.readers, r.shardID)
+	}
 	c.mu.Unlock()
 }
 
