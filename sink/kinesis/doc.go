@@ -1,0 +1,78 @@
+// Package kinesissink writes to AWS Kinesis Data Streams with PutRecords and
+// accounts for every record: a pipeline [Sink] that acknowledges an entry
+// only once Kinesis wrote that very entry, and a standalone [Producer] for
+// code that is not a pipeline.
+//
+// Import it as kinesissink (its directory is sink/kinesis) next to the SDK's
+// kinesis package:
+//
+//	import (
+//		"github.com/aws/aws-sdk-go-v2/service/kinesis"
+//		kinesissink "github.com/shardflow/shardflow/sink/kinesis"
+//	)
+//
+//	sink, err := kinesissink.New(client, "large-orders")
+//	...
+//	err = shardflow.Source(src).Map(decodeOrder).Map(toEntry).Sink(sink).Run(ctx)
+//
+// # What it does with each record
+//
+//   - Validation first: a partition key of 1 to 256 characters, an explicit
+//     hash key that is a decimal from 0 to 2^128-1, and data plus key within
+//     Options.MaxRecordBytes. An invalid entry gets a *ValidationError before
+//     anything is sent (in a pipeline: permanent, so the failure policy
+//     handles it at once); it is never silently dropped.
+//   - Batching: a request is sent when it holds 500 entries, or 5 MiB
+//     (partition keys counted), or Options.Linger (500 ms) after its first
+//     entry, or on Flush; at most Options.MaxInFlight requests run at once.
+//   - Results: an entry PutRecords reports written is acknowledged. Entries
+//     failed with ProvisionedThroughputExceededException or InternalFailure,
+//     and whole requests failed with throttling, server or network errors,
+//     are retried (only those entries) with exponential backoff and jitter,
+//     up to Options.MaxAttempts and Options.RecordTTL. Non-retryable errors
+//     (InvalidArgument, ValidationException, ResourceNotFound, AccessDenied,
+//     KMS errors other than throttling) fail their entries at once. A failed
+//     entry gets a *PutError with Kinesis' per-entry code and message.
+//   - Backpressure: Options.MaxBufferedRecords and MaxBufferedBytes cap what
+//     is held from acceptance to outcome; Write and Put block (until their
+//     context ends) while full, so memory stays bounded under any overload.
+//
+// # Delivery
+//
+// At-least-once. A record is acknowledged only after PutRecords reported it
+// written, but a request that timed out may have been written all the same,
+// and is sent again: readers see duplicates then, as with any Kinesis
+// producer. Without Options.Ordered, PutRecords and retries do not keep
+// order between entries. With Options.Ordered, the order of the entries of
+// each partition key is kept, even across retries: at most one request per
+// shard is in flight (the shard predicted from the MD5 of the partition key
+// and the ranges ListShards returns, refreshed when a record lands
+// elsewhere), a failed entry is re-sent before any newer entry of its shard,
+// and a request carries at most one entry per partition key.
+//
+// # KPL aggregation
+//
+// With Options.Aggregate, small entries bound for the same predicted shard
+// are packed into KPL aggregated records (magic, protobuf, MD5), which the
+// KCL and shardflow's Kinesis source de-aggregate. An aggregate never
+// exceeds Options.AggregateMaxBytes, computed exactly. Should an aggregate
+// land on another shard than predicted (the stream was resharded), the map
+// is refreshed and its members outside that shard's range (which a KCL
+// reader would drop) are sent again.
+//
+// # Retries and the SDK's retryer
+//
+// The sink retries PutRecords itself, per entry. Configure the client's
+// retryer so it does not retry on top against the SDK's shared retry quota
+// ("retry quota exceeded" under throttling, aws-sdk-go-v2#1665): use
+// aws.NopRetryer{}, or retry.NewStandard with RateLimiter: ratelimit.None.
+//
+// # Goroutines and shutdown
+//
+// New and NewProducer start nothing. A request goroutine starts when a
+// request is due and a slot is free, and ends when no request is left; the
+// linger is a timer. So a pipeline whose Run returned (it flushes the sink
+// and waits for every acknowledgement) leaves no goroutine behind. Close
+// stops a Sink or Producer for good, bounded by its context; Flush and Close
+// are idempotent and safe to call concurrently.
+package kinesissink

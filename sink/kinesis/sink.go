@@ -1,0 +1,84 @@
+package kinesissink
+
+import (
+	"context"
+	"errors"
+
+	"github.com/shardflow/shardflow"
+)
+
+// Sink writes a pipeline's entries to a Kinesis stream with PutRecords. It
+// acknowledges each entry only once PutRecords reported that very entry
+// written, so a shard's checkpoint never passes a record that is not durable
+// downstream; an entry it gives up on fails its record with a *PutError,
+// which the sink stage's failure policy handles.
+//
+// A Sink is safe for concurrent use: the pipeline calls Write from one
+// goroutine per shard, and Flush at the end.
+//
+// Lifecycle: New starts nothing. Request goroutines start when there is a
+// request to send, at most Options.MaxInFlight, and stop when there is none;
+// the linger is a timer. When a pipeline's Run returns, the sink has no
+// goroutine left. Close is optional for a pipeline that ran to its end; call
+// it to stop a sink for good (later writes fail with ErrClosed) or to bound
+// how long unfinished records may take.
+type Sink struct {
+	e *engine
+}
+
+var _ shardflow.Sink[Entry] = (*Sink)(nil)
+
+// New returns a sink writing to stream (a name, or an ARN) through client, a
+// *kinesis.Client or anything with the same methods (see [API]). It returns a
+// *ConfigError for invalid options. It makes no call and starts no goroutine.
+//
+// Retries of PutRecords are the sink's own (see Options.MaxAttempts). Give
+// the client a retryer that does not also retry PutRecords against the SDK's
+// shared retry quota, which many throttled shards exhaust
+// (aws-sdk-go-v2#1665), for example:
+//
+//	kinesis.NewFromConfig(cfg, func(o *kinesis.Options) { o.Retryer = aws.NopRetryer{} })
+//
+// or retry.NewStandard with RateLimiter set to ratelimit.None.
+func New(client API, stream string, optFns ...func(*Options)) (*Sink, error) {
+	e, err := newEngine(client, stream, optFns)
+	if err != nil {
+		return nil, err
+	}
+	return &Sink{e: e}, nil
+}
+
+// Write validates v and queues it for the next request. It blocks while the
+// sink's buffer is full (Options.MaxBufferedRecords, MaxBufferedBytes), until
+// ctx ends. An invalid entry is refused at once with a *ValidationError
+// wrapped with shardflow.Permanent, so the stage does not retry it; after
+// Close, Write returns ErrClosed, also permanent. In ordered and aggregating
+// modes the first Write loads the stream's shard map (ListShards).
+//
+// When Write returns nil the sink owns v (do not modify v.Data) and calls
+// ack.Done exactly once: with nil once PutRecords wrote v, or with a
+// *PutError.
+func (s *Sink) Write(ctx context.Context, v Entry, ack shardflow.Ack) error {
+	err := s.e.accept(ctx, v, ack, nil)
+	if err == nil {
+		return nil
+	}
+	if _, ok := errors.AsType[*ValidationError](err); ok || errors.Is(err, ErrClosed) {
+		return shardflow.Permanent(err)
+	}
+	return err
+}
+
+// Flush sends every buffered entry now, without waiting for the linger, and
+// returns once each entry written before the call has its outcome (its ack
+// was called), or ctx ends. It may be called concurrently with Write and
+// more than once. After Close it returns ErrClosed.
+func (s *Sink) Flush(ctx context.Context) error { return s.e.flush(ctx) }
+
+// Close stops the sink: later Writes fail with ErrClosed. It sends what is
+// buffered and waits for every entry's outcome until ctx ends; the entries
+// still unwritten then are failed (their acks get a *PutError wrapping
+// ErrClosed) and Close returns an error saying how many. It returns once no
+// goroutine of the sink is left. Close is idempotent: a second call waits for
+// the first and returns its result.
+func (s *Sink) Close(ctx context.Context) error { return s.e.close(ctx) }
