@@ -17,22 +17,6 @@ import (
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
 
-// putSDK writes records "key-k:i" for i in [from, to) through the SDK.
-func putSDK(t *testing.T, c *kinesis.Client, stream string, from, to, keys int) {
-	t.Helper()
-	for i := from; i < to; {
-		var entries []types.PutRecordsRequestEntry
-		for ; i < to && len(entries) < 500; i++ {
-			key := fmt.Sprintf("key-%d", i%keys)
-			entries = append(entries, types.PutRecordsRequestEntry{Data: []byte(fmt.Sprintf("%s:%d", key, i)), PartitionKey: aws.String(key)})
-		}
-		out, err := c.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String(stream), Records: entries})
-		if err != nil || aws.ToInt32(out.FailedRecordCount) != 0 {
-			t.Fatalf("put: %v (%v failed)", err, out)
-		}
-	}
-}
-
 // runReal runs a pipeline in real time until cond holds or a minute passes.
 func runReal(t *testing.T, pl *shardflow.Pipeline, cond func() bool) {
 	t.Helper()
@@ -69,7 +53,7 @@ func emulatorOptions(store shardflow.CheckpointStore) func(*kinesissource.Option
 func TestEmulatorReadsFourShardsOnceInOrderAndResumes(t *testing.T) {
 	c := awstest.KinesisClient(t, awstest.KinesisNoRetries)
 	stream := awstest.CreateStream(t, c, 4)
-	putSDK(t, c, stream, 0, 800, 40)
+	put(t, c, stream, 0, 800, 40)
 	store := memory.New()
 
 	first := &collector{}
@@ -78,7 +62,7 @@ func TestEmulatorReadsFourShardsOnceInOrderAndResumes(t *testing.T) {
 	checkExactlyOnceInOrder(t, 800, first.data())
 
 	// A restart from the checkpoints reads only what was written since.
-	putSDK(t, c, stream, 800, 1000, 40)
+	put(t, c, stream, 800, 1000, 40)
 	second := &collector{}
 	runReal(t, shardflow.Source(newSource(t, c, stream, emulatorOptions(store))).Sink(second),
 		func() bool { return second.len() >= 200 })
@@ -101,7 +85,7 @@ func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
 		errc <- shardflow.Source(newSource(t, c, stream, emulatorOptions(store))).Sink(sink).Run(ctx)
 	}()
 
-	putSDK(t, c, stream, 0, 300, 30)
+	put(t, c, stream, 0, 300, 30)
 	shards := listShards(t, c, stream)
 	mid := new(big.Int).Lsh(big.NewInt(1), 126).String() // inside the first shard's range
 	if _, err := c.SplitShard(t.Context(), &kinesis.SplitShardInput{StreamName: aws.String(stream),
@@ -109,7 +93,7 @@ func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
 		t.Fatalf("split: %v", err)
 	}
 	waitActive(t, c, stream)
-	putSDK(t, c, stream, 300, 600, 30)
+	put(t, c, stream, 300, 600, 30)
 	// Merge the upper child of the split with the second original shard.
 	var upper, second *string
 	for _, s := range listShards(t, c, stream) {
@@ -128,7 +112,7 @@ func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
 		t.Fatalf("merge: %v", err)
 	}
 	waitActive(t, c, stream)
-	putSDK(t, c, stream, 600, 900, 30)
+	put(t, c, stream, 600, 900, 30)
 
 	deadline := time.Now().Add(time.Minute)
 	for sink.len() < 900 && time.Now().Before(deadline) {
@@ -174,7 +158,7 @@ func waitActive(t *testing.T, c *kinesis.Client, stream string) {
 func TestEmulatorSurvivesThrottlingServerErrorsAndResets(t *testing.T) {
 	plain := awstest.KinesisClient(t)
 	stream := awstest.CreateStream(t, plain, 2)
-	putSDK(t, plain, stream, 0, 600, 20)
+	put(t, plain, stream, 0, 600, 20)
 
 	faults := &awstest.FaultClient{Decide: func(op string, n int) awstest.Fault {
 		if op != "GetRecords" && op != "GetShardIterator" && op != "ListShards" {

@@ -139,24 +139,7 @@ var errStopRequested = errors.New("hand-over requested")
 
 // sleep waits d, or until ctx is done or the reader is asked to stop.
 func (r *reader) sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-r.stop:
-		return errStopRequested
-	default:
-	}
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-r.stop:
-		return errStopRequested
-	case <-t.C:
-		return nil
-	}
+	return sleepOr(ctx, d, r.stop)
 }
 
 // emit hands the user records of one Kinesis record to the lane and returns
@@ -392,7 +375,15 @@ func (s *Source) retry(ctx context.Context, log *slog.Logger, what string, op fu
 }
 
 // sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
+func sleep(ctx context.Context, d time.Duration) error { return sleepOr(ctx, d, nil) }
+
+// sleepOr waits d, or until ctx is done or stop is closed.
+func sleepOr(ctx context.Context, d time.Duration, stop <-chan struct{}) error {
+	select {
+	case <-stop:
+		return errStopRequested
+	default:
+	}
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -401,6 +392,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-stop:
+		return errStopRequested
 	case <-t.C:
 		return nil
 	}

@@ -34,8 +34,14 @@ func newStream(t *testing.T, name string, n int32) *kinesisfake.Fake {
 	return f
 }
 
-// put writes records "key:i" for i in [from, to) with partition keys key-0..key-(keys-1).
-func put(t *testing.T, f *kinesisfake.Fake, stream string, from, to, keys int) {
+// putter is what test helpers write records with: the fake or an SDK client.
+type putter interface {
+	PutRecords(context.Context, *kinesis.PutRecordsInput, ...func(*kinesis.Options)) (*kinesis.PutRecordsOutput, error)
+}
+
+// put writes records "key-k:i" for i in [from, to) with partition keys
+// key-0..key-(keys-1).
+func put(t *testing.T, c putter, stream string, from, to, keys int) {
 	t.Helper()
 	for i := from; i < to; {
 		var entries []types.PutRecordsRequestEntry
@@ -43,9 +49,9 @@ func put(t *testing.T, f *kinesisfake.Fake, stream string, from, to, keys int) {
 			key := fmt.Sprintf("key-%d", i%keys)
 			entries = append(entries, types.PutRecordsRequestEntry{Data: []byte(fmt.Sprintf("%s:%d", key, i)), PartitionKey: aws.String(key)})
 		}
-		out, err := f.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String(stream), Records: entries})
+		out, err := c.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String(stream), Records: entries})
 		if err != nil || aws.ToInt32(out.FailedRecordCount) != 0 {
-			t.Fatalf("put: %v (%d failed)", err, aws.ToInt32(out.FailedRecordCount))
+			t.Fatalf("put: %v (%v)", err, out)
 		}
 	}
 }
