@@ -42,8 +42,8 @@ const (
 	tagPartitionKeyTable    = 1<<3 | 2
 	tagExplicitHashKeyTable = 2<<3 | 2
 	tagRecords              = 3<<3 | 2
-	tagPartitionKeyIndex    = 1<<3 | 0
-	tagExplicitHashKeyIndex = 2<<3 | 0
+	tagPartitionKeyIndex    = 1 << 3 // wire type 0 (varint)
+	tagExplicitHashKeyIndex = 2 << 3 // wire type 0 (varint)
 	tagData                 = 3<<3 | 2
 	tagTags                 = 4<<3 | 2
 	tagTagKey               = 1<<3 | 2

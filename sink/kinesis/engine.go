@@ -147,13 +147,12 @@ type engine struct {
 
 	agg kpl.Aggregator // reused under mu
 
-	smap       *shardMap
-	mapLoaded  time.Time
-	timer      *time.Timer
-	timerAt    time.Time
-	workers    int
-	wg         sync.WaitGroup
-	lastLogged time.Time
+	smap      *shardMap
+	mapLoaded time.Time
+	timer     *time.Timer
+	timerAt   time.Time
+	workers   int
+	wg        sync.WaitGroup
 }
 
 type mode int
