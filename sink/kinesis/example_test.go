@@ -12,9 +12,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
-	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 	"github.com/shardflow/shardflow/shardflowtest"
 	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
+	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 )
 
 // A pipeline that writes each order to a Kinesis stream, keyed by customer

@@ -17,9 +17,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
-	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 	"github.com/shardflow/shardflow/shardflowtest"
 	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
+	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 )
 
 const stream = "out"
