@@ -29,7 +29,9 @@ import (
 // itself accepts oversized requests: the test must see the sink never sends
 // them.
 type putCounter struct {
-	base interface{ Do(*http.Request) (*http.Response, error) }
+	base interface {
+		Do(*http.Request) (*http.Response, error)
+	}
 
 	mu       sync.Mutex
 	requests []putRequest
