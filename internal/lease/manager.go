@@ -1,0 +1,631 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/retry"
+	"golang.org/x/sync/errgroup"
+)
+
+// Manager runs the lease algorithm for one instance. It is safe for
+// concurrent use; Sync calls are serialized.
+type Manager struct {
+	t   Table
+	o   Options
+	me  string
+	log *slog.Logger
+
+	syncMu sync.Mutex // one Sync at a time
+
+	mu    sync.Mutex
+	held  map[key]*held   // leases this instance holds (or is handing over)
+	seen  map[key]seen    // what each lease looked like when it last changed
+	wants map[string]want // by stream: the one lease this instance asked for
+}
+
+type key struct{ stream, shard string }
+
+// seen is when this instance, on its own monotonic clock, last saw a lease's
+// owner or counter change.
+type seen struct {
+	owner   string
+	counter int64
+	at      time.Time
+}
+
+// want is this instance's outstanding request for a lease.
+type want struct {
+	shard string
+	at    time.Time
+}
+
+// held is a lease this instance holds. io orders the writes of the lease
+// (renew, checkpoint, release), so a checkpoint always carries the counter
+// of the last renew; it guards every field.
+type held struct {
+	io      sync.Mutex
+	counter int64     // the counter this instance last wrote
+	renewed time.Time // when the last write proving the lease ours was sent
+	gone    bool      // released or lost: no more writes
+	// givingUp is when this instance stopped returning the lease (asked to
+	// hand it over, shard no longer eligible, or not renewed in time); zero
+	// while the lease is read.
+	givingUp time.Time
+	noRenew  bool // let it expire: not renewed any more
+}
+
+// New returns the Manager of one instance. It checks o (see
+// [Options.Resolve]).
+func New(t Table, o Options) (*Manager, error) {
+	if field, reason := o.Resolve(); field != "" {
+		return nil, fmt.Errorf("lease option %s: %s", field, reason)
+	}
+	return &Manager{
+		t: t, o: o, me: o.Owner,
+		log:   o.Logger,
+		held:  make(map[key]*held),
+		seen:  make(map[key]seen),
+		wants: make(map[string]want),
+	}, nil
+}
+
+// Owner returns this instance's owner id.
+func (m *Manager) Owner() string { return m.me }
+
+// Options returns the resolved options.
+func (m *Manager) Options() Options { return m.o }
+
+// SyncInterval is how often Sync must be called: half the renew interval, so
+// that leases are renewed every RenewInterval and dead owners are noticed
+// soon.
+func (m *Manager) SyncInterval() time.Duration { return m.o.RenewInterval / 2 }
+
+// Sync renews this instance's leases of stream, takes free and expired
+// ones, balances with other instances, and returns the eligible shards this
+// instance holds and should read, sorted. See the package documentation.
+//
+// Transient table errors are retried within the call while this instance's
+// leases are still valid. When the table cannot be read, Sync returns the
+// error, unless a held lease went unrenewed for LeaseDuration: then it
+// returns the leases still valid and a nil error, so that the caller stops
+// reading the others.
+func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([]string, error) {
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+
+	eligible = slices.Compact(slices.Sorted(slices.Values(eligible)))
+	isEligible := make(map[string]bool, len(eligible))
+	for _, id := range eligible {
+		isEligible[id] = true
+	}
+	mine := m.heldOf(stream)
+	fetch := slices.Clone(eligible)
+	for id := range mine {
+		if !isEligible[id] {
+			fetch = append(fetch, id)
+		}
+	}
+
+	until := time.Now().Add(m.SyncInterval())
+	for _, h := range mine {
+		h.io.Lock()
+		if !h.gone && !h.noRenew {
+			if v := h.renewed.Add(m.o.LeaseDuration); v.Before(until) {
+				until = v
+			}
+		}
+		h.io.Unlock()
+	}
+	var leases []Lease
+	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+		var err error
+		leases, err = m.t.Leases(ctx, stream, fetch)
+		return err
+	})
+	if err != nil {
+		if ctx.Err() == nil && m.lapse(stream, mine, time.Now()) > 0 {
+			m.log.Warn("cannot read leases; giving up those not renewed for the lease duration",
+				"stream", stream, "err", err)
+			return m.active(mine, isEligible), nil
+		}
+		return nil, fmt.Errorf("read leases of stream %q: %w", stream, err)
+	}
+	now := time.Now()
+	byShard := make(map[string]Lease, len(leases))
+	for _, l := range leases {
+		byShard[l.ShardID] = l
+	}
+	m.observe(stream, byShard, now)
+	m.reconcile(stream, mine, byShard, isEligible, now)
+	if err := m.renew(ctx, stream, mine); err != nil {
+		return nil, err
+	}
+	m.lapse(stream, mine, time.Now())
+	if err := m.balance(ctx, stream, eligible, byShard); err != nil {
+		return nil, err
+	}
+	return m.active(m.heldOf(stream), isEligible), nil
+}
+
+// heldOf returns this instance's leases of stream.
+func (m *Manager) heldOf(stream string) map[string]*held {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]*held)
+	for k, h := range m.held {
+		if k.stream == stream {
+			out[k.shard] = h
+		}
+	}
+	return out
+}
+
+func (m *Manager) drop(stream, shard string, h *held) {
+	m.mu.Lock()
+	if m.held[key{stream, shard}] == h {
+		delete(m.held, key{stream, shard})
+	}
+	m.mu.Unlock()
+}
+
+// observe notes, on this instance's clock, which leases changed owner or
+// counter since the last look.
+func (m *Manager) observe(stream string, byShard map[string]Lease, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range m.seen {
+		if _, ok := byShard[k.shard]; k.stream == stream && !ok {
+			delete(m.seen, k)
+		}
+	}
+	for id, l := range byShard {
+		k := key{stream, id}
+		if s, ok := m.seen[k]; !ok || s.owner != l.Owner || s.counter != l.Counter {
+			m.seen[k] = seen{owner: l.Owner, counter: l.Counter, at: now}
+		}
+	}
+}
+
+func (m *Manager) expired(stream, shard string, now time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.seen[key{stream, shard}]
+	return ok && now.Sub(s.at) >= m.o.LeaseDuration
+}
+
+// reconcile compares the held leases with the table: a lease now owned by
+// someone else was lost; a lease another instance asked for, or whose shard
+// is no longer eligible, is given up.
+func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[string]Lease, eligible map[string]bool, now time.Time) {
+	for id, h := range mine {
+		h.io.Lock()
+		l, ok := byShard[id]
+		switch {
+		case h.gone:
+		case !ok || l.Owner != m.me || l.Counter < h.counter:
+			h.gone = true
+			m.log.Info("lease lost", "stream", stream, "shard_id", id, "owner", l.Owner)
+		default:
+			// A write of ours whose answer was lost did land.
+			h.counter = l.Counter
+			if !h.givingUp.IsZero() {
+				break
+			}
+			if l.Want != "" && l.Want != m.me {
+				h.givingUp = now
+				m.log.Info("handing lease over", "stream", stream, "shard_id", id, "to", l.Want)
+			} else if !eligible[id] {
+				h.givingUp = now
+			}
+		}
+		if !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout {
+			h.noRenew = true // let it expire
+		}
+		if !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout+m.o.LeaseDuration {
+			h.gone = true // the caller is long done with it
+		}
+		gone := h.gone
+		h.io.Unlock()
+		if gone {
+			m.drop(stream, id, h)
+			delete(mine, id)
+		}
+	}
+}
+
+// renewLimit bounds the concurrent renew writes of one Sync.
+const renewLimit = 16
+
+// renew bumps the counter of every held lease last renewed about a
+// RenewInterval ago. Each renew retries transient errors until the lease
+// would expire. It returns only errors that retrying cannot fix.
+func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*held) error {
+	var g errgroup.Group
+	g.SetLimit(renewLimit)
+	var mu sync.Mutex
+	var errs []error
+	due := m.o.RenewInterval - m.SyncInterval()/2
+	for id, h := range mine {
+		g.Go(func() error {
+			h.io.Lock()
+			defer h.io.Unlock()
+			if h.gone || h.noRenew || time.Since(h.renewed) < due {
+				return nil
+			}
+			var sent time.Time
+			err := m.write(ctx, stream, id, h.renewed.Add(m.o.LeaseDuration),
+				Cond{Owner: m.me, Counter: h.counter}, Change{Bump: true}, &sent)
+			switch {
+			case err == nil:
+				h.counter++
+				h.renewed = sent
+			case errors.Is(err, ErrConflict):
+				h.gone = true
+				m.log.Info("lease lost", "stream", stream, "shard_id", id)
+			case retry.IsPermanent(err):
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("renew lease of shard %s: %w", id, err))
+				mu.Unlock()
+			default:
+				m.log.Warn("lease not renewed; retrying at the next sync", "stream", stream, "shard_id", id, "err", err)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	for id, h := range mine {
+		h.io.Lock()
+		gone := h.gone
+		h.io.Unlock()
+		if gone {
+			m.drop(stream, id, h)
+			delete(mine, id)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lapse gives up the held leases not renewed for LeaseDuration: others may
+// have taken them. It returns how many it gave up now.
+func (m *Manager) lapse(stream string, mine map[string]*held, now time.Time) int {
+	n := 0
+	for id, h := range mine {
+		h.io.Lock()
+		if !h.gone && !h.noRenew && now.Sub(h.renewed) >= m.o.LeaseDuration {
+			h.noRenew = true
+			if h.givingUp.IsZero() {
+				h.givingUp = now
+			}
+			n++
+			m.log.Warn("lease not renewed for the lease duration; giving it up", "stream", stream, "shard_id", id)
+		}
+		h.io.Unlock()
+	}
+	return n
+}
+
+// active returns the eligible shards whose leases are held and not being
+// given up, sorted.
+func (m *Manager) active(mine map[string]*held, eligible map[string]bool) []string {
+	var out []string
+	for id, h := range mine {
+		h.io.Lock()
+		if !h.gone && h.givingUp.IsZero() && eligible[id] {
+			out = append(out, id)
+		}
+		h.io.Unlock()
+	}
+	slices.Sort(out)
+	return out
+}
+
+// candidate is a lease this instance may take.
+type candidate struct {
+	shard  string
+	lease  Lease
+	exists bool
+}
+
+// balance takes free and expired leases up to the target and, when still
+// below it, asks the busiest instance for one lease.
+func (m *Manager) balance(ctx context.Context, stream string, eligible []string, byShard map[string]Lease) error {
+	now := time.Now()
+	mine := m.heldOf(stream)
+	have := len(m.active(mine, mapOf(eligible)))
+	counts := make(map[string]int)     // other live instances' leases
+	owned := make(map[string][]Lease)  // their leases nobody asked for yet
+	var wanted, free []candidate       // free ones handed to me first
+	for _, id := range eligible {
+		if mine[id] != nil {
+			continue // mine, or being handed over by me
+		}
+		l, ok := byShard[id]
+		if !ok {
+			free = append(free, candidate{shard: id})
+			continue
+		}
+		expired := m.expired(stream, id, now)
+		switch {
+		case l.Owner == "" && l.Want == m.me:
+			wanted = append(wanted, candidate{id, l, true})
+		case l.Owner == "" && (l.Want == "" || expired):
+			free = append(free, candidate{id, l, true})
+		case l.Owner == "":
+			// Handed to another instance: leave it to that one for now.
+		case expired:
+			free = append(free, candidate{id, l, true})
+		default:
+			owner := l.Owner
+			if owner == m.me {
+				owner = "\x00" + m.me // an earlier process with this id
+			}
+			counts[owner]++
+			if l.Want == "" {
+				owned[owner] = append(owned[owner], l)
+			}
+		}
+	}
+	target := (len(eligible) + len(counts)) / (len(counts) + 1) // ceil
+	rand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
+	var errs []error
+	for _, c := range append(wanted, free...) {
+		if have >= target && c.lease.Want != m.me {
+			break
+		}
+		ok, err := m.take(ctx, stream, c)
+		if err != nil {
+			if retry.IsPermanent(err) {
+				errs = append(errs, err)
+			} else {
+				m.log.Warn("lease not taken; retrying at the next sync", "stream", stream, "shard_id", c.shard, "err", err)
+			}
+			continue
+		}
+		if ok {
+			have++
+		}
+	}
+
+	m.mu.Lock()
+	w, asked := m.wants[stream]
+	if asked {
+		l, ok := byShard[w.shard]
+		if mine[w.shard] != nil || !ok || l.Want != m.me || now.Sub(w.at) >= m.o.HandoffTimeout+m.o.LeaseDuration {
+			delete(m.wants, stream)
+			asked = false
+		}
+	}
+	m.mu.Unlock()
+	if asked || have >= target {
+		return errors.Join(errs...)
+	}
+	busiest := ""
+	for owner, n := range counts {
+		if n > target && len(owned[owner]) > 0 && (busiest == "" || n > counts[busiest] || n == counts[busiest] && owner < busiest) {
+			busiest = owner
+		}
+	}
+	if busiest == "" {
+		return errors.Join(errs...)
+	}
+	ls := owned[busiest]
+	l := ls[rand.IntN(len(ls))]
+	err := m.write(ctx, stream, l.ShardID, time.Now().Add(m.SyncInterval()),
+		Cond{Owner: l.Owner, Counter: l.Counter, Want: ptr("")}, Change{Want: ptr(m.me)}, nil)
+	switch {
+	case err == nil:
+		m.mu.Lock()
+		m.wants[stream] = want{shard: l.ShardID, at: now}
+		m.mu.Unlock()
+		m.log.Info("asked for a lease", "stream", stream, "shard_id", l.ShardID, "from", l.Owner,
+			"held", have, "target", target)
+	case errors.Is(err, ErrConflict):
+	case retry.IsPermanent(err):
+		errs = append(errs, err)
+	default:
+		m.log.Warn("lease request not written; retrying at the next sync", "stream", stream, "shard_id", l.ShardID, "err", err)
+	}
+	return errors.Join(errs...)
+}
+
+func mapOf(ids []string) map[string]bool {
+	out := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out
+}
+
+// take takes a free or expired lease, or creates the lease of a shard that
+// has none. It reports whether this instance now holds it.
+func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, error) {
+	var sent time.Time
+	var err error
+	counter := int64(1)
+	until := time.Now().Add(m.SyncInterval())
+	if !c.exists {
+		err = m.create(ctx, stream, c.shard, until, &sent)
+	} else {
+		counter = c.lease.Counter + 1
+		err = m.write(ctx, stream, c.shard, until,
+			Cond{Owner: c.lease.Owner, Counter: c.lease.Counter}, Change{Owner: ptr(m.me), Bump: true, Want: ptr("")}, &sent)
+	}
+	if errors.Is(err, ErrConflict) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take lease of shard %s: %w", c.shard, err)
+	}
+	m.mu.Lock()
+	m.held[key{stream, c.shard}] = &held{counter: counter, renewed: sent}
+	m.mu.Unlock()
+	from := "nobody"
+	if c.lease.Owner != "" {
+		from = c.lease.Owner + " (expired)"
+	}
+	m.log.Info("lease taken", "stream", stream, "shard_id", c.shard, "from", from)
+	return true, nil
+}
+
+// Release gives up this instance's lease of a shard, keeping the shard's
+// checkpoint. Releasing a lease not held is not an error. If the write
+// fails, the lease is left to expire.
+func (m *Manager) Release(ctx context.Context, stream, shard string) error {
+	m.mu.Lock()
+	h := m.held[key{stream, shard}]
+	m.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	h.io.Lock()
+	defer h.io.Unlock()
+	defer m.drop(stream, shard, h)
+	if h.gone {
+		return nil
+	}
+	h.gone = true
+	err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
+		Cond{Owner: m.me, Counter: h.counter}, Change{Owner: ptr(""), Bump: true}, nil)
+	if err != nil && !errors.Is(err, ErrConflict) {
+		return fmt.Errorf("release lease of shard %s of stream %q: %w", shard, stream, err)
+	}
+	m.log.Info("lease released", "stream", stream, "shard_id", shard)
+	return nil
+}
+
+// Checkpoint saves cp as the shard's checkpoint if this instance still holds
+// the shard's lease (the item has this owner and the counter it last
+// wrote), and otherwise fails with an error wrapping
+// [shardflow.ErrLeaseLost]. Transient errors are retried briefly.
+func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shardflow.Checkpoint) error {
+	m.mu.Lock()
+	h := m.held[key{stream, shard}]
+	m.mu.Unlock()
+	if h == nil {
+		return fmt.Errorf("shard %s of stream %q is not leased by %s: %w", shard, stream, m.me, shardflow.ErrLeaseLost)
+	}
+	h.io.Lock()
+	defer h.io.Unlock()
+	if h.gone {
+		return fmt.Errorf("lease of shard %s of stream %q was released or lost: %w", shard, stream, shardflow.ErrLeaseLost)
+	}
+	err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
+		Cond{Owner: m.me, Counter: h.counter}, Change{Checkpoint: &cp}, nil)
+	if errors.Is(err, ErrConflict) {
+		h.gone = true
+		m.drop(stream, shard, h)
+		m.log.Info("lease lost", "stream", stream, "shard_id", shard)
+		return fmt.Errorf("shard %s of stream %q is now leased by another instance: %w", shard, stream, shardflow.ErrLeaseLost)
+	}
+	return err
+}
+
+// Holds reports the shards of stream this instance holds, for tests.
+func (m *Manager) Holds(stream string) []string {
+	var out []string
+	for id, h := range m.heldOf(stream) {
+		h.io.Lock()
+		if !h.gone {
+			out = append(out, id)
+		}
+		h.io.Unlock()
+	}
+	slices.Sort(out)
+	return out
+}
+
+// write is Table.Update retried until it succeeds, fails for good, or until
+// passes. A conflict after an attempt whose outcome is unknown (the answer
+// was lost) is checked against the item: if the item shows the change, the
+// write did land. sent, if not nil, gets when the successful attempt was
+// sent.
+func (m *Manager) write(ctx context.Context, stream, shard string, until time.Time, cond Cond, ch Change, sent *time.Time) error {
+	uncertain := false
+	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+		if sent != nil {
+			*sent = time.Now()
+		}
+		err := m.t.Update(ctx, stream, shard, cond, ch)
+		if errors.Is(err, ErrConflict) && uncertain && m.landed(ctx, stream, shard, cond, ch) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, ErrConflict) {
+			uncertain = true
+		}
+		return err
+	})
+	return err
+}
+
+func (m *Manager) create(ctx context.Context, stream, shard string, until time.Time, sent *time.Time) error {
+	uncertain := false
+	return retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+		*sent = time.Now()
+		err := m.t.Create(ctx, stream, shard, m.me)
+		if errors.Is(err, ErrConflict) && uncertain &&
+			m.landed(ctx, stream, shard, Cond{Owner: m.me, Counter: 0}, Change{Bump: true}) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, ErrConflict) {
+			uncertain = true
+		}
+		return err
+	})
+}
+
+// landed reports whether the item shows the result of writing ch over cond.
+func (m *Manager) landed(ctx context.Context, stream, shard string, cond Cond, ch Change) bool {
+	ls, err := m.t.Leases(ctx, stream, []string{shard})
+	if err != nil || len(ls) != 1 {
+		return false
+	}
+	l := ls[0]
+	owner, counter := cond.Owner, cond.Counter
+	if ch.Owner != nil {
+		owner = *ch.Owner
+	}
+	if ch.Bump {
+		counter++
+	}
+	return l.Owner == owner && l.Counter == counter && (ch.Want == nil || l.Want == *ch.Want)
+}
+
+// retryUntil calls op until it succeeds, returns ErrConflict or a permanent
+// error, or until passes (it always calls op at least once). Each attempt
+// gets a context ending at until (or at least a quarter of interval from
+// now), so a hung call cannot outlast the lease it protects.
+func retryUntil(ctx context.Context, until time.Time, interval time.Duration, op func(context.Context) error) error {
+	maxWait := min(time.Second, interval/4)
+	bo := retry.NewBackOff(retry.Policy{InitialInterval: min(50*time.Millisecond, maxWait), MaxInterval: maxWait, Multiplier: 2})
+	for {
+		deadline := until
+		if floor := time.Now().Add(interval / 4); deadline.Before(floor) {
+			deadline = floor
+		}
+		actx, cancel := context.WithDeadline(ctx, deadline)
+		err := op(actx)
+		cancel()
+		if err == nil || errors.Is(err, ErrConflict) || retry.IsPermanent(err) || ctx.Err() != nil {
+			return err
+		}
+		wait := bo.NextBackOff()
+		if !time.Now().Add(wait).Before(until) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}

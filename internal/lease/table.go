@@ -1,0 +1,96 @@
+// Package lease is the shard-lease algorithm shared by the checkpoint stores
+// that coordinate several instances (checkpoint/memory and
+// checkpoint/dynamodb). A store supplies a [Table] (one lease item per shard
+// with conditional writes); a [Manager] per instance runs the algorithm over
+// it and gives the store its SyncLeases, ReleaseLease and fenced Save.
+//
+// # Algorithm
+//
+// Every lease item holds an owner ("" when free), a counter and an optional
+// want (the instance that asked the owner to hand the lease over). Each write
+// is conditional on the owner and counter it expects, so two instances can
+// never both believe they won the same write.
+//
+//   - Renew: the owner bumps the counter every RenewInterval.
+//   - Expiry: an instance notes on its own monotonic clock when it last saw a
+//     lease's owner or counter change; a lease unchanged for LeaseDuration is
+//     expired. Wall clocks of different hosts are never compared.
+//   - Take: free leases, expired leases and leases of shards with no item yet
+//     (created with attribute_not_exists) are taken up to the target,
+//     ceil(eligible shards / live instances); live instances are the owners of
+//     unexpired leases plus this one.
+//   - Steal, gracefully: an instance below target while the busiest instance
+//     is above it sets want on one of the busiest instance's leases (one
+//     outstanding request at a time, so at most one steal per round). The
+//     owner's next sync stops returning the lease, so the source closes the
+//     shard's lane (final checkpoint) and releases it; the thief then takes
+//     it. A free lease wanted by another instance is left to that instance
+//     for a LeaseDuration. An owner keeps renewing a lease it is handing over
+//     for at most HandoffTimeout; after that it expires like any other.
+//   - Fencing: a checkpoint is written only if the item still has this
+//     instance as owner and the counter it last wrote.
+package lease
+
+import (
+	"context"
+	"errors"
+
+	"github.com/shardflow/shardflow"
+)
+
+// Lease is one shard's lease as the table holds it.
+type Lease struct {
+	ShardID string
+	// Owner is the instance holding the lease; "" when it is free.
+	Owner string
+	// Counter changes on every renew, take and release.
+	Counter int64
+	// Want is the instance that asked the owner to hand the lease over;
+	// "" when none did.
+	Want string
+}
+
+// Cond is what a conditional write expects of the item.
+type Cond struct {
+	Owner   string // "" expects a free lease
+	Counter int64
+	// Want, when not nil, expects the item's want to be *Want ("" expects
+	// none).
+	Want *string
+}
+
+// Change is what a conditional write changes.
+type Change struct {
+	// Owner, when not nil, becomes the owner ("" frees the lease).
+	Owner *string
+	// Bump sets the counter to Cond.Counter+1.
+	Bump bool
+	// Want, when not nil, becomes the want ("" removes it).
+	Want *string
+	// Checkpoint, when not nil, becomes the shard's checkpoint.
+	Checkpoint *shardflow.Checkpoint
+}
+
+// Table is where leases live: one item per stream and shard. Implementations
+// must be safe for concurrent use and read strongly consistently.
+//
+// Errors other than ErrConflict are retried as transient unless they are
+// marked with retry.Permanent (a missing table, a wrong key schema, denied
+// access).
+type Table interface {
+	// Leases returns the leases of the given shards of stream that have an
+	// item, in any order.
+	Leases(ctx context.Context, stream string, shardIDs []string) ([]Lease, error)
+	// Create creates the shard's lease owned by owner with counter 1. It
+	// fails with ErrConflict if the item exists.
+	Create(ctx context.Context, stream, shardID, owner string) error
+	// Update applies ch if the item matches cond, and fails with
+	// ErrConflict if it does not (or does not exist).
+	Update(ctx context.Context, stream, shardID string, cond Cond, ch Change) error
+}
+
+// ErrConflict is returned by a Table whose conditional write found the item
+// other than expected.
+var ErrConflict = errors.New("lease: conditional write failed")
+
+func ptr[T any](v T) *T { return &v }
