@@ -340,9 +340,9 @@ func (m *Manager) balance(ctx context.Context, stream string, eligible []string,
 	now := time.Now()
 	mine := m.heldOf(stream)
 	have := len(m.active(mine, mapOf(eligible)))
-	counts := make(map[string]int)     // other live instances' leases
-	owned := make(map[string][]Lease)  // their leases nobody asked for yet
-	var wanted, free []candidate       // free ones handed to me first
+	counts := make(map[string]int)    // other live instances' leases
+	owned := make(map[string][]Lease) // their leases nobody asked for yet
+	var wanted, free []candidate      // free ones handed to me first
 	for _, id := range eligible {
 		if mine[id] != nil {
 			continue // mine, or being handed over by me
