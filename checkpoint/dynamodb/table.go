@@ -1,0 +1,186 @@
+package dynamostore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/internal/retry"
+)
+
+// leaseTable is the lease.Table of a Store: every write is one conditional
+// PutItem or UpdateItem, every read a strongly consistent BatchGetItem.
+type leaseTable struct{ s *Store }
+
+// batchGetMax is the most keys one BatchGetItem takes.
+const batchGetMax = 100
+
+func (t leaseTable) Leases(ctx context.Context, stream string, shardIDs []string) ([]lease.Lease, error) {
+	s := t.s
+	var out []lease.Lease
+	for len(shardIDs) > 0 {
+		n := min(len(shardIDs), batchGetMax)
+		keys := make([]map[string]types.AttributeValue, n)
+		for i, id := range shardIDs[:n] {
+			keys[i] = s.itemKey(stream, id)
+		}
+		shardIDs = shardIDs[n:]
+		req := map[string]types.KeysAndAttributes{s.table: {
+			Keys:                     keys,
+			ConsistentRead:           aws.Bool(true),
+			ProjectionExpression:     aws.String("#k, #o, #c, #w"),
+			ExpressionAttributeNames: map[string]string{"#k": s.key, "#o": attrOwner, "#c": attrCounter, "#w": attrWant},
+		}}
+		bo := retry.NewBackOff(retry.Policy{InitialInterval: 20 * time.Millisecond, MaxInterval: 500 * time.Millisecond, Multiplier: 2})
+		for len(req) > 0 {
+			res, err := s.client.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: req})
+			if err != nil {
+				return nil, s.classify(err)
+			}
+			for _, item := range res.Responses[s.table] {
+				l, err := s.decodeLease(item)
+				if err != nil {
+					return nil, retry.Permanent(err)
+				}
+				out = append(out, l)
+			}
+			req = res.UnprocessedKeys
+			if len(req) > 0 { // throttled in part: back off and ask for the rest
+				tm := time.NewTimer(bo.NextBackOff())
+				select {
+				case <-ctx.Done():
+					tm.Stop()
+					return nil, ctx.Err()
+				case <-tm.C:
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) decodeLease(item map[string]types.AttributeValue) (lease.Lease, error) {
+	var l lease.Lease
+	k, _ := item[s.key].(*types.AttributeValueMemberS)
+	if k == nil {
+		return l, fmt.Errorf("lease item without key %q", s.key)
+	}
+	_, l.ShardID, _ = strings.Cut(k.Value, "/")
+	if v, ok := item[attrOwner].(*types.AttributeValueMemberS); ok {
+		l.Owner = v.Value
+	}
+	if v, ok := item[attrWant].(*types.AttributeValueMemberS); ok {
+		l.Want = v.Value
+	}
+	if v, ok := item[attrCounter].(*types.AttributeValueMemberN); ok {
+		n, err := strconv.ParseInt(v.Value, 10, 64)
+		if err != nil {
+			return l, fmt.Errorf("lease item %q: %s %q: %w", k.Value, attrCounter, v.Value, err)
+		}
+		l.Counter = n
+	}
+	return l, nil
+}
+
+func (t leaseTable) Create(ctx context.Context, stream, shardID, owner string) error {
+	s := t.s
+	item := s.itemKey(stream, shardID)
+	item[attrStream] = &types.AttributeValueMemberS{Value: stream}
+	item[attrShardID] = &types.AttributeValueMemberS{Value: shardID}
+	item[attrOwner] = &types.AttributeValueMemberS{Value: owner}
+	item[attrCounter] = &types.AttributeValueMemberN{Value: "1"}
+	_, err := s.client.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName:                aws.String(s.table),
+		Item:                     item,
+		ConditionExpression:      aws.String("attribute_not_exists(#k)"),
+		ExpressionAttributeNames: map[string]string{"#k": s.key},
+	})
+	return s.classify(err)
+}
+
+func (t leaseTable) Update(ctx context.Context, stream, shardID string, cond lease.Cond, ch lease.Change) error {
+	s := t.s
+	names := map[string]string{"#o": attrOwner, "#c": attrCounter}
+	values := map[string]types.AttributeValue{":c": n(cond.Counter)}
+	var condExpr []string
+	if cond.Owner == "" {
+		condExpr = append(condExpr, "attribute_not_exists(#o)")
+	} else {
+		condExpr = append(condExpr, "#o = :o")
+		values[":o"] = &types.AttributeValueMemberS{Value: cond.Owner}
+	}
+	condExpr = append(condExpr, "#c = :c")
+	if cond.Want != nil {
+		names["#w"] = attrWant
+		if *cond.Want == "" {
+			condExpr = append(condExpr, "attribute_not_exists(#w)")
+		} else {
+			condExpr = append(condExpr, "#w = :w")
+			values[":w"] = &types.AttributeValueMemberS{Value: *cond.Want}
+		}
+	}
+	var set, remove []string
+	if ch.Owner != nil {
+		if *ch.Owner == "" {
+			remove = append(remove, "#o")
+		} else {
+			set = append(set, "#o = :no")
+			values[":no"] = &types.AttributeValueMemberS{Value: *ch.Owner}
+		}
+	}
+	if ch.Bump {
+		set = append(set, "#c = :nc")
+		values[":nc"] = n(cond.Counter + 1)
+	}
+	if ch.Want != nil {
+		names["#w"] = attrWant
+		if *ch.Want == "" {
+			remove = append(remove, "#w")
+		} else {
+			set = append(set, "#w = :nw")
+			values[":nw"] = &types.AttributeValueMemberS{Value: *ch.Want}
+		}
+	}
+	if cp := ch.Checkpoint; cp != nil {
+		names["#seq"], names["#sub"], names["#partial"], names["#end"], names["#at"] = attrSeq, attrSub, attrPartial, attrEnd, attrSavedAt
+		if cp.SequenceNumber == "" {
+			remove = append(remove, "#seq")
+		} else {
+			set = append(set, "#seq = :seq")
+			values[":seq"] = &types.AttributeValueMemberS{Value: cp.SequenceNumber}
+		}
+		set = append(set, "#sub = :sub", "#partial = :partial", "#end = :end", "#at = :at")
+		values[":sub"] = &types.AttributeValueMemberN{Value: strconv.FormatUint(cp.SubSequenceNumber, 10)}
+		values[":partial"] = &types.AttributeValueMemberBOOL{Value: cp.Partial}
+		values[":end"] = &types.AttributeValueMemberBOOL{Value: cp.ShardEnd}
+		// For people reading the table only; never compared across hosts.
+		values[":at"] = &types.AttributeValueMemberS{Value: time.Now().UTC().Format(time.RFC3339Nano)}
+	}
+	var update []string
+	if len(set) > 0 {
+		update = append(update, "SET "+strings.Join(set, ", "))
+	}
+	if len(remove) > 0 {
+		update = append(update, "REMOVE "+strings.Join(remove, ", "))
+	}
+	if len(update) == 0 {
+		return fmt.Errorf("lease update of shard %s changes nothing", shardID)
+	}
+	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:                 aws.String(s.table),
+		Key:                       s.itemKey(stream, shardID),
+		UpdateExpression:          aws.String(strings.Join(update, " ")),
+		ConditionExpression:       aws.String(strings.Join(condExpr, " AND ")),
+		ExpressionAttributeNames:  names,
+		ExpressionAttributeValues: values,
+	})
+	return s.classify(err)
+}
+
+func n(v int64) types.AttributeValue { return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)} }
