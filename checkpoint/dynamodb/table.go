@@ -183,4 +183,6 @@ func (t leaseTable) Update(ctx context.Context, stream, shardID string, cond lea
 	return s.classify(err)
 }
 
-func n(v int64) types.AttributeValue { return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)} }
+func n(v int64) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
+}
