@@ -135,6 +135,7 @@ type engine struct {
 	epoch       uint64         // Flush generation of new records
 	outstanding map[uint64]int // records not done, by epoch
 	flushing    int            // Flush calls running: send without lingering
+	waiting     int            // writers waiting for buffer space: send without lingering
 
 	batch     *batcher.Batcher[wire] // plain and unordered aggregating modes
 	sealed    [][]wire               // batches waiting for a request slot
@@ -255,14 +256,24 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 		if e.bufRecords+1 <= e.o.MaxBufferedRecords && e.bufBytes+r.size <= e.o.MaxBufferedBytes {
 			break
 		}
+		// The buffer is full: lingering cannot fill a request any more, so
+		// send what is open now (and, while anybody waits, as soon as a
+		// shard is free).
+		e.waiting++
+		e.flushOpenLocked()
+		e.kickLocked()
 		w := e.waitChanLocked()
 		e.mu.Unlock()
 		select {
 		case <-w:
 		case <-ctx.Done():
+			e.mu.Lock()
+			e.waiting--
+			e.mu.Unlock()
 			return fmt.Errorf("wait for buffer space: %w", context.Cause(ctx))
 		}
 		e.mu.Lock()
+		e.waiting--
 	}
 	e.bufRecords++
 	e.bufBytes += r.size
@@ -390,7 +401,7 @@ func (e *engine) considerLocked(q *queue, now time.Time) {
 	if q.busy || q.ready || len(q.recs) == 0 {
 		return
 	}
-	due := e.flushing > 0
+	due := e.flushing > 0 || e.waiting > 0
 	if e.o.Aggregate {
 		due = due || q.bytes >= e.o.AggregateMaxBytes
 	} else {

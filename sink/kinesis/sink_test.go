@@ -519,3 +519,41 @@ func TestMemoryStaysCappedUnderTenfoldOverload(t *testing.T) {
 		}
 	})
 }
+
+func TestAFullBufferDoesNotWaitForTheLinger(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		fn   func(*Options)
+	}{
+		{"plain", func(*Options) {}},
+		{"aggregated", func(o *Options) { o.Aggregate = true }},
+		{"ordered", func(o *Options) { o.Ordered = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake(t, 2)
+				p, err := NewProducer(f, testStream, func(o *Options) {
+					tc.fn(o)
+					o.Linger = time.Hour
+					o.MaxBufferedRecords = 10
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				for i := range 100 {
+					if err := p.Put(t.Context(), []byte(recData(i)), recData(i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if d := time.Since(start); d != 0 {
+					t.Errorf("100 puts through a buffer of 10 took %v; a full buffer must not wait for the linger", d)
+				}
+				if err := p.Close(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
