@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
@@ -121,11 +120,4 @@ func (c *callLog) snapshot() ([][]string, []int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([][]string(nil), c.calls...), append([]int(nil), c.sizes...)
-}
-
-// fast makes retries quick in tests that do not run under synctest.
-func fast(o *Options) {
-	o.InitialBackoff = time.Millisecond
-	o.MaxBackoff = 5 * time.Millisecond
-	o.Linger = 5 * time.Millisecond
 }

@@ -179,7 +179,6 @@ type perShardClient struct {
 	mu       sync.Mutex
 	inFlight map[string]int
 	maxPer   int
-	mixed    int
 }
 
 func (c *perShardClient) PutRecords(ctx context.Context, in *kinesis.PutRecordsInput, optFns ...func(*kinesis.Options)) (*kinesis.PutRecordsOutput, error) {
