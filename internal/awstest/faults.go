@@ -46,7 +46,9 @@ func (f Fault) String() string {
 // and the count of that operation's requests so far (from 1). It is safe for
 // concurrent use and counts what it injected.
 type FaultClient struct {
-	Base      interface{ Do(*http.Request) (*http.Response, error) }
+	Base interface {
+		Do(*http.Request) (*http.Response, error)
+	}
 	Decide    func(op string, n int) Fault
 	SlowDelay time.Duration
 
