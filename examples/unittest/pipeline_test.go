@@ -10,8 +10,8 @@ import (
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
 	"github.com/shardflow/shardflow/examples/unittest"
-	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 	"github.com/shardflow/shardflow/shardflowtest"
+	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 )
 
 func TestLargeOrders(t *testing.T) {
