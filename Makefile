@@ -2,10 +2,14 @@
 # toolchain from the module proxy on first use.
 export GOTOOLCHAIN := go1.27.3
 
-.PHONY: demo test bench emulators-start emulators-stop
+.PHONY: demo quickstart test bench emulators-start emulators-stop
 
-## demo: run the main job (an example pipeline over the in-memory test kit)
+## demo: the main job: a Kinesis relay with DynamoDB checkpoints on the local emulators
 demo:
+	bash scripts/demo.sh
+
+## quickstart: a pipeline over the in-memory test kit (no emulator)
+quickstart:
 	go run ./examples/quickstart
 
 ## test: start the emulators, check formatting, vet, staticcheck, go test -race ./..., stop them
