@@ -181,7 +181,9 @@ func prepareDemo(ctx context.Context, kc *kinesis.Client, store *dynamostore.Sto
 			return nil, fmt.Errorf("create stream %s: %w", s.name, err)
 		}
 		if err := kinesis.NewStreamExistsWaiter(kc).Wait(ctx, &kinesis.DescribeStreamInput{StreamName: aws.String(s.name)}, time.Minute,
-			func(o *kinesis.StreamExistsWaiterOptions) { o.MinDelay, o.MaxDelay = 50*time.Millisecond, 500*time.Millisecond }); err != nil {
+			func(o *kinesis.StreamExistsWaiterOptions) {
+				o.MinDelay, o.MaxDelay = 50*time.Millisecond, 500*time.Millisecond
+			}); err != nil {
 			return nil, fmt.Errorf("wait for stream %s: %w", s.name, err)
 		}
 	}
