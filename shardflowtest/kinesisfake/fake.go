@@ -595,12 +595,22 @@ func (f *Fake) DescribeStreamSummary(_ context.Context, in *kinesis.DescribeStre
 	}}, nil
 }
 
+// byNameOrARN looks a stream up by its name or its ARN. Called with f.mu held.
+func (f *Fake) byNameOrARN(stream string) (*stream, error) {
+	if strings.HasPrefix(stream, "arn:") {
+		return f.lookup(nil, aws.String(stream))
+	}
+	return f.lookup(aws.String(stream), nil)
+}
+
 // Records returns a copy of every record of a shard, in order: tests use it
-// to check what a writer wrote.
+// to check what a writer wrote, and to know the sequence numbers to expect
+// in checkpoints. The stream is given by name or ARN; shard ids are
+// "shardId-" and 12 digits, numbered from 0 in creation order.
 func (f *Fake) Records(streamName, shardID string) ([]types.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	st, err := f.lookup(aws.String(streamName), nil)
+	st, err := f.byNameOrARN(streamName)
 	if err != nil {
 		return nil, err
 	}
@@ -611,12 +621,12 @@ func (f *Fake) Records(streamName, shardID string) ([]types.Record, error) {
 	return append([]types.Record(nil), s.records...), nil
 }
 
-// Shards returns the ids of every shard of the stream, open and closed, in
-// creation order.
+// Shards returns the ids of every shard of the stream (by name or ARN),
+// open and closed, in creation order.
 func (f *Fake) Shards(streamName string) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	st, err := f.lookup(aws.String(streamName), nil)
+	st, err := f.byNameOrARN(streamName)
 	if err != nil {
 		return nil, err
 	}

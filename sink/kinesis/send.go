@@ -31,6 +31,12 @@ func (e *engine) run(j job) {
 		out, err := e.putRecords(pending)
 		var retryable []wire
 		var mismatch []int // indexes of entries that landed on an unexpected shard
+		if err != nil && (e.life.Err() != nil || !retryableRequest(err)) {
+			// The call carried these entries: count it before they fail.
+			for i := range pending {
+				pending[i].attempts++
+			}
+		}
 		switch {
 		case err != nil && e.life.Err() != nil:
 			comps = e.failAll(comps, pending, "", "", closedCause(e.life))
