@@ -1,0 +1,117 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/shardflow/shardflow/internal/awstest"
+)
+
+// emulatorEnv points the default AWS chain at fake credentials, as a user
+// of the emulators would, and returns the endpoint flags.
+func emulatorEnv(t *testing.T) []string {
+	t.Helper()
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+	return []string{"--endpoint-url", awstest.KinesisEndpoint(t), "--dynamodb-endpoint-url", awstest.DynamoDBEndpoint(t)}
+}
+
+func runCmd(ctx context.Context, t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(ctx, args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func lines(n int, prefix string) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	return out
+}
+
+func TestPutThenTailReturnsEveryLine(t *testing.T) {
+	endpoints := emulatorEnv(t)
+	stream := awstest.CreateStream(t, awstest.KinesisClient(t), 2)
+	want := lines(150, "line")
+	code, _, stderr := runCmd(t.Context(), t, strings.Join(want, "\n")+"\n", append([]string{"put", "--stream", stream}, endpoints...)...)
+	if code != 0 {
+		t.Fatalf("put exited %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "150 records written, 0 failed") {
+		t.Errorf("put summary: %q", stderr)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	code, stdout, stderr := runCmd(ctx, t, "", append([]string{"tail", "--stream", stream, "--from", "trim-horizon", "--max", "150", "--format", "json"}, endpoints...)...)
+	if code != 0 {
+		t.Fatalf("tail exited %d: %s", code, stderr)
+	}
+	var got []string
+	for l := range strings.Lines(stdout) {
+		var r tailRecord
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("tail printed %q: %v", l, err)
+		}
+		if r.Data == nil || r.ShardID == "" || r.SequenceNumber == "" || r.PartitionKey == "" {
+			t.Errorf("incomplete record %+v", r)
+			continue
+		}
+		got = append(got, *r.Data)
+	}
+	slices.Sort(got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("tail mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestRelayCopiesAStreamWithDynamoDBCheckpoints(t *testing.T) {
+	endpoints := emulatorEnv(t)
+	kc := awstest.KinesisClient(t)
+	in, out := awstest.CreateStream(t, kc, 2), awstest.CreateStream(t, kc, 1)
+	table := awstest.CreateTable(t, awstest.DynamoDBClient(t))
+	want := lines(80, "relayed")
+	if code, _, stderr := runCmd(t.Context(), t, strings.Join(want, "\n"), append([]string{"put", "--stream", in, "--partition-key", "k"}, endpoints...)...); code != 0 {
+		t.Fatalf("put exited %d: %s", code, stderr)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	relayDone := make(chan string, 1)
+	go func() {
+		code, _, stderr := runCmd(ctx, t, "", append([]string{"relay", "--from", in, "--to", out, "--table", table, "--ordered"}, endpoints...)...)
+		relayDone <- fmt.Sprintf("exit %d: %s", code, stderr)
+	}()
+	tctx, tcancel := context.WithTimeout(t.Context(), time.Minute)
+	defer tcancel()
+	code, stdout, stderr := runCmd(tctx, t, "", append([]string{"tail", "--stream", out, "--from", "trim-horizon", "--max", "80"}, endpoints...)...)
+	cancel()
+	if code != 0 {
+		t.Fatalf("tail exited %d: %s", code, stderr)
+	}
+	if r := <-relayDone; !strings.HasPrefix(r, "exit 0") {
+		t.Fatalf("relay: %s", r)
+	}
+	got := strings.Split(strings.TrimSpace(stdout), "\n")
+	if diff := cmp.Diff(want, got); diff != "" { // one key, ordered: the order is kept
+		t.Errorf("relayed records mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestUsageErrorsExitTwo(t *testing.T) {
+	for _, args := range [][]string{{}, {"nope"}, {"put"}, {"tail", "--stream", "s", "--from", "yesterday"}, {"relay", "--from", "a"}} {
+		if code, _, _ := runCmd(t.Context(), t, "", args...); code != 2 {
+			t.Errorf("shardflow %v exited %d; want 2", args, code)
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/shardflow/shardflow"
+	kinesissource "github.com/shardflow/shardflow/source/kinesis"
+)
+
+// tailRecord is a record as `tail --format json` prints it.
+type tailRecord struct {
+	ShardID           string    `json:"shard_id"`
+	SequenceNumber    string    `json:"sequence_number"`
+	SubSequenceNumber uint64    `json:"sub_sequence_number,omitempty"`
+	PartitionKey      string    `json:"partition_key"`
+	ExplicitHashKey   string    `json:"explicit_hash_key,omitempty"`
+	Arrival           time.Time `json:"approximate_arrival"`
+	Data              *string   `json:"data,omitempty"`        // when the data is UTF-8 text
+	DataBase64        []byte    `json:"data_base64,omitempty"` // otherwise
+}
+
+func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var a awsFlags
+	a.register(fs)
+	stream := fs.String("stream", "", "stream to read (name or ARN)")
+	from := fs.String("from", "latest", "where to start: latest, trim-horizon, or an RFC 3339 time")
+	format := fs.String("format", "text", "text (the data, one record per line) or json (one JSON object per line)")
+	maxRecords := fs.Int("max", 0, "stop after this many records (default: follow until interrupted)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *stream == "" {
+		return usagef("--stream is required")
+	}
+	var start kinesissource.StartingPosition
+	switch strings.ToLower(*from) {
+	case "latest":
+		start = kinesissource.Latest()
+	case "trim-horizon", "trim_horizon":
+		start = kinesissource.TrimHorizon()
+	default:
+		t, err := time.Parse(time.RFC3339, *from)
+		if err != nil {
+			return usagef("--from %q: want latest, trim-horizon or an RFC 3339 time", *from)
+		}
+		start = kinesissource.AtTimestamp(t)
+	}
+	if *format != "text" && *format != "json" {
+		return usagef("--format %q: want text or json", *format)
+	}
+	kc, err := a.kinesis(ctx)
+	if err != nil {
+		return err
+	}
+	src, err := kinesissource.New(kc, *stream, func(o *kinesissource.Options) {
+		o.InitialPosition = start
+		o.IdleInterval = 250 * time.Millisecond
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var mu sync.Mutex // records of several shards arrive concurrently
+	n := 0
+	enc := json.NewEncoder(stdout)
+	print := func(_ context.Context, r shardflow.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if *maxRecords > 0 && n >= *maxRecords {
+			return nil
+		}
+		n++
+		if *format == "text" {
+			fmt.Fprintf(stdout, "%s\n", r.Data)
+		} else {
+			tr := tailRecord{ShardID: r.ShardID, SequenceNumber: r.SequenceNumber, SubSequenceNumber: r.SubSequenceNumber,
+				PartitionKey: r.PartitionKey, ExplicitHashKey: r.ExplicitHashKey, Arrival: r.ApproximateArrivalTimestamp}
+			if utf8.Valid(r.Data) {
+				s := string(r.Data)
+				tr.Data = &s
+			} else {
+				tr.DataBase64 = r.Data
+			}
+			if err := enc.Encode(tr); err != nil {
+				return err
+			}
+		}
+		if *maxRecords > 0 && n == *maxRecords {
+			cancel()
+		}
+		return nil
+	}
+	return shardflow.Source(src).Sink(shardflow.SinkFunc[shardflow.Record](print)).Run(ctx)
+}
