@@ -15,8 +15,12 @@ step "go toolchain"
 go version
 
 step "starting the local AWS emulators"
-trap 'bash scripts/emulators.sh stop || true' EXIT
-bash scripts/emulators.sh start
+if bash scripts/emulators.sh status >/dev/null 2>&1; then
+	echo "already running: using them, and leaving them running"
+else
+	trap 'bash scripts/emulators.sh stop || true' EXIT
+	bash scripts/emulators.sh start
+fi
 # Tests find the endpoints in .emulators/env; exporting them as well makes a
 # missing emulator a test failure, never a skip.
 set -a
