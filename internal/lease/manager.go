@@ -252,7 +252,9 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 	g.SetLimit(renewLimit)
 	var mu sync.Mutex
 	var errs []error
-	due := m.o.RenewInterval - m.SyncInterval()/2
+	// Renew on every other sync; a sync run in between (the source also
+	// syncs after each shard discovery) renews only if a tick is late.
+	due := m.o.RenewInterval - m.SyncInterval()/4
 	for id, h := range mine {
 		g.Go(func() error {
 			h.io.Lock()

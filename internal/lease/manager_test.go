@@ -1,0 +1,265 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/internal/retry"
+)
+
+// table is an in-memory lease.Table whose calls can be made to fail.
+type table struct {
+	mu    sync.Mutex
+	items map[string]*lease.Lease
+	cps   map[string]shardflow.Checkpoint
+	// fail, if set, decides the fate of each call: nil passes; an error
+	// fails the call; lost applies it and then fails (the answer is lost).
+	fail func(op string) (err error, lost bool)
+}
+
+var errDown = errors.New("injected: connection reset")
+
+func newTable() *table {
+	return &table{items: map[string]*lease.Lease{}, cps: map[string]shardflow.Checkpoint{}}
+}
+
+func (t *table) fate(op string) (error, bool) {
+	if t.fail == nil {
+		return nil, false
+	}
+	return t.fail(op)
+}
+
+func (t *table) Leases(ctx context.Context, stream string, ids []string) ([]lease.Lease, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err, _ := t.fate("Leases"); err != nil {
+		return nil, err
+	}
+	var out []lease.Lease
+	for _, id := range ids {
+		if l := t.items[stream+"/"+id]; l != nil {
+			out = append(out, *l)
+		}
+	}
+	return out, nil
+}
+
+func (t *table) Create(ctx context.Context, stream, id, owner string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	err, lost := t.fate("Create")
+	if err != nil && !lost {
+		return err
+	}
+	if t.items[stream+"/"+id] != nil {
+		return lease.ErrConflict
+	}
+	t.items[stream+"/"+id] = &lease.Lease{ShardID: id, Owner: owner, Counter: 1}
+	return err
+}
+
+func (t *table) Update(ctx context.Context, stream, id string, cond lease.Cond, ch lease.Change) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	err, lost := t.fate("Update")
+	if err != nil && !lost {
+		return err
+	}
+	l := t.items[stream+"/"+id]
+	if l == nil || l.Owner != cond.Owner || l.Counter != cond.Counter || cond.Want != nil && l.Want != *cond.Want {
+		return lease.ErrConflict
+	}
+	if ch.Owner != nil {
+		l.Owner = *ch.Owner
+	}
+	if ch.Bump {
+		l.Counter++
+	}
+	if ch.Want != nil {
+		l.Want = *ch.Want
+	}
+	if ch.Checkpoint != nil {
+		t.cps[stream+"/"+id] = *ch.Checkpoint
+	}
+	return err
+}
+
+func newManager(t *testing.T, tb lease.Table, owner string) *lease.Manager {
+	t.Helper()
+	m, err := lease.New(tb, lease.Options{Owner: owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// syncEvery syncs m every SyncInterval until ctx ends, releases what it is
+// no longer told it holds (as the source does) and records what it holds.
+func syncEvery(ctx context.Context, m *lease.Manager, shards []string, got *[]string, mu *sync.Mutex) {
+	var last []string
+	for ctx.Err() == nil {
+		held, err := m.Sync(ctx, "st", shards)
+		if err == nil {
+			// Not under mu: a goroutine blocked on a mutex would keep
+			// synctest's clock from moving.
+			for _, id := range last {
+				if !slices.Contains(held, id) {
+					_ = m.Release(ctx, "st", id)
+				}
+			}
+			last = held
+			mu.Lock()
+			*got = held
+			mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(m.SyncInterval()):
+		}
+	}
+}
+
+func TestLeasesSurviveAnOutageOfTheirOwnerShorterThanTheLeaseDuration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		shared := newTable()
+		var down sync.Mutex
+		outage := false
+		// a sees the table through a link that goes down; b does not.
+		aTable := &faulty{table: shared, down: func() bool { down.Lock(); defer down.Unlock(); return outage }}
+		a, b := newManager(t, aTable, "a"), newManager(t, shared, "b")
+		shards := []string{"s0", "s1", "s2", "s3"}
+		ctx, cancel := context.WithCancel(t.Context())
+		var mu sync.Mutex
+		var ha, hb []string
+		var wg sync.WaitGroup
+		wg.Go(func() { syncEvery(ctx, a, shards, &ha, &mu) })
+		time.Sleep(time.Second)
+		wg.Go(func() { syncEvery(ctx, b, shards, &hb, &mu) })
+		time.Sleep(30 * time.Second)
+		mu.Lock()
+		before := slices.Clone(ha)
+		mu.Unlock()
+		if len(before) != 2 {
+			t.Fatalf("a holds %v; want 2 of 4 after balancing", before)
+		}
+		down.Lock()
+		outage = true
+		down.Unlock()
+		time.Sleep(9 * time.Second) // just under the 10s lease duration
+		down.Lock()
+		outage = false
+		down.Unlock()
+		for range 20 {
+			time.Sleep(time.Second)
+			mu.Lock()
+			if !slices.Equal(ha, before) || slices.ContainsFunc(hb, func(s string) bool { return slices.Contains(before, s) }) {
+				t.Errorf("after a 9s outage: a holds %v, b %v; want a to keep %v", ha, hb, before)
+			}
+			mu.Unlock()
+		}
+		cancel()
+		wg.Wait()
+	})
+}
+
+// faulty fails every call while down() says so.
+type faulty struct {
+	*table
+	down func() bool
+}
+
+func (f *faulty) Leases(ctx context.Context, stream string, ids []string) ([]lease.Lease, error) {
+	if f.down() {
+		return nil, errDown
+	}
+	return f.table.Leases(ctx, stream, ids)
+}
+
+func (f *faulty) Create(ctx context.Context, stream, id, owner string) error {
+	if f.down() {
+		return errDown
+	}
+	return f.table.Create(ctx, stream, id, owner)
+}
+
+func (f *faulty) Update(ctx context.Context, stream, id string, cond lease.Cond, ch lease.Change) error {
+	if f.down() {
+		return errDown
+	}
+	return f.table.Update(ctx, stream, id, cond, ch)
+}
+
+func TestWritesWhoseAnswerWasLostAreRecognisedAsDone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tb := newTable()
+		n := 0
+		tb.fail = func(op string) (error, bool) {
+			if op == "Leases" {
+				return nil, false
+			}
+			n++
+			if n%2 == 1 {
+				return errDown, true // every other write lands but reports failure
+			}
+			return nil, false
+		}
+		m := newManager(t, tb, "a")
+		shards := []string{"s0", "s1"}
+		for range 30 {
+			held, err := m.Sync(t.Context(), "st", shards)
+			if err != nil || !slices.Equal(held, shards) {
+				t.Fatalf("Sync = %v, %v; want both shards held throughout", held, err)
+			}
+			if err := m.Checkpoint(t.Context(), "st", "s0", shardflow.Checkpoint{ShardEnd: true}); err != nil {
+				t.Fatalf("Checkpoint: %v", err)
+			}
+			time.Sleep(m.SyncInterval())
+		}
+		if err := m.Release(t.Context(), "st", "s1"); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		if l := tb.items["st/s1"]; l.Owner != "" {
+			t.Errorf("released lease still owned by %q", l.Owner)
+		}
+	})
+}
+
+func TestPermanentErrorsAreReturnedNotRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tb := newTable()
+		calls := 0
+		gone := errors.New("table deleted")
+		tb.fail = func(string) (error, bool) { calls++; return retry.Permanent(gone), false }
+		m := newManager(t, tb, "a")
+		start := time.Now()
+		_, err := m.Sync(t.Context(), "st", []string{"s0"})
+		if !errors.Is(err, gone) || calls != 1 || time.Since(start) != 0 {
+			t.Errorf("Sync = %v after %d calls and %v; want the permanent error at once", err, calls, time.Since(start))
+		}
+	})
+}
+
+func TestOptionsAreChecked(t *testing.T) {
+	for _, o := range []lease.Options{
+		{LeaseDuration: -1},
+		{LeaseDuration: 10 * time.Second, RenewInterval: 6 * time.Second},
+		{HandoffTimeout: -time.Second},
+	} {
+		if _, err := lease.New(newTable(), o); err == nil {
+			t.Errorf("New(%+v) accepted bad options", o)
+		}
+	}
+	m := newManager(t, newTable(), "")
+	o := m.Options()
+	if o.Owner == "" || o.LeaseDuration != 10*time.Second || o.RenewInterval != o.LeaseDuration/3 || m.SyncInterval() != o.RenewInterval/2 {
+		t.Errorf("defaults = %+v", o)
+	}
+}
