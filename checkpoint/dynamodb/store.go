@@ -181,7 +181,11 @@ func (s *Store) checkReady(ctx context.Context) error {
 		return nil
 	}
 	if err := s.Check(ctx); err != nil {
-		return retry.Permanent(err)
+		var te *TableError
+		if errors.As(err, &te) {
+			return retry.Permanent(err)
+		}
+		return err
 	}
 	s.ready = true
 	return nil
@@ -230,25 +234,27 @@ func (s *Store) CreateTable(ctx context.Context) error {
 // when none was saved. Throttling and transient errors are retried for
 // RetryTimeout.
 func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Checkpoint, bool, error) {
-	if err := s.checkReady(ctx); err != nil {
-		return shardflow.Checkpoint{}, false, err
-	}
 	var out *dynamodb.GetItemOutput
 	bo := retry.NewBackOff(retry.Policy{InitialInterval: 50 * time.Millisecond, MaxInterval: 2 * time.Second, Multiplier: 2})
 	start := time.Now()
 	for {
-		var err error
-		out, err = s.client.GetItem(ctx, &dynamodb.GetItemInput{
-			TableName:                aws.String(s.table),
-			Key:                      s.itemKey(stream, shardID),
-			ConsistentRead:           aws.Bool(true),
-			ProjectionExpression:     aws.String("#seq, #sub, #partial, #end, #at"),
-			ExpressionAttributeNames: map[string]string{"#seq": attrSeq, "#sub": attrSub, "#partial": attrPartial, "#end": attrEnd, "#at": attrSavedAt},
-		})
-		if err == nil {
-			break
+		err := s.checkReady(ctx)
+		if retry.IsPermanent(err) {
+			return shardflow.Checkpoint{}, false, err
 		}
-		err = s.classify(err)
+		if err == nil {
+			out, err = s.client.GetItem(ctx, &dynamodb.GetItemInput{
+				TableName:                aws.String(s.table),
+				Key:                      s.itemKey(stream, shardID),
+				ConsistentRead:           aws.Bool(true),
+				ProjectionExpression:     aws.String("#seq, #sub, #partial, #end, #at"),
+				ExpressionAttributeNames: map[string]string{"#seq": attrSeq, "#sub": attrSub, "#partial": attrPartial, "#end": attrEnd, "#at": attrSavedAt},
+			})
+			if err == nil {
+				break
+			}
+			err = s.classify(err)
+		}
 		if retry.IsPermanent(err) || ctx.Err() != nil || time.Since(start) > s.opts.RetryTimeout {
 			return shardflow.Checkpoint{}, false, fmt.Errorf("load checkpoint of shard %s of stream %q from table %q: %w", shardID, stream, s.table, err)
 		}
