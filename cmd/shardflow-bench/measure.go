@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -217,7 +218,8 @@ func grouped(n int) string {
 // printHeader prints the command line and the machine.
 func printHeader(w io.Writer) {
 	fmt.Fprintf(w, "shardflow-bench: shardflow next to the hand-written code it replaces\n\n")
-	fmt.Fprintf(w, "command  %s\n", strings.Join(os.Args, " "))
+	// go run builds into a temporary directory: print the command's name only.
+	fmt.Fprintf(w, "command  %s\n", strings.Join(append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...), " "))
 	fmt.Fprintf(w, "date     %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "go       %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(w, "cpu      %s, %d cores, GOMAXPROCS %d\n", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0))
