@@ -25,3 +25,10 @@ emulators-start:
 
 emulators-stop:
 	bash scripts/emulators.sh stop
+
+## bench-all: every benchmark next to its hand-written floor in one run, with the machine
+## (starts the emulators if they are not running, and leaves them running; see BENCHMARKS.md)
+.PHONY: bench-all
+bench-all:
+	bash scripts/emulators.sh start >/dev/null
+	. ./.emulators/env && go run ./cmd/shardflow-bench -kinesis-endpoint "$$SHARDFLOW_KINESIS_ENDPOINT"
