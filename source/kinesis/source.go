@@ -331,13 +331,20 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 		if skip {
 			continue
 		}
-		cp, hasCP, err := c.load(ctx, store, sh.id)
-		if err != nil {
-			return err
-		}
-		if hasCP && cp.ShardEnd {
-			c.markFinished(sh.id, true)
-			continue
+		// Only a closed shard can be checkpointed at SHARD_END: an open
+		// one needs no read here (its reader loads the checkpoint when it
+		// starts), which spares a store read per shard per round.
+		var hasCP bool
+		if sh.closed {
+			cp, ok, err := c.load(ctx, store, sh.id)
+			if err != nil {
+				return err
+			}
+			if ok && cp.ShardEnd {
+				c.markFinished(sh.id, true)
+				continue
+			}
+			hasCP = ok
 		}
 		ready := true
 		for _, p := range sh.parents {
