@@ -4,6 +4,7 @@
 //	shardflow put    --stream S [--partition-key K] [--ordered] [--aggregate] [FILE...]
 //	shardflow tail   --stream S [--from latest|trim-horizon|RFC3339-time] [--format text|json] [--max N]
 //	shardflow relay  --from S --to S [--table T] [--ordered]
+//	shardflow checkpoints --table T --stream S [--reset SHARD_ID]
 //
 // Credentials and region come from the default AWS chain, as for the AWS
 // CLI (environment, shared config and credentials files, --profile, ...).
@@ -28,6 +29,7 @@ commands:
   put          write lines of stdin or files as records, through the batching producer
   tail         print the records of a stream as text or JSON lines, de-aggregating KPL records
   relay        copy a stream to another, with optional DynamoDB checkpoints and leases
+  checkpoints  list the shard owners and checkpoints in a DynamoDB table; reset one
 
 Run "shardflow <command> -h" for a command's flags.
 `
@@ -46,9 +48,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	cmds := map[string]func(context.Context, []string, io.Reader, io.Writer, io.Writer) error{
-		"put":   cmdPut,
-		"tail":  cmdTail,
-		"relay": cmdRelay,
+		"put":         cmdPut,
+		"tail":        cmdTail,
+		"relay":       cmdRelay,
+		"checkpoints": cmdCheckpoints,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

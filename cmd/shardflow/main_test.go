@@ -106,6 +106,42 @@ func TestRelayCopiesAStreamWithDynamoDBCheckpoints(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" { // one key, ordered: the order is kept
 		t.Errorf("relayed records mismatch (-want +got):\n%s", diff)
 	}
+
+	// The relay stopped: its leases are free and its checkpoints saved.
+	code, stdout, stderr = runCmd(t.Context(), t, "", append([]string{"checkpoints", "--table", table, "--stream", in}, endpoints...)...)
+	if code != 0 {
+		t.Fatalf("checkpoints exited %d: %s", code, stderr)
+	}
+	rows := strings.Split(strings.TrimSpace(stdout), "\n")
+	if len(rows) != 3 || !strings.HasPrefix(rows[0], "SHARD") {
+		t.Fatalf("checkpoints printed:\n%s", stdout)
+	}
+	withCheckpoint := 0
+	for _, r := range rows[1:] {
+		f := strings.Fields(r)
+		if len(f) != 5 || f[1] != "-" || f[4] != "free" {
+			t.Errorf("row %q: want a free lease", r)
+		}
+		if f[3] != "-" {
+			withCheckpoint++
+		}
+	}
+	if withCheckpoint != 1 { // one partition key: one shard got every record
+		t.Errorf("%d shards with a checkpoint; want 1:\n%s", withCheckpoint, stdout)
+	}
+	shard := strings.Fields(rows[1])[0]
+	if strings.Fields(rows[1])[3] == "-" {
+		shard = strings.Fields(rows[2])[0]
+	}
+	if code, _, stderr := runCmd(t.Context(), t, "", append([]string{"checkpoints", "--table", table, "--stream", in, "--reset", shard}, endpoints...)...); code != 0 {
+		t.Fatalf("checkpoints --reset exited %d: %s", code, stderr)
+	}
+	_, stdout, _ = runCmd(t.Context(), t, "", append([]string{"checkpoints", "--table", table, "--stream", in}, endpoints...)...)
+	for _, r := range strings.Split(strings.TrimSpace(stdout), "\n")[1:] {
+		if f := strings.Fields(r); f[0] == shard && f[3] != "-" {
+			t.Errorf("after --reset, %s still has checkpoint %s", shard, f[3])
+		}
+	}
 }
 
 func TestUsageErrorsExitTwo(t *testing.T) {

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
+)
+
+func cmdCheckpoints(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("checkpoints", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var a awsFlags
+	a.register(fs)
+	table := fs.String("table", "", "DynamoDB table of checkpoints and leases")
+	stream := fs.String("stream", "", "stream whose shards to show (name)")
+	reset := fs.String("reset", "", "delete this shard's checkpoint (it restarts at its source's initial position) and free its lease")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *table == "" || *stream == "" {
+		return usagef("--table and --stream are required")
+	}
+	dc, err := a.dynamodb(ctx)
+	if err != nil {
+		return err
+	}
+	store, err := dynamostore.New(dc, *table)
+	if err != nil {
+		return err
+	}
+	if *reset != "" {
+		if err := store.ResetCheckpoint(ctx, *stream, *reset); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "reset the checkpoint of %s/%s\n", *stream, *reset)
+		return nil
+	}
+	kc, err := a.kinesis(ctx)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	in := &kinesis.ListShardsInput{StreamName: aws.String(*stream)}
+	for {
+		out, err := kc.ListShards(ctx, in)
+		if err != nil {
+			return fmt.Errorf("list shards of %q: %w", *stream, err)
+		}
+		for _, sh := range out.Shards {
+			ids = append(ids, aws.ToString(sh.ShardId))
+		}
+		if aws.ToString(out.NextToken) == "" {
+			break
+		}
+		in = &kinesis.ListShardsInput{NextToken: out.NextToken}
+	}
+	states, err := store.Shards(ctx, *stream, ids)
+	if err != nil {
+		return err
+	}
+	byID := make(map[string]dynamostore.ShardState, len(states))
+	for _, st := range states {
+		byID[st.ShardID] = st
+	}
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SHARD\tOWNER\tCOUNTER\tCHECKPOINT\tSTATE")
+	for _, id := range ids {
+		st, ok := byID[id]
+		if !ok {
+			fmt.Fprintf(w, "%s\t-\t-\t-\tnot started\n", id)
+			continue
+		}
+		owner, cp, state := st.Owner, "-", "reading"
+		if owner == "" {
+			owner, state = "-", "free"
+		}
+		if st.HasCheckpoint {
+			cp = st.Checkpoint.SequenceNumber
+			if st.Checkpoint.Partial || st.Checkpoint.SubSequenceNumber != 0 {
+				cp = fmt.Sprintf("%s/%d", cp, st.Checkpoint.SubSequenceNumber)
+			}
+			if cp == "" {
+				cp = "-"
+			}
+		}
+		switch {
+		case st.HasCheckpoint && st.Checkpoint.ShardEnd:
+			state = "SHARD_END"
+		case st.WantedBy != "":
+			state = "handing over to " + st.WantedBy
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", id, owner, st.Counter, cp, state)
+	}
+	return w.Flush()
+}
