@@ -455,7 +455,9 @@ func retryableRequest(err error) bool {
 	}
 	if se, ok := errors.AsType[statusError](err); ok {
 		s := se.HTTPStatusCode()
-		return s >= 500 || s == 429
+		// 0: no response at all (a reset connection, a send that
+		// failed), which the SDK reports as a response error too.
+		return s == 0 || s >= 500 || s == 429
 	}
 	if _, ok := errors.AsType[apiError](err); ok {
 		return false // an unknown client-side error code
