@@ -138,10 +138,10 @@ type round struct {
 }
 
 type result struct {
-	name                        string
-	faults, kills               int
-	in, out, distinct, dups     int
-	orderViolations, duplicates int
+	name                    string
+	faults, kills           int
+	in, out, distinct, dups int
+	orderViolations         int
 }
 
 // relayProc is a running relay process.
