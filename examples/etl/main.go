@@ -108,12 +108,14 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *kinesisEndpoint, *dynamoEndpoint, *in, *out, *dlq, *table, *demo); err != nil {
+	if _, _, err := run(ctx, *kinesisEndpoint, *dynamoEndpoint, *in, *out, *dlq, *table, *demo); err != nil {
 		log.Fatalf("etl: %v", err)
 	}
 }
 
-func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table string, demo bool) error {
+// run runs the pipeline and returns how many purchases and dead letters it
+// wrote.
+func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table string, demo bool) (purchasesOut, deadOut int64, err error) {
 	var opts []func(*config.LoadOptions) error
 	if kEndpoint != "" || dEndpoint != "" {
 		opts = append(opts, config.WithRegion("us-east-1"),
@@ -121,7 +123,7 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	kc := kinesis.NewFromConfig(cfg, func(o *kinesis.Options) {
 		o.Retryer = aws.NopRetryer{}
@@ -136,12 +138,12 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 	})
 	store, err := dynamostore.New(dc, table)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	var want int
 	if demo {
 		if want, err = prepare(ctx, kc, store, in, out, dlqStream); err != nil {
-			return err
+			return 0, 0, err
 		}
 	}
 
@@ -151,18 +153,18 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 		o.IdleInterval = 200 * time.Millisecond
 	})
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	sink, err := kinesissink.New(kc, out, func(o *kinesissink.Options) { o.Linger = 100 * time.Millisecond })
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	defer sink.Close(context.WithoutCancel(ctx))
 	// The dead-letter stream gets a producer of its own; a record counts as
 	// done once its dead letter is durably written.
 	deadLetters, err := kinesissink.NewProducer(kc, dlqStream)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	defer deadLetters.Close(context.WithoutCancel(ctx))
 
@@ -203,10 +205,10 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 		Sink(sink).
 		Run(runCtx)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	fmt.Printf("purchases written to %s: %d; dead letters written to %s: %d\n", out, purchases.Load(), dlqStream, dead.Load())
-	return nil
+	return purchases.Load(), dead.Load(), nil
 }
 
 // prepare creates the streams and table and writes sample clicks; it
