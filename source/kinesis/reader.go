@@ -46,8 +46,7 @@ type reader struct {
 
 	kplBuf []kpl.Record // reused by deaggregate
 
-	failingSince time.Time
-	bo           interface{ NextBackOff() time.Duration }
+	failing failing // throttled or transient GetRecords failures in a row
 }
 
 func (r *reader) run(ctx context.Context) error {
@@ -98,12 +97,12 @@ func (r *reader) run(ctx context.Context) error {
 			}
 			_, ev.Throttled = classify(err)
 			r.notify(ev)
-			if err := r.backoff(ctx, "get records", err); err != nil {
+			if err := r.failing.wait(ctx, r.log, s.opts.RetryTimeout, "get records", err, r.stop); err != nil {
 				return r.exit(ctx, lane, err)
 			}
 			continue
 		}
-		r.failingSince, r.bo = time.Time{}, nil
+		r.failing = failing{}
 		ev.Records = len(out.Records)
 		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
 		for i := range out.Records {
@@ -260,23 +259,33 @@ func (r *reader) notify(ev GetRecordsEvent) {
 	}
 }
 
-// backoff waits before a retry of a throttled or transient failure, or
-// returns err when it is not worth retrying or retries ran out of time.
-func (r *reader) backoff(ctx context.Context, what string, err error) error {
+// failing is the backoff state of a run of throttled or transient
+// failures, shared by the GetRecords loop and the calls retried by
+// Source.retry: exponential waits with jitter, for at most RetryTimeout
+// without a success.
+type failing struct {
+	since time.Time
+	bo    interface{ NextBackOff() time.Duration }
+}
+
+// wait sleeps before the next try of what, or returns err when it is not
+// worth retrying or the run of failures lasted longer than timeout. stop,
+// if closed, ends the wait early with errStopRequested.
+func (f *failing) wait(ctx context.Context, log *slog.Logger, timeout time.Duration, what string, err error, stop <-chan struct{}) error {
 	retryable, throttled := classify(err)
-	if !retryable {
+	if !retryable || ctx.Err() != nil {
 		return err
 	}
-	if r.bo == nil {
-		r.failingSince = time.Now()
-		r.bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
+	if f.bo == nil {
+		f.since = time.Now()
+		f.bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
 	}
-	if failing := time.Since(r.failingSince); failing > r.src.opts.RetryTimeout {
-		return fmt.Errorf("%s: still failing after %v: %w", what, failing.Round(time.Millisecond), err)
+	if d := time.Since(f.since); d > timeout {
+		return fmt.Errorf("%s: still failing after %v: %w", what, d.Round(time.Millisecond), err)
 	}
-	wait := r.bo.NextBackOff()
-	r.log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
-	return r.sleep(ctx, wait)
+	wait := f.bo.NextBackOff()
+	log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
+	return sleepOr(ctx, wait, stop)
 }
 
 func (r *reader) describeStart() string {
@@ -348,34 +357,17 @@ func (r *reader) getIterator(ctx context.Context, in *kinesis.GetShardIteratorIn
 // retry calls op until it succeeds, fails for good, or has failed for
 // RetryTimeout, with exponential backoff and jitter between calls.
 func (s *Source) retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
-	var bo interface{ NextBackOff() time.Duration }
-	var since time.Time
+	var f failing
 	for {
 		err := op()
 		if err == nil {
 			return nil
 		}
-		retryable, throttled := classify(err)
-		if !retryable || ctx.Err() != nil {
-			return err
-		}
-		if bo == nil {
-			since = time.Now()
-			bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
-		}
-		if failing := time.Since(since); failing > s.opts.RetryTimeout {
-			return fmt.Errorf("%s: still failing after %v: %w", what, failing.Round(time.Millisecond), err)
-		}
-		wait := bo.NextBackOff()
-		log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
-		if err := sleep(ctx, wait); err != nil {
+		if err := f.wait(ctx, log, s.opts.RetryTimeout, what, err, nil); err != nil {
 			return err
 		}
 	}
 }
-
-// sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error { return sleepOr(ctx, d, nil) }
 
 // sleepOr waits d, or until ctx is done or stop is closed.
 func sleepOr(ctx context.Context, d time.Duration, stop <-chan struct{}) error {
