@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
@@ -56,17 +55,12 @@ func runRelay() error {
 	defer stop()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	owner := os.Getenv("RELAY_OWNER")
-	kEndpoint, dEndpoint := os.Getenv(awstest.KinesisEndpointEnv), os.Getenv(awstest.DynamoDBEndpointEnv)
-	for _, e := range []string{kEndpoint, dEndpoint} {
-		if err := awstest.CheckLoopback(e); err != nil {
-			return err
-		}
+	kOpts, dOpts, err := awstest.ChildOptions()
+	if err != nil {
+		return err
 	}
-	creds := credentials.NewStaticCredentialsProvider("fake", "fake", "")
-	kc := kinesis.New(kinesis.Options{Region: awstest.Region, Credentials: creds, BaseEndpoint: aws.String(kEndpoint),
-		Retryer: aws.NopRetryer{}, AccountIDEndpointMode: aws.AccountIDEndpointModeDisabled})
-	dc := &countingDDB{API: dynamodb.New(dynamodb.Options{Region: awstest.Region, Credentials: creds, BaseEndpoint: aws.String(dEndpoint),
-		AccountIDEndpointMode: aws.AccountIDEndpointModeDisabled})}
+	kc := kinesis.New(kOpts)
+	dc := &countingDDB{API: dynamodb.New(dOpts)}
 	store, err := dynamostore.New(dc, os.Getenv("RELAY_TABLE"), func(o *dynamostore.Options) {
 		o.Owner = owner
 		o.Logger = log

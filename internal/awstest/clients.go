@@ -2,6 +2,7 @@ package awstest
 
 import (
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -98,4 +99,24 @@ func mustBeLoopback(t testing.TB, service string, endpoint *string) {
 	if err := CheckLoopback(*endpoint); err != nil {
 		t.Fatalf("awstest: %s client options: %v", service, err)
 	}
+}
+
+// ChildOptions returns client options for a process that a test started
+// (the re-exec pattern), which has no testing.TB: the emulators' endpoints
+// from the environment variables, checked to be loopback addresses, fake
+// static credentials, no SDK retries (shardflow retries on its own), and the
+// proxy-free HTTP client. Wrap the HTTP clients with KinesisFaults or
+// DynamoDBFaults to inject faults.
+func ChildOptions() (kinesis.Options, dynamodb.Options, error) {
+	kEndpoint, dEndpoint := os.Getenv(KinesisEndpointEnv), os.Getenv(DynamoDBEndpointEnv)
+	for _, e := range []string{kEndpoint, dEndpoint} {
+		if err := CheckLoopback(e); err != nil {
+			return kinesis.Options{}, dynamodb.Options{}, err
+		}
+	}
+	k := kinesis.Options{Region: Region, Credentials: fakeCredentials(), BaseEndpoint: aws.String(kEndpoint),
+		Retryer: aws.NopRetryer{}, HTTPClient: httpClient(), AccountIDEndpointMode: aws.AccountIDEndpointModeDisabled}
+	d := dynamodb.Options{Region: Region, Credentials: fakeCredentials(), BaseEndpoint: aws.String(dEndpoint),
+		Retryer: aws.NopRetryer{}, HTTPClient: httpClient(), AccountIDEndpointMode: aws.AccountIDEndpointModeDisabled}
+	return k, d, nil
 }

@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
@@ -71,18 +69,10 @@ func decideFaults(seed uint64) func(op string, n int) awstest.Fault {
 func runRelay() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	kEndpoint, dEndpoint := os.Getenv(awstest.KinesisEndpointEnv), os.Getenv(awstest.DynamoDBEndpointEnv)
-	for _, e := range []string{kEndpoint, dEndpoint} {
-		if err := awstest.CheckLoopback(e); err != nil {
-			return err
-		}
+	kOpts, dOpts, err := awstest.ChildOptions()
+	if err != nil {
+		return err
 	}
-	creds := credentials.NewStaticCredentialsProvider("fake", "fake", "")
-	kOpts := kinesis.Options{Region: awstest.Region, Credentials: creds, BaseEndpoint: aws.String(kEndpoint),
-		Retryer: aws.NopRetryer{}, AccountIDEndpointMode: aws.AccountIDEndpointModeDisabled}
-	dOpts := dynamodb.Options{Region: awstest.Region, Credentials: creds, BaseEndpoint: aws.String(dEndpoint),
-		Retryer: aws.NopRetryer{}, AccountIDEndpointMode: aws.AccountIDEndpointModeDisabled}
-	kOpts.HTTPClient, dOpts.HTTPClient = awshttp.NewBuildableClient(), awshttp.NewBuildableClient()
 	var faults []*awstest.FaultClient
 	if os.Getenv("RELAY_FAULTS") == "1" {
 		seed := uint64(time.Now().UnixNano())
