@@ -74,7 +74,7 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	var mu sync.Mutex // records of several shards arrive concurrently
 	n := 0
 	enc := json.NewEncoder(stdout)
-	print := func(_ context.Context, r shardflow.Record) error {
+	write := func(_ context.Context, r shardflow.Record) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if *maxRecords > 0 && n >= *maxRecords {
@@ -101,5 +101,5 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		}
 		return nil
 	}
-	return shardflow.Source(src).Sink(shardflow.SinkFunc[shardflow.Record](print)).Run(ctx)
+	return shardflow.Source(src).Sink(shardflow.SinkFunc[shardflow.Record](write)).Run(ctx)
 }

@@ -429,11 +429,7 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 	})
 	t.Run("a checkpoint Kinesis refuses is a typed error", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			f := newStream(t, "in", 1)
-			put(t, f, "in", 0, 3, 1)
-			store := memory.New()
-			_ = store.Save(t.Context(), "in", "shardId-000000000000", shardflow.Checkpoint{Position: shardflow.Position{SequenceNumber: "12345"}})
-			f.InjectError(refuseSequenceIterators)
+			f, store := streamWithRefusedCheckpoint(t)
 			err := shardflow.Source(newSource(t, f, "in", func(o *kinesissource.Options) { o.Checkpoint = store })).Sink(&collector{}).Run(t.Context())
 			var cee *kinesissource.CheckpointExpiredError
 			if !errors.As(err, &cee) || cee.ShardID != "shardId-000000000000" || cee.Checkpoint != "12345" {
@@ -443,11 +439,7 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 	})
 	t.Run("with FallbackToTrimHorizon a refused checkpoint restarts at the trim horizon", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			f := newStream(t, "in", 1)
-			put(t, f, "in", 0, 3, 1)
-			store := memory.New()
-			_ = store.Save(t.Context(), "in", "shardId-000000000000", shardflow.Checkpoint{Position: shardflow.Position{SequenceNumber: "12345"}})
-			f.InjectError(refuseSequenceIterators)
+			f, store := streamWithRefusedCheckpoint(t)
 			sink := &collector{}
 			src := newSource(t, f, "in", func(o *kinesissource.Options) {
 				o.Checkpoint = store
@@ -459,6 +451,21 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 			checkExactlyOnceInOrder(t, 3, sink.data())
 		})
 	})
+}
+
+// streamWithRefusedCheckpoint returns a 1-shard stream of 3 records whose
+// shard is checkpointed at 12345, a sequence number the fake refuses as a
+// starting point, as Kinesis does for one older than the retention.
+func streamWithRefusedCheckpoint(t *testing.T) (*kinesisfake.Fake, *memory.Store) {
+	t.Helper()
+	f := newStream(t, "in", 1)
+	put(t, f, "in", 0, 3, 1)
+	store := memory.New()
+	if err := store.Save(t.Context(), "in", "shardId-000000000000", shardflow.Checkpoint{Position: shardflow.Position{SequenceNumber: "12345"}}); err != nil {
+		t.Fatal(err)
+	}
+	f.InjectError(refuseSequenceIterators)
+	return f, store
 }
 
 func refuseSequenceIterators(op string, in any) error {
