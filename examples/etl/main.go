@@ -170,7 +170,7 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var done, purchases, dead atomic.Int64
+	var done, views, purchases, dead atomic.Int64
 	count := func(n *atomic.Int64) {
 		n.Add(1)
 		if demo && int(done.Add(1)) == want {
@@ -195,7 +195,7 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 		Map(enrich).
 		Tap(func(_ context.Context, e enriched) error {
 			if e.Action != "buy" {
-				count(&done) // filtered out next: finished
+				count(&views) // filtered out next: finished
 			}
 			return nil
 		}).

@@ -21,6 +21,9 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ctx.Err() != nil {
+		t.Fatalf("the demo did not finish by itself: it ran until the test's timeout")
+	}
 	// 300 sample clicks: every third is a purchase, 6 are broken JSON (2
 	// of which would have been purchases).
 	if purchases != 98 || dead != 6 {

@@ -17,13 +17,14 @@ import (
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
 
-// runReal runs a pipeline in real time until cond holds or a minute passes.
+// runReal runs a pipeline in real time until cond holds or three minutes
+// pass (a bound for a loaded machine, not a speed requirement).
 func runReal(t *testing.T, pl *shardflow.Pipeline, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() { errc <- pl.Run(ctx) }()
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
 	for !cond() && time.Now().Before(deadline) {
 		select {
 		case err := <-errc:
@@ -37,7 +38,7 @@ func runReal(t *testing.T, pl *shardflow.Pipeline, cond func() bool) {
 		t.Fatalf("Run = %v", err)
 	}
 	if !cond() {
-		t.Fatalf("condition not met within a minute")
+		t.Fatalf("condition not met within three minutes")
 	}
 }
 
@@ -114,7 +115,7 @@ func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
 	waitActive(t, c, stream)
 	put(t, c, stream, 600, 900, 30)
 
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
 	for sink.len() < 900 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
