@@ -28,6 +28,12 @@ var (
 
 	// ErrAlreadyRun is returned by a second call of [Pipeline.Run].
 	ErrAlreadyRun = errors.New("shardflow: pipeline already run")
+
+	// ErrCredentials is wrapped by the errors of sources, sinks and stores
+	// when AWS refused the credentials (expired, unknown, a bad signature)
+	// or when none could be found. It is never retried: renew the
+	// credentials, or fix how the client finds them, and start again.
+	ErrCredentials = errors.New("shardflow: AWS credentials refused or missing")
 )
 
 // StageError is the error of a record that failed a stage for good (after its
