@@ -70,16 +70,16 @@ var throttleCodes = map[string]bool{
 // transientCodes are error codes of failures on the service's side, or of
 // a resource in a transient state.
 var transientCodes = map[string]bool{
-	"InternalFailure":             true,
-	"InternalFailureException":    true,
-	"InternalServerError":         true,
+	"InternalFailure":              true,
+	"InternalFailureException":     true,
+	"InternalServerError":          true,
 	"InternalServerErrorException": true,
-	"ServiceUnavailable":          true,
-	"ServiceUnavailableException": true,
-	"RequestTimeout":              true,
-	"RequestTimeoutException":     true,
-	"PriorRequestNotComplete":     true,
-	"ResourceInUseException":      true, // the stream or table is being created or updated
+	"ServiceUnavailable":           true,
+	"ServiceUnavailableException":  true,
+	"RequestTimeout":               true,
+	"RequestTimeoutException":      true,
+	"PriorRequestNotComplete":      true,
+	"ResourceInUseException":       true, // the stream or table is being created or updated
 }
 
 // credentialCodes are error codes of credentials AWS refused.
