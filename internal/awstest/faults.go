@@ -2,9 +2,11 @@ package awstest
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -33,10 +35,15 @@ const (
 	ResetAfter
 	// Slow sends the request after a delay of FaultClient.SlowDelay.
 	Slow
+	// PartialFailure, for PutRecords, sends the emulator only some of the
+	// request's entries (about a third fail, chosen at random) and answers
+	// the others with a per-entry ProvisionedThroughputExceededException,
+	// as Kinesis does under load. Other operations pass unchanged.
+	PartialFailure
 )
 
 func (f Fault) String() string {
-	return [...]string{"pass", "throttle", "500", "reset-before", "reset-after", "slow"}[f]
+	return [...]string{"pass", "throttle", "500", "reset-before", "reset-after", "slow", "partial"}[f]
 }
 
 // FaultClient is an HTTP client for the SDK (kinesis.Options.HTTPClient,
@@ -53,6 +60,7 @@ type FaultClient struct {
 	SlowDelay time.Duration
 
 	mu       sync.Mutex
+	rng      *rand.Rand
 	calls    map[string]int
 	injected map[Fault]int
 }
@@ -90,6 +98,10 @@ func (c *FaultClient) Do(req *http.Request) (*http.Response, error) {
 			resp.Body.Close()
 		}
 		return nil, fmt.Errorf("injected after the request was served: %w", syscall.ECONNRESET)
+	case PartialFailure:
+		if op == "PutRecords" {
+			return c.partial(req)
+		}
 	case Slow:
 		t := time.NewTimer(c.SlowDelay)
 		defer t.Stop()
@@ -100,6 +112,95 @@ func (c *FaultClient) Do(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return c.Base.Do(req)
+}
+
+// partial forwards a random subset of a PutRecords request's entries and
+// merges the emulator's answer with injected per-entry failures. It keeps at
+// least one entry failed, so every such request is a partial failure.
+func (c *FaultClient) partial(req *http.Request) (*http.Response, error) {
+	body, err := io.ReadAll(req.Body)
+	req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	var in map[string]json.RawMessage
+	var entries []json.RawMessage
+	if err := json.Unmarshal(body, &in); err != nil {
+		return nil, fmt.Errorf("partial failure: read PutRecords request: %w", err)
+	}
+	if err := json.Unmarshal(in["Records"], &entries); err != nil {
+		return nil, fmt.Errorf("partial failure: read PutRecords entries: %w", err)
+	}
+	failed := make([]bool, len(entries))
+	var kept []json.RawMessage
+	c.mu.Lock()
+	if c.rng == nil {
+		c.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	}
+	for i := range entries {
+		failed[i] = c.rng.IntN(3) == 0
+	}
+	failed[c.rng.IntN(len(entries))] = true
+	c.mu.Unlock()
+	for i, e := range entries {
+		if !failed[i] {
+			kept = append(kept, e)
+		}
+	}
+	type result struct {
+		SequenceNumber string `json:",omitempty"`
+		ShardId        string `json:",omitempty"`
+		ErrorCode      string `json:",omitempty"`
+		ErrorMessage   string `json:",omitempty"`
+	}
+	var served struct{ Records []result }
+	if len(kept) > 0 {
+		in["Records"], _ = json.Marshal(kept)
+		b, _ := json.Marshal(in)
+		fwd := req.Clone(req.Context())
+		fwd.Body, fwd.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+		fwd.Header.Del("Content-Length")
+		resp, err := c.Base.Do(fwd)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		rb, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body = io.NopCloser(bytes.NewReader(rb))
+			return resp, nil // a request-level failure of the emulator's
+		}
+		if err := json.Unmarshal(rb, &served); err != nil || len(served.Records) != len(kept) {
+			return nil, fmt.Errorf("partial failure: read PutRecords response (%d results for %d entries): %v", len(served.Records), len(kept), err)
+		}
+	}
+	out := struct {
+		FailedRecordCount int
+		Records           []result
+	}{}
+	next := 0
+	for i := range entries {
+		if failed[i] {
+			out.FailedRecordCount++
+			out.Records = append(out.Records, result{ErrorCode: "ProvisionedThroughputExceededException", ErrorMessage: "Rate exceeded for shard (injected)"})
+			continue
+		}
+		r := served.Records[next]
+		next++
+		if r.ErrorCode != "" {
+			out.FailedRecordCount++
+		}
+		out.Records = append(out.Records, r)
+	}
+	b, _ := json.Marshal(out)
+	h := http.Header{}
+	h.Set("Content-Type", "application/x-amz-json-1.1")
+	h.Set("X-Amzn-Requestid", "injected-partial")
+	return &http.Response{Status: "200 OK", StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: io.NopCloser(bytes.NewReader(b)), ContentLength: int64(len(b)), Request: req}, nil
 }
 
 // Injected returns how many requests got fault f.

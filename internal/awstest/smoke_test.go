@@ -182,3 +182,57 @@ func TestKinesisEmulatorReportsMissingStreamAsResourceNotFound(t *testing.T) {
 		t.Fatalf("DescribeStreamSummary of a missing stream: error = %v (%T), want *types.ResourceNotFoundException", err, err)
 	}
 }
+
+func TestPartialFailureFailsSomeEntriesAndWritesTheOthers(t *testing.T) {
+	t.Parallel()
+	fc := &awstest.FaultClient{Decide: func(string, int) awstest.Fault { return awstest.PartialFailure }}
+	client := awstest.KinesisClient(t, awstest.KinesisNoRetries, awstest.KinesisFaults(fc))
+	plain := awstest.KinesisClient(t)
+	stream := awstest.CreateStream(t, plain, 1)
+
+	const n = 30
+	entries := make([]ktypes.PutRecordsRequestEntry, n)
+	for i := range entries {
+		entries[i] = ktypes.PutRecordsRequestEntry{PartitionKey: aws.String("k"), Data: fmt.Appendf(nil, "d%02d", i)}
+	}
+	put, err := client.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String(stream), Records: entries})
+	if err != nil {
+		t.Fatalf("PutRecords: %v", err)
+	}
+	var want []string
+	failed := 0
+	for i, r := range put.Records {
+		if r.ErrorCode != nil {
+			failed++
+			if got := aws.ToString(r.ErrorCode); got != "ProvisionedThroughputExceededException" {
+				t.Errorf("entry %d: error code %q", i, got)
+			}
+			continue
+		}
+		want = append(want, string(entries[i].Data))
+	}
+	if len(put.Records) != n || failed == 0 || failed == n || int(aws.ToInt32(put.FailedRecordCount)) != failed {
+		t.Fatalf("%d results, %d failed, FailedRecordCount %d; want %d results, some but not all failed and counted",
+			len(put.Records), failed, aws.ToInt32(put.FailedRecordCount), n)
+	}
+	shards, err := plain.ListShards(t.Context(), &kinesis.ListShardsInput{StreamName: aws.String(stream)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := plain.GetShardIterator(t.Context(), &kinesis.GetShardIteratorInput{StreamName: aws.String(stream),
+		ShardId: shards.Shards[0].ShardId, ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := plain.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: it.ShardIterator})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var written []string
+	for _, r := range got.Records {
+		written = append(written, string(r.Data))
+	}
+	if diff := cmp.Diff(want, written); diff != "" {
+		t.Errorf("records on the stream mismatch (-entries reported written +read):\n%s", diff)
+	}
+}
