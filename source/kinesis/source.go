@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/retry"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -241,7 +242,11 @@ type shardInfo struct {
 // Run reads the stream until ctx is done, handing every record to the
 // pipeline through shards. It returns nil when ctx is cancelled, and an error
 // when a shard cannot be read (a missing stream, denied access, an expired
-// checkpoint without FallbackToTrimHorizon, or retries that ran out).
+// checkpoint without FallbackToTrimHorizon, or retries that ran out), or
+// when the lease store fails a sync with an error marked
+// [shardflow.Permanent] (the DynamoDB store's missing table or wrong key
+// schema, denied access): then it returns at the first sync, wrapping that
+// error. Other sync failures are retried at the next interval.
 //
 // When the checkpoint store is a [shardflow.Leaser], Run reads only the
 // shards it holds a lease of; when it stops holding one, and when ctx is
@@ -424,6 +429,11 @@ func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if retry.IsPermanent(err) {
+				// A missing table, a wrong key schema, refused
+				// credentials: no later sync can succeed.
+				return fmt.Errorf("sync leases of stream %q: %w", c.src.stream, err)
 			}
 			// A brief outage must not cost the leases: keep reading, and
 			// let the fenced checkpoints catch a lease really lost.
