@@ -11,14 +11,30 @@ import (
 	"github.com/cenkalti/backoff/v4"
 )
 
+// DefaultOutageBudget is how long shardflow keeps retrying an operation, or
+// a record, that fails with transient errors (throttling, server errors,
+// network errors) before it gives up: the default RetryTimeout of the
+// Kinesis source and sink alike, so an outage one of them survives, the
+// other survives too.
+const DefaultOutageBudget = 5 * time.Minute
+
 // Policy bounds the retries of one operation. Zero fields take the defaults
 // documented on shardflow.RetryPolicy; the caller resolves them.
 type Policy struct {
-	MaxAttempts     int
+	// MaxAttempts is the most calls, the first included. With MaxElapsed
+	// set, 0 means no count limit; without, 0 and 1 mean no retry.
+	MaxAttempts int
+	// MaxElapsed, when positive, stops the retries once it has passed
+	// since the first failure: the outage budget.
+	MaxElapsed      time.Duration
 	InitialInterval time.Duration
 	MaxInterval     time.Duration
 	Multiplier      float64
 }
+
+// ErrOutOfTime is wrapped by the error of Do when the operation still failed
+// once Policy.MaxElapsed had passed.
+var ErrOutOfTime = errors.New("retry time budget spent")
 
 type permanentError struct{ err error }
 
@@ -56,13 +72,17 @@ func NewBackOff(p Policy) *backoff.ExponentialBackOff {
 // calls op again, waiting a backoff interval before each call, until op
 // succeeds, returns a permanent error, or the operation was called
 // p.MaxAttempts times in all. A wait ends early when ctx is done; Do then
-// returns the last error together with the context's cause. notify, if not
+// returns the last error together with the context's cause. With
+// p.MaxElapsed set, Do also stops at the first failure after MaxElapsed has
+// passed since it was called, and returns that error wrapped with
+// [ErrOutOfTime]. notify, if not
 // nil, is called before each wait. Taking the first error from the caller
 // keeps the successful path free of closures and allocations.
 func Do(ctx context.Context, p Policy, err error, op func() error, notify func(attempt int, err error, wait time.Duration)) error {
-	if err == nil || p.MaxAttempts <= 1 || IsPermanent(err) {
+	if err == nil || IsPermanent(err) || (p.MaxElapsed <= 0 && p.MaxAttempts <= 1) || p.MaxAttempts == 1 {
 		return err
 	}
+	start := time.Now()
 	b := NewBackOff(p)
 	for attempt := 2; ; attempt++ {
 		wait := b.NextBackOff()
@@ -80,8 +100,11 @@ func Do(ctx context.Context, p Policy, err error, op func() error, notify func(a
 		if err == nil || IsPermanent(err) {
 			return err
 		}
-		if attempt >= p.MaxAttempts {
+		if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
 			return fmt.Errorf("after %d attempts: %w", attempt, err)
+		}
+		if p.MaxElapsed > 0 && time.Since(start) >= p.MaxElapsed {
+			return fmt.Errorf("%w (%v) after %d attempts: %w", ErrOutOfTime, p.MaxElapsed, attempt, err)
 		}
 	}
 }

@@ -64,3 +64,32 @@ func TestPermanentErrorsAreNotRetried(t *testing.T) {
 		t.Errorf("Permanent(nil) is not nil")
 	}
 }
+
+func TestDoWithATimeBudgetRetriesUntilTheBudgetIsSpent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fail := errors.New("fail")
+		p := retry.Policy{MaxElapsed: time.Minute, InitialInterval: time.Second, MaxInterval: 4 * time.Second, Multiplier: 2}
+		start := time.Now()
+		calls := 0
+		err := retry.Do(t.Context(), p, fail, func() error { calls++; return fail }, nil)
+		if !errors.Is(err, fail) || !errors.Is(err, retry.ErrOutOfTime) {
+			t.Errorf("Do = %v; want the last error wrapped with ErrOutOfTime", err)
+		}
+		// Waits are at most 6s (4s with 50% jitter): the budget is spent
+		// after many more calls than a count limit of 5 would make.
+		if elapsed := time.Since(start); elapsed < time.Minute || elapsed > time.Minute+6*time.Second || calls < 10 {
+			t.Errorf("gave up after %v and %d more calls; want just past the 1m budget, after at least 10", elapsed, calls)
+		}
+
+		calls = 0
+		err = retry.Do(t.Context(), p, fail, func() error {
+			if calls++; time.Since(start) < 90*time.Second {
+				return fail
+			}
+			return nil
+		}, nil)
+		if err != nil {
+			t.Errorf("Do = %v; want success within the budget counted from its own first failure", err)
+		}
+	})
+}
