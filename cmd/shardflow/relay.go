@@ -14,41 +14,58 @@ import (
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
 
-func cmdRelay(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+// relayConfig is what the relay flags say.
+type relayConfig struct {
+	aws      awsFlags
+	from, to string
+	table    string
+	start    kinesissource.StartingPosition
+	ordered  bool
+}
+
+func parseRelayFlags(args []string, stderr io.Writer) (relayConfig, error) {
+	var c relayConfig
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var a awsFlags
-	a.register(fs)
-	from := fs.String("from", "", "stream to read (name or ARN)")
-	to := fs.String("to", "", "stream to write (name or ARN)")
-	table := fs.String("table", "", "DynamoDB table of checkpoints and leases (default: none: start at --start each time)")
+	c.aws.register(fs)
+	fs.StringVar(&c.from, "from", "", "stream to read (name or ARN)")
+	fs.StringVar(&c.to, "to", "", "stream to write (name or ARN)")
+	fs.StringVar(&c.table, "table", "", "DynamoDB table of checkpoints and leases (default: none: start at --start each time)")
 	startAt := fs.String("start", "trim-horizon", "where shards with no checkpoint start: latest or trim-horizon")
-	ordered := fs.Bool("ordered", false, "keep per-partition-key order in the output through retries")
+	fs.BoolVar(&c.ordered, "ordered", false, "keep per-partition-key order in the output through retries")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return c, err
 	}
-	if *from == "" || *to == "" {
-		return usagef("--from and --to are required")
+	if c.from == "" || c.to == "" {
+		return c, usagef("--from and --to are required")
 	}
-	start := kinesissource.TrimHorizon()
+	c.start = kinesissource.TrimHorizon()
 	switch *startAt {
 	case "trim-horizon":
 	case "latest":
-		start = kinesissource.Latest()
+		c.start = kinesissource.Latest()
 	default:
-		return usagef("--start %q: want latest or trim-horizon", *startAt)
+		return c, usagef("--start %q: want latest or trim-horizon", *startAt)
 	}
-	kc, err := a.kinesis(ctx)
+	return c, nil
+}
+
+func cmdRelay(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	c, err := parseRelayFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	kc, err := c.aws.kinesis(ctx)
 	if err != nil {
 		return err
 	}
 	var store shardflow.CheckpointStore
-	if *table != "" {
-		dc, err := a.dynamodb(ctx)
+	if c.table != "" {
+		dc, err := c.aws.dynamodb(ctx)
 		if err != nil {
 			return err
 		}
-		s, err := dynamostore.New(dc, *table)
+		s, err := dynamostore.New(dc, c.table)
 		if err != nil {
 			return err
 		}
@@ -57,28 +74,45 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 		}
 		store = s
 	}
-	var read atomic.Int64
-	src, err := kinesissource.New(kc, *from, func(o *kinesissource.Options) {
+	var stats relayStats
+	stop := startProgress(ctx, stderr, "relay", &stats.read)
+	defer stop()
+	begin := time.Now()
+	err = runRelay(ctx, kc, store, c, &stats)
+	stop()
+	fmt.Fprintf(stderr, "relay %s -> %s: %d records read in %v\n", c.from, c.to, stats.read.Load(), time.Since(begin).Round(time.Millisecond))
+	return err
+}
+
+// relayAPI is the part of the Kinesis API a relay calls: what its source
+// and its sink need.
+type relayAPI interface {
+	kinesissource.API
+	kinesissink.API
+}
+
+// relayStats counts a relay's records.
+type relayStats struct {
+	read atomic.Int64 // handed to the pipeline by the source
+}
+
+// runRelay copies c.from to c.to until ctx ends.
+func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore, c relayConfig, stats *relayStats) error {
+	src, err := kinesissource.New(kc, c.from, func(o *kinesissource.Options) {
 		o.Checkpoint = store
-		o.InitialPosition = start
-		o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) { read.Add(int64(ev.UserRecords)) }
+		o.InitialPosition = c.start
+		o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) { stats.read.Add(int64(ev.UserRecords)) }
 	})
 	if err != nil {
 		return err
 	}
-	sink, err := kinesissink.New(kc, *to, func(o *kinesissink.Options) {
-		o.Ordered = *ordered
+	sink, err := kinesissink.New(kc, c.to, func(o *kinesissink.Options) {
+		o.Ordered = c.ordered
 		o.Linger = 100 * time.Millisecond
 	})
 	if err != nil {
 		return err
 	}
 	defer sink.Close(context.WithoutCancel(ctx))
-	stop := startProgress(ctx, stderr, "relay", &read)
-	defer stop()
-	begin := time.Now()
-	err = shardflow.Source(src).Map(kinesissink.FromRecord).Sink(sink).Run(ctx)
-	stop()
-	fmt.Fprintf(stderr, "relay %s -> %s: %d records read in %v\n", *from, *to, read.Load(), time.Since(begin).Round(time.Millisecond))
-	return err
+	return shardflow.Source(src).Map(kinesissink.FromRecord).Sink(sink).Run(ctx)
 }
