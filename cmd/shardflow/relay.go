@@ -16,11 +16,11 @@ import (
 
 // relayConfig is what the relay flags say.
 type relayConfig struct {
-	aws      awsFlags
-	from, to string
-	table    string
-	start    kinesissource.StartingPosition
-	ordered  bool
+	aws       awsFlags
+	from, to  string
+	table     string
+	start     kinesissource.StartingPosition
+	unordered bool
 }
 
 func parseRelayFlags(args []string, stderr io.Writer) (relayConfig, error) {
@@ -32,7 +32,7 @@ func parseRelayFlags(args []string, stderr io.Writer) (relayConfig, error) {
 	fs.StringVar(&c.to, "to", "", "stream to write (name or ARN)")
 	fs.StringVar(&c.table, "table", "", "DynamoDB table of checkpoints and leases (default: none: start at --start each time)")
 	startAt := fs.String("start", "trim-horizon", "where shards with no checkpoint start: latest or trim-horizon")
-	fs.BoolVar(&c.ordered, "ordered", false, "keep per-partition-key order in the output through retries")
+	fs.BoolVar(&c.unordered, "unordered", false, "let retried records overtake newer ones of the same partition key, for more throughput (default: per-key order is kept)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -107,7 +107,7 @@ func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore,
 		return err
 	}
 	sink, err := kinesissink.New(kc, c.to, func(o *kinesissink.Options) {
-		o.Ordered = c.ordered
+		o.Ordered = !c.unordered
 		o.Linger = 100 * time.Millisecond
 	})
 	if err != nil {
