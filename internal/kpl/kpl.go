@@ -19,6 +19,12 @@
 // aggregate with exact size accounting, so a caller can keep it under a record
 // size limit; [Decode] takes one apart and returns an error, never a panic,
 // for anything malformed.
+//
+// Decode follows the KCL's AggregatorUtil: a record without the magic, with
+// at most 16 bytes after it, with a wrong MD5 or with a malformed protobuf
+// body is not an aggregate, and a reader delivers it as one plain record.
+// Decode takes apart one level only: user data that looks like an aggregate
+// stays user data.
 package kpl
 
 import (
@@ -52,7 +58,7 @@ const (
 
 var (
 	// ErrNotAggregated is returned by Decode for data that does not start with
-	// [Magic] or is too short to be an aggregate: a plain record.
+	// [Magic] or has at most 16 bytes after it: a plain record.
 	ErrNotAggregated = errors.New("kpl: not an aggregated record")
 	// ErrChecksum is returned by Decode when the MD5 trailer does not match
 	// the protobuf bytes. The KCL treats such a record as a plain record.
@@ -82,10 +88,12 @@ type Record struct {
 	Data []byte
 }
 
-// IsAggregated reports whether b starts with the magic prefix and is long
-// enough to hold an aggregate. It does not check the checksum.
+// IsAggregated reports whether b starts with the magic prefix and has more
+// than the 16 bytes of the checksum after it, as the KCL requires of an
+// aggregate: the magic followed by at most 16 bytes (such as the MD5 of an
+// empty message) is a plain record. It does not check the checksum.
 func IsAggregated(b []byte) bool {
-	return len(b) >= Overhead && string(b[:len(Magic)]) == Magic
+	return len(b) > Overhead && string(b[:len(Magic)]) == Magic
 }
 
 func uvarintLen(v uint64) int {
@@ -191,6 +199,8 @@ func (a *Aggregator) Reset() {
 }
 
 // Encode returns the aggregated record: exactly Size bytes in a new slice.
+// The encoding of an empty Aggregator is read as a plain record (see
+// [IsAggregated]): send aggregates of at least one user record.
 func (a *Aggregator) Encode() []byte {
 	return a.AppendEncode(make([]byte, 0, a.Size()))
 }
@@ -228,7 +238,8 @@ func appendBytesField[S string | []byte](dst []byte, tag byte, v S) []byte {
 
 // Decode returns the user records of an aggregated record, in order; their
 // Data slices point into b. It returns [ErrNotAggregated] when b has no magic
-// prefix, [ErrChecksum] when the MD5 trailer is wrong, and a [*FormatError]
+// prefix or at most 16 bytes after it, [ErrChecksum] when the MD5 trailer is
+// wrong, and a [*FormatError]
 // when the protobuf body is malformed (a partition key index out of the
 // table, a required field missing, a truncated field...). Unknown fields are
 // skipped, as proto2 readers do.

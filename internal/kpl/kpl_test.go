@@ -126,6 +126,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"plain data is not an aggregate", []byte("hello world, a plain record"), ErrNotAggregated, false},
 		{"empty input", nil, ErrNotAggregated, false},
 		{"magic alone is too short", []byte(Magic), ErrNotAggregated, false},
+		// The KCL reads a record with at most 16 bytes after the magic as
+		// a plain record: magic + MD5 of an empty message is user data.
+		{"magic and the checksum of an empty body is a plain record", withSum(nil), ErrNotAggregated, false},
+		{"magic and 16 bytes is a plain record", append([]byte(Magic), bytes.Repeat([]byte{0xAB}, 16)...), ErrNotAggregated, false},
 		{"wrong checksum", badSum, ErrChecksum, false},
 		{"record without partition key index", withSum([]byte{0x0a, 0x01, 'a', 0x1a, 0x03, 0x1a, 0x01, 'x'}), nil, true},
 		{"record without data", withSum([]byte{0x0a, 0x01, 'a', 0x1a, 0x02, 0x08, 0x00}), nil, true},
@@ -150,6 +154,52 @@ func TestDecodeErrors(t *testing.T) {
 				t.Errorf("Decode error = %v (%T); *FormatError: %v, want %v", err, err, ok, tc.format)
 			}
 		})
+	}
+}
+
+func TestIsAggregatedFollowsTheKCL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   []byte
+		want bool
+	}{
+		{"no magic", []byte("plain data, longer than twenty bytes"), false},
+		{"the magic alone", []byte(Magic), false},
+		{"the magic and 16 bytes", withSum(nil), false},
+		{"the magic and 17 bytes", withSum([]byte{0x20}), true},
+		{"an aggregate", encode([]Record{{PartitionKey: "k", Data: []byte("v")}}), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := IsAggregated(tc.in); got != tc.want {
+				t.Errorf("IsAggregated(% x) = %v; want %v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+// An aggregate whose body is valid but holds no records has no user
+// records; the KCL delivers nothing for it either.
+func TestDecodeOfAnAggregateWithoutRecords(t *testing.T) {
+	t.Parallel()
+	got, err := Decode(withSum([]byte{0x0a, 0x01, 'a'}))
+	if err != nil || len(got) != 0 {
+		t.Fatalf("Decode = %v, %v; want no records and no error", got, err)
+	}
+}
+
+// User data that is itself an aggregate stays user data: Decode takes apart
+// one level only.
+func TestDecodeTakesApartOneLevelOnly(t *testing.T) {
+	t.Parallel()
+	inner := encode([]Record{{PartitionKey: "in", Data: []byte("x")}})
+	got, err := Decode(encode([]Record{{PartitionKey: "out", Data: inner}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]Record{{PartitionKey: "out", Data: inner}}, got); diff != "" {
+		t.Errorf("records mismatch (-want +got):\n%s", diff)
 	}
 }
 
@@ -181,7 +231,9 @@ func FuzzDecode(f *testing.F) {
 		// reaches the protobuf decoder instead of stopping at the checksum.
 		for _, in := range [][]byte{b, withSum(b)} {
 			recs, err := Decode(in)
-			if err != nil {
+			if err != nil || len(recs) == 0 {
+				// An aggregate of no records encodes to the magic and the
+				// MD5 of nothing, which readers take for a plain record.
 				continue
 			}
 			// What decodes must encode back to something that decodes to

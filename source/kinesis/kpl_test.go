@@ -172,3 +172,33 @@ func TestResumingInsideAnAggregateSkipsTheUserRecordsDone(t *testing.T) {
 		}
 	})
 }
+
+// The KCL's rules: a record is one plain record when at most 16 bytes
+// follow the magic (magic + the MD5 of an empty message is 20 bytes of user
+// data), and the data of a user record is never de-aggregated again.
+func TestRecordsTheKCLReadsAsPlainAreDeliveredAsTheyAre(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newStream(t, "in", 1)
+		emptySum := md5.Sum(nil)
+		magicAndSum := append([]byte{0xF3, 0x89, 0x9A, 0xC2}, emptySum[:]...)
+		putRaw(t, f, "sum", magicAndSum)
+		magicAnd16 := append([]byte{0xF3, 0x89, 0x9A, 0xC2}, "sixteen bytes..."...)
+		putRaw(t, f, "sixteen", magicAnd16)
+		inner := aggregate([]testUserRecord{{key: "inner", data: "x"}})
+		putRaw(t, f, "outer", aggregate([]testUserRecord{{key: "outer", data: string(inner)}}))
+
+		sink := &collector{}
+		src := newSource(t, f, "in", func(o *kinesissource.Options) { o.InitialPosition = kinesissource.TrimHorizon() })
+		if err := runUntil(t, shardflow.Source(src).Sink(sink), func() bool { return sink.len() >= 3 }); err != nil {
+			t.Fatal(err)
+		}
+		want := []gotRecord{
+			{string(magicAndSum), "sum", "", 0},
+			{string(magicAnd16), "sixteen", "", 0},
+			{string(inner), "outer", "", 0},
+		}
+		if diff := cmp.Diff(want, records(sink)); diff != "" {
+			t.Errorf("records mismatch (-want +got):\n%s", diff)
+		}
+	})
+}
