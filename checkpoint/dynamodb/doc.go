@@ -48,6 +48,17 @@
 // overwrite the new owner's checkpoint: its Save fails with an error
 // wrapping shardflow.ErrLeaseLost (fencing). Reads are strongly consistent.
 //
+// Conditional writes are sent once, whatever retryer the client has (a
+// per-call option sets aws.NopRetryer): a write DynamoDB applied but whose
+// answer was lost, re-sent, would fail its condition. The store retries them
+// itself, and when a write fails its condition it re-reads the item: if the
+// item shows the write (an earlier attempt landed), it succeeded; if the
+// item names this instance with a later counter (a renewal whose answer was
+// lost, or that was cancelled at shutdown, landed), the write is made again
+// from that counter. So a final checkpoint and a release at shutdown go
+// through after such a renewal, and a lease is reported lost (logged "lease
+// lost" with the new owner) only when the table names another owner.
+//
 //   - Renew: each held lease every RenewInterval (default LeaseDuration/3).
 //   - Expiry: each instance notes on its own monotonic clock when it last
 //     saw a lease's owner or counter change; a lease unchanged for

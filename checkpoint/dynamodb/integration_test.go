@@ -320,3 +320,47 @@ func TestLeasesSurviveADynamoDBOutageShorterThanTheLeaseDuration(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// A lease write that DynamoDB applied but whose answer was lost must not be
+// re-sent blindly: the re-send fails its condition, although the table names
+// this instance. The store is given a client with the SDK's standard
+// retryer, as users' clients have.
+func TestALeaseWriteAppliedButWhoseAnswerWasLostKeepsTheLease(t *testing.T) {
+	table := awstest.CreateTable(t, awstest.DynamoDBClient(t))
+	fc := &awstest.FaultClient{Decide: func(op string, n int) awstest.Fault {
+		if (op == "PutItem" || op == "UpdateItem") && n == 1 {
+			return awstest.ResetAfter // the take, then the first renewal
+		}
+		return awstest.Pass
+	}}
+	s := newStore(t, awstest.DynamoDBClient(t, awstest.DynamoDBFaults(fc)), table, func(o *dynamostore.Options) {
+		o.LeaseDuration = 3 * time.Second
+	})
+	ctx := t.Context()
+	stream := awstest.UniqueName(t, "st")
+	held, err := s.SyncLeases(ctx, stream, []string{"a"})
+	if err != nil || !slices.Equal(held, []string{"a"}) {
+		t.Fatalf("SyncLeases after a take whose answer was lost = %v, %v; want [a]", held, err)
+	}
+	// Sync until the renewal (the first UpdateItem) has been sent and its
+	// answer lost.
+	for deadline := time.Now().Add(time.Minute); fc.Injected(awstest.ResetAfter) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("no renewal within a minute")
+		}
+		time.Sleep(s.LeaseRenewInterval())
+		if held, err = s.SyncLeases(ctx, stream, []string{"a"}); err != nil {
+			t.Fatalf("SyncLeases: %v", err)
+		}
+	}
+	if held, err = s.SyncLeases(ctx, stream, []string{"a"}); err != nil || !slices.Equal(held, []string{"a"}) {
+		t.Fatalf("SyncLeases after a renewal whose answer was lost = %v, %v; want [a]", held, err)
+	}
+	if err := s.Save(ctx, stream, "a", shardflow.Checkpoint{Position: shardflow.Position{SequenceNumber: "5"}}); err != nil {
+		t.Errorf("Save = %v; want the lease still held", err)
+	}
+	st, err := s.Shards(ctx, stream, []string{"a"})
+	if err != nil || len(st) != 1 || st[0].Owner != s.Owner() {
+		t.Errorf("Shards = %+v, %v; want a owned by %s", st, err, s.Owner())
+	}
+}

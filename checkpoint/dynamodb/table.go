@@ -18,6 +18,13 @@ import (
 // PutItem or UpdateItem, every read a strongly consistent BatchGetItem.
 type leaseTable struct{ s *Store }
 
+// sendOnce keeps the client's retryer from re-sending a conditional write.
+// A write whose answer was lost may have been applied; its re-send would
+// then fail its condition and pass for a lost lease. The lease manager
+// retries instead, and re-reads the item to learn what became of an
+// attempt it had no answer for.
+func sendOnce(o *dynamodb.Options) { o.Retryer = aws.NopRetryer{} }
+
 // batchGetMax is the most keys one BatchGetItem takes.
 const batchGetMax = 100
 
@@ -100,7 +107,7 @@ func (t leaseTable) Create(ctx context.Context, stream, shardID, owner string) e
 		Item:                     item,
 		ConditionExpression:      aws.String("attribute_not_exists(#k)"),
 		ExpressionAttributeNames: map[string]string{"#k": s.key},
-	})
+	}, sendOnce)
 	return s.classify(err)
 }
 
@@ -179,7 +186,7 @@ func (t leaseTable) Update(ctx context.Context, stream, shardID string, cond lea
 		ConditionExpression:       aws.String(strings.Join(condExpr, " AND ")),
 		ExpressionAttributeNames:  names,
 		ExpressionAttributeValues: values,
-	})
+	}, sendOnce)
 	return s.classify(err)
 }
 

@@ -212,7 +212,7 @@ func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[st
 		case h.gone:
 		case !ok || l.Owner != m.me || l.Counter < h.counter:
 			h.gone = true
-			m.log.Info("lease lost", "stream", stream, "shard_id", id, "owner", l.Owner)
+			m.lost(stream, id, l)
 		default:
 			// A write of ours whose answer was lost did land.
 			h.counter = l.Counter
@@ -263,15 +263,15 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 				return nil
 			}
 			var sent time.Time
-			err := m.write(ctx, stream, id, h.renewed.Add(m.o.LeaseDuration),
+			l, err := m.write(ctx, stream, id, h.renewed.Add(m.o.LeaseDuration),
 				Cond{Owner: m.me, Counter: h.counter}, Change{Bump: true}, &sent)
 			switch {
 			case err == nil:
-				h.counter++
+				h.counter = l.Counter
 				h.renewed = sent
 			case errors.Is(err, ErrConflict):
 				h.gone = true
-				m.log.Info("lease lost", "stream", stream, "shard_id", id)
+				m.lost(stream, id, l)
 			case retry.IsPermanent(err):
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("renew lease of shard %s: %w", id, err))
@@ -420,7 +420,7 @@ func (m *Manager) balance(ctx context.Context, stream string, eligible []string,
 	}
 	ls := owned[busiest]
 	l := ls[rand.IntN(len(ls))]
-	err := m.write(ctx, stream, l.ShardID, time.Now().Add(m.SyncInterval()),
+	_, err := m.write(ctx, stream, l.ShardID, time.Now().Add(m.SyncInterval()),
 		Cond{Owner: l.Owner, Counter: l.Counter, Want: ptr("")}, Change{Want: ptr(m.me)}, nil)
 	switch {
 	case err == nil:
@@ -450,14 +450,13 @@ func mapOf(ids []string) map[string]bool {
 // has none. It reports whether this instance now holds it.
 func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, error) {
 	var sent time.Time
+	var l Lease
 	var err error
-	counter := int64(1)
 	until := time.Now().Add(m.SyncInterval())
 	if !c.exists {
-		err = m.create(ctx, stream, c.shard, until, &sent)
+		l, err = m.create(ctx, stream, c.shard, until, &sent)
 	} else {
-		counter = c.lease.Counter + 1
-		err = m.write(ctx, stream, c.shard, until,
+		l, err = m.write(ctx, stream, c.shard, until,
 			Cond{Owner: c.lease.Owner, Counter: c.lease.Counter}, Change{Owner: ptr(m.me), Bump: true, Want: ptr("")}, &sent)
 	}
 	if errors.Is(err, ErrConflict) {
@@ -467,7 +466,7 @@ func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, e
 		return false, fmt.Errorf("take lease of shard %s: %w", c.shard, err)
 	}
 	m.mu.Lock()
-	m.held[key{stream, c.shard}] = &held{counter: counter, renewed: sent}
+	m.held[key{stream, c.shard}] = &held{counter: l.Counter, renewed: sent}
 	m.mu.Unlock()
 	from := "nobody"
 	if c.lease.Owner != "" {
@@ -478,8 +477,9 @@ func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, e
 }
 
 // Release gives up this instance's lease of a shard, keeping the shard's
-// checkpoint. Releasing a lease not held is not an error. If the write
-// fails, the lease is left to expire.
+// checkpoint. Releasing a lease not held (or found taken by another
+// instance) is not an error, and is not logged as released. If the write
+// fails, Release returns the error and the lease is left to expire.
 func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 	m.mu.Lock()
 	h := m.held[key{stream, shard}]
@@ -494,12 +494,16 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 		return nil
 	}
 	h.gone = true
-	err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
+	l, err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
 		Cond{Owner: m.me, Counter: h.counter}, Change{Owner: ptr(""), Bump: true}, nil)
-	if err != nil && !errors.Is(err, ErrConflict) {
+	switch {
+	case errors.Is(err, ErrConflict):
+		m.lost(stream, shard, l)
+		return nil
+	case err != nil:
 		return fmt.Errorf("release lease of shard %s of stream %q: %w", shard, stream, err)
 	}
-	m.log.Info("lease released", "stream", stream, "shard_id", shard)
+	m.log.Info("lease released", "stream", stream, "shard_id", shard, "lease_counter", l.Counter)
 	return nil
 }
 
@@ -519,15 +523,24 @@ func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shard
 	if h.gone {
 		return fmt.Errorf("lease of shard %s of stream %q was released or lost: %w", shard, stream, shardflow.ErrLeaseLost)
 	}
-	err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
+	l, err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
 		Cond{Owner: m.me, Counter: h.counter}, Change{Checkpoint: &cp}, nil)
-	if errors.Is(err, ErrConflict) {
+	switch {
+	case errors.Is(err, ErrConflict):
 		h.gone = true
 		m.drop(stream, shard, h)
-		m.log.Info("lease lost", "stream", stream, "shard_id", shard)
-		return fmt.Errorf("shard %s of stream %q is now leased by another instance: %w", shard, stream, shardflow.ErrLeaseLost)
+		m.lost(stream, shard, l)
+		return fmt.Errorf("shard %s of stream %q is no longer leased by %s: %w", shard, stream, m.me, shardflow.ErrLeaseLost)
+	case err == nil:
+		h.counter = l.Counter
 	}
 	return err
+}
+
+// lost logs the loss of a lease, with what the table holds instead (l, the
+// zero Lease when the item is gone).
+func (m *Manager) lost(stream, shard string, l Lease) {
+	m.log.Info("lease lost", "stream", stream, "shard_id", shard, "owner", l.Owner, "lease_counter", l.Counter)
 }
 
 // Holds reports the shards of stream this instance holds, for tests.
@@ -545,59 +558,126 @@ func (m *Manager) Holds(stream string) []string {
 }
 
 // write is Table.Update retried until it succeeds, fails for good, or until
-// passes. A conflict after an attempt whose outcome is unknown (the answer
-// was lost) is checked against the item: if the item shows the change, the
-// write did land. sent, if not nil, gets when the successful attempt was
-// sent.
-func (m *Manager) write(ctx context.Context, stream, shard string, until time.Time, cond Cond, ch Change, sent *time.Time) error {
-	uncertain := false
+// passes. It returns the item's owner and counter after the write.
+//
+// A write that fails its condition is not taken at its word: an earlier
+// attempt whose answer was lost (a timeout, a connection reset, a cancelled
+// context, or a retry by the DynamoDB client itself) may have changed the
+// item. write re-reads the item and decides from what the table holds (see
+// settle). sent, if not nil, gets when the successful attempt was sent.
+//
+// On ErrConflict the returned Lease is the item as read (zero if it is
+// gone), for the log.
+func (m *Manager) write(ctx context.Context, stream, shard string, until time.Time, cond Cond, ch Change, sent *time.Time) (Lease, error) {
+	var seen Lease
 	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
-		if sent != nil {
-			*sent = time.Now()
+		for adopted := false; ; adopted = true {
+			if sent != nil {
+				*sent = time.Now()
+			}
+			err := m.t.Update(ctx, stream, shard, cond, ch)
+			if !errors.Is(err, ErrConflict) {
+				return err
+			}
+			v, l, err := m.settle(ctx, stream, shard, cond, ch)
+			if err != nil {
+				return err
+			}
+			seen = l
+			switch {
+			case v == landed:
+				return nil
+			case v == adopt && !adopted:
+				m.log.Info("a lease write whose answer was lost did land; going on from the table's counter",
+					"stream", stream, "shard_id", shard, "lease_counter", l.Counter)
+				cond.Counter = l.Counter
+				continue
+			}
+			return ErrConflict
 		}
-		err := m.t.Update(ctx, stream, shard, cond, ch)
-		if errors.Is(err, ErrConflict) && uncertain && m.landed(ctx, stream, shard, cond, ch) {
-			return nil
-		}
-		if err != nil && !errors.Is(err, ErrConflict) {
-			uncertain = true
-		}
-		return err
 	})
-	return err
+	if err != nil {
+		return seen, err
+	}
+	return after(cond, ch), nil
 }
 
-func (m *Manager) create(ctx context.Context, stream, shard string, until time.Time, sent *time.Time) error {
-	uncertain := false
-	return retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+// create is Table.Create retried like write.
+func (m *Manager) create(ctx context.Context, stream, shard string, until time.Time, sent *time.Time) (Lease, error) {
+	cond, ch := Cond{}, Change{Owner: ptr(m.me), Bump: true} // what Create does
+	var seen Lease
+	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
 		*sent = time.Now()
 		err := m.t.Create(ctx, stream, shard, m.me)
-		if errors.Is(err, ErrConflict) && uncertain &&
-			m.landed(ctx, stream, shard, Cond{Owner: m.me, Counter: 0}, Change{Bump: true}) {
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		v, l, err := m.settle(ctx, stream, shard, cond, ch)
+		if err != nil {
+			return err
+		}
+		seen = l
+		if v == landed {
 			return nil
 		}
-		if err != nil && !errors.Is(err, ErrConflict) {
-			uncertain = true
-		}
-		return err
+		return ErrConflict
 	})
+	if err != nil {
+		return seen, err
+	}
+	return after(cond, ch), nil
 }
 
-// landed reports whether the item shows the result of writing ch over cond.
-func (m *Manager) landed(ctx context.Context, stream, shard string, cond Cond, ch Change) bool {
+// verdict is what settle makes of a write that failed its condition.
+type verdict int
+
+const (
+	// refused: the item is another's, or gone; the write did not happen.
+	refused verdict = iota
+	// landed: the item shows the write: an attempt whose answer was lost
+	// applied it.
+	landed
+	// adopt: the write expected this instance as owner, and the item names
+	// it with a later counter: an earlier write of its own (a renewal whose
+	// answer was lost) landed. Write again from the item's counter.
+	adopt
+)
+
+// settle reads the item (strongly consistent) after a write of ch over cond
+// failed its condition, and says what happened. An error means the item
+// could not be read: the outcome is still unknown.
+func (m *Manager) settle(ctx context.Context, stream, shard string, cond Cond, ch Change) (verdict, Lease, error) {
 	ls, err := m.t.Leases(ctx, stream, []string{shard})
-	if err != nil || len(ls) != 1 {
-		return false
+	if err != nil {
+		return refused, Lease{}, fmt.Errorf("re-read lease after a refused write: %w", err)
+	}
+	if len(ls) != 1 {
+		return refused, Lease{}, nil
 	}
 	l := ls[0]
-	owner, counter := cond.Owner, cond.Counter
+	want := after(cond, ch)
+	// A write that changes no owner, counter or want (a checkpoint) leaves
+	// no trace to recognise it by.
+	visible := ch.Owner != nil || ch.Bump || ch.Want != nil
+	switch {
+	case visible && l.Owner == want.Owner && l.Counter == want.Counter && (ch.Want == nil || l.Want == *ch.Want):
+		return landed, l, nil
+	case cond.Owner == m.me && l.Owner == m.me && l.Counter >= cond.Counter:
+		return adopt, l, nil
+	}
+	return refused, l, nil
+}
+
+// after is the owner and counter of an item after ch was written over cond.
+func after(cond Cond, ch Change) Lease {
+	l := Lease{Owner: cond.Owner, Counter: cond.Counter}
 	if ch.Owner != nil {
-		owner = *ch.Owner
+		l.Owner = *ch.Owner
 	}
 	if ch.Bump {
-		counter++
+		l.Counter++
 	}
-	return l.Owner == owner && l.Counter == counter && (ch.Want == nil || l.Want == *ch.Want)
+	return l
 }
 
 // retryUntil calls op until it succeeds, returns ErrConflict or a permanent

@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -262,4 +263,140 @@ func TestOptionsAreChecked(t *testing.T) {
 	if o.Owner == "" || o.LeaseDuration != 10*time.Second || o.RenewInterval != o.LeaseDuration/3 || m.SyncInterval() != o.RenewInterval/2 {
 		t.Errorf("defaults = %+v", o)
 	}
+}
+
+// logs collects the messages of a logger, for tests of what was logged.
+type logs struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logs) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logs) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, r.Message)
+	return nil
+}
+func (l *logs) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logs) WithGroup(string) slog.Handler      { return l }
+
+func (l *logs) has(msg string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Contains(l.msgs, msg)
+}
+
+func newLoggedManager(t *testing.T, tb lease.Table, owner string) (*lease.Manager, *logs) {
+	t.Helper()
+	l := &logs{}
+	m, err := lease.New(tb, lease.Options{Owner: owner, Logger: slog.New(l)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, l
+}
+
+// A write that the table applied but whose answer was lost, re-sent by
+// someone else's retry (the SDK's retryer), fails its condition: the item
+// already shows the change. That is no lost lease.
+func TestAWriteThatLandedButWhoseResendFailedItsConditionKeepsTheLease(t *testing.T) {
+	for _, op := range []string{"Create", "Update"} {
+		t.Run(op, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				tb := newTable()
+				m, log := newLoggedManager(t, tb, "a")
+				shards := []string{"s0"}
+				if op == "Update" {
+					if held, err := m.Sync(t.Context(), "st", shards); err != nil || len(held) != 1 {
+						t.Fatalf("first Sync = %v, %v", held, err)
+					}
+					time.Sleep(m.Options().RenewInterval)
+				}
+				tb.fail = func(o string) (error, bool) {
+					if o == op {
+						tb.fail = nil
+						return lease.ErrConflict, true // applied, then the re-send's answer
+					}
+					return nil, false
+				}
+				held, err := m.Sync(t.Context(), "st", shards)
+				if err != nil || !slices.Equal(held, shards) {
+					t.Fatalf("Sync = %v, %v; want s0 held", held, err)
+				}
+				if log.has("lease lost") {
+					t.Errorf("logged \"lease lost\" although the table names this instance")
+				}
+				if err := m.Checkpoint(t.Context(), "st", "s0", shardflow.Checkpoint{SequenceNumber: "7"}); err != nil {
+					t.Errorf("Checkpoint = %v; want it saved", err)
+				}
+			})
+		})
+	}
+}
+
+// A renewal that the table applied after its caller gave up on it (the
+// context was cancelled at shutdown) leaves the item a counter ahead of what
+// the instance wrote last. The final checkpoint and the release go on from
+// the table's counter.
+func TestTheFinalCheckpointAndReleaseFollowARenewalCancelledButApplied(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tb := newTable()
+		m, log := newLoggedManager(t, tb, "a")
+		if held, err := m.Sync(t.Context(), "st", []string{"s0"}); err != nil || len(held) != 1 {
+			t.Fatalf("first Sync = %v, %v", held, err)
+		}
+		time.Sleep(m.Options().RenewInterval)
+		ctx, cancel := context.WithCancel(t.Context())
+		tb.fail = func(op string) (error, bool) {
+			if op == "Update" {
+				cancel() // SIGTERM while the renewal is on the wire
+				return context.Canceled, true
+			}
+			return nil, false
+		}
+		_, _ = m.Sync(ctx, "st", []string{"s0"})
+		tb.fail = nil
+		if c := tb.items["st/s0"].Counter; c != 2 {
+			t.Fatalf("counter = %d after the cancelled renewal; the test needs it applied (2)", c)
+		}
+		cp := shardflow.Checkpoint{SequenceNumber: "42"}
+		if err := m.Checkpoint(t.Context(), "st", "s0", cp); err != nil {
+			t.Errorf("final Checkpoint = %v; want it saved", err)
+		}
+		if got := tb.cps["st/s0"]; got != cp {
+			t.Errorf("checkpoint = %+v; want %+v", got, cp)
+		}
+		if err := m.Release(t.Context(), "st", "s0"); err != nil {
+			t.Errorf("Release = %v", err)
+		}
+		if o := tb.items["st/s0"].Owner; o != "" {
+			t.Errorf("lease still owned by %q after Release", o)
+		}
+		if log.has("lease lost") || !log.has("lease released") {
+			t.Errorf("want \"lease released\" logged and no \"lease lost\"")
+		}
+	})
+}
+
+// A release that finds the lease taken by another instance says so; it does
+// not claim to have released it.
+func TestAReleaseOfALeaseTakenMeanwhileIsNotLoggedAsReleased(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tb := newTable()
+		m, log := newLoggedManager(t, tb, "a")
+		if held, err := m.Sync(t.Context(), "st", []string{"s0"}); err != nil || len(held) != 1 {
+			t.Fatalf("first Sync = %v, %v", held, err)
+		}
+		tb.items["st/s0"].Owner, tb.items["st/s0"].Counter = "b", 9
+		if err := m.Release(t.Context(), "st", "s0"); err != nil {
+			t.Errorf("Release = %v; want nil: the lease is not this instance's", err)
+		}
+		if log.has("lease released") {
+			t.Errorf("logged \"lease released\" for a lease b holds")
+		}
+		if o := tb.items["st/s0"].Owner; o != "b" {
+			t.Errorf("owner = %q; want b's lease untouched", o)
+		}
+	})
 }
