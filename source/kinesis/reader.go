@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/kpl"
 	"github.com/shardflow/shardflow/internal/retry"
 )
@@ -95,7 +96,7 @@ func (r *reader) run(ctx context.Context) error {
 				}
 				continue
 			}
-			_, ev.Throttled = classify(err)
+			ev.Throttled = awserr.Classify(err) == awserr.Throttled
 			r.notify(ev)
 			if err := r.failing.wait(ctx, r.log, s.opts.RetryTimeout, "get records", err, r.stop); err != nil {
 				return r.exit(ctx, lane, err)
@@ -269,11 +270,16 @@ type failing struct {
 }
 
 // wait sleeps before the next try of what, or returns err when it is not
-// worth retrying or the run of failures lasted longer than timeout. stop,
-// if closed, ends the wait early with errStopRequested.
+// worth retrying or the run of failures lasted longer than timeout. Refused
+// or missing credentials are not worth retrying: wait returns them at once,
+// wrapping shardflow.ErrCredentials. stop, if closed, ends the wait early
+// with errStopRequested.
 func (f *failing) wait(ctx context.Context, log *slog.Logger, timeout time.Duration, what string, err error, stop <-chan struct{}) error {
-	retryable, throttled := classify(err)
-	if !retryable || ctx.Err() != nil {
+	class := awserr.Classify(err)
+	if class == awserr.Credentials {
+		return awserr.CredentialsError(what, err)
+	}
+	if !class.Retryable() || ctx.Err() != nil {
 		return err
 	}
 	if f.bo == nil {
@@ -284,7 +290,7 @@ func (f *failing) wait(ctx context.Context, log *slog.Logger, timeout time.Durat
 		return fmt.Errorf("%s: still failing after %v: %w", what, d.Round(time.Millisecond), err)
 	}
 	wait := f.bo.NextBackOff()
-	log.Warn(what+" failed; retrying", "throttled", throttled, "wait", wait, "err", err)
+	log.Warn(what+" failed; retrying", "throttled", class == awserr.Throttled, "wait", wait, "err", err)
 	return sleepOr(ctx, wait, stop)
 }
 
