@@ -18,7 +18,8 @@ import (
 // Run reads until ctx is done or the source is exhausted, and returns nil in
 // both cases (or ctx's error); any other error stops the pipeline. For each
 // shard it reads, Run opens a [Lane] with shards.Open, calls [Lane.Emit] for
-// each record in shard order, and finally either ends the lane
+// each record in shard order ([Lane.Skip] for one it drops), and finally
+// either ends the lane
 // ([Lane.End], for a closed shard), closes it ([Lane.Close], when it stops
 // reading a shard that goes on) or abandons it ([Lane.Abandon], when it lost
 // the shard). Lanes still open when Run returns are drained and checkpointed by
@@ -114,6 +115,35 @@ func (l *Lane[T]) ShardID() string { return l.shard }
 // checkpoint save reported the shard's lease lost: the source then stops
 // reading the shard.
 func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
+	idx, err := l.reserve(ctx, pos)
+	if err != nil {
+		return err
+	}
+	l.queue = append(l.queue, item[T]{v: v, tok: token{t: l.trk, idx: idx}})
+	l.wakeLocked()
+	l.trk.emitMu.Unlock()
+	return nil
+}
+
+// Skip records that the shard's next record, at position pos, was read but
+// goes to no stage (the source dropped it on purpose): the checkpoint may
+// advance past pos once every record before it is done, so a shard whose
+// records are all skipped is still checkpointed. It blocks and fails as
+// [Lane.Emit] does.
+func (l *Lane[T]) Skip(ctx context.Context, pos Position) error {
+	idx, err := l.reserve(ctx, pos)
+	if err != nil {
+		return err
+	}
+	l.trk.emitMu.Unlock()
+	l.trk.complete(idx, nil)
+	return nil
+}
+
+// reserve takes the tracker slot of the next record, at pos, waiting while
+// MaxInFlight records are in flight. It returns the slot's index with
+// trk.emitMu held, or an error without it.
+func (l *Lane[T]) reserve(ctx context.Context, pos Position) (uint64, error) {
 	t := l.trk
 	t.emitMu.Lock()
 	var idx uint64
@@ -121,7 +151,7 @@ func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
 		if t.closed != nil {
 			err := t.closed
 			t.emitMu.Unlock()
-			return err
+			return 0, err
 		}
 		idx = t.tail.Load()
 		if idx-t.head.Load() < t.limit {
@@ -140,18 +170,15 @@ func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
 		select {
 		case <-wake:
 		case <-ctx.Done():
-			return context.Cause(ctx)
+			return 0, context.Cause(ctx)
 		case <-l.ctx.Done():
-			return ErrLaneClosed
+			return 0, ErrLaneClosed
 		}
 		t.emitMu.Lock()
 	}
 	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, pending: 1}
 	t.tail.Store(idx + 1)
-	l.queue = append(l.queue, item[T]{v: v, tok: token{t: t, idx: idx}})
-	l.wakeLocked()
-	t.emitMu.Unlock()
-	return nil
+	return idx, nil
 }
 
 // wakeLocked wakes the lane's goroutine if it sleeps. Called with
