@@ -1,9 +1,30 @@
 package kinesissink
 
+import (
+	"strings"
+
+	"github.com/shardflow/shardflow/internal/kpl"
+)
+
+// startsWithMagic reports whether data begins with the KPL magic bytes: a
+// reader may take such data for an aggregate, so in aggregating mode it is
+// always sent inside one.
+func startsWithMagic(data []byte) bool { return strings.HasPrefix(string(data), kpl.Magic) }
+
+// wrappedSize is the size Kinesis counts for e sent in an aggregate of its
+// own: the aggregate and the partition key.
+func wrappedSize(e *Entry) int {
+	var a kpl.Aggregator
+	return a.SizeWith(e.PartitionKey, e.ExplicitHashKey, len(e.Data)) + len(e.PartitionKey)
+}
+
 // takeAggregateLocked takes records from the head of a shard queue into one
 // KPL aggregate of at most AggregateMaxBytes (data and partition key, as
 // Kinesis counts the record), exactly sized. A record that is alone, or too
-// large to share an aggregate, goes as a plain record. In ordered mode,
+// large to share an aggregate, goes as a plain record, unless its data
+// begins with the KPL magic: it then goes in an aggregate of its own (at
+// most MaxRecordBytes, checked when it was accepted), so no reader takes it
+// for an aggregate. In ordered mode,
 // records whose key is in flight are skipped, with every later record of
 // their key. It returns the wire entry and, in ordered mode, the distinct
 // keys it carries; ok is false when it took nothing.
@@ -61,7 +82,14 @@ func (e *engine) takeAggregateLocked(q *queue, ordered bool) (w wire, keys []str
 		}
 	}
 	if len(members) == 1 {
-		return plainWire(members[0], q.id), keys, true
+		r := members[0]
+		if !startsWithMagic(r.e.Data) {
+			return plainWire(r, q.id), keys, true
+		}
+		// Sent plain, data that reads as an aggregate would be
+		// de-aggregated into its inner records: wrap it, as the KPL does.
+		a.Reset()
+		a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
 	}
 	data := a.Encode()
 	first := members[0].e

@@ -7,6 +7,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/shardflow/shardflow/internal/awserr"
 )
 
 func TestARequestLevelFailureCountsTheAttemptThatCarriedTheRecord(t *testing.T) {
@@ -38,7 +39,7 @@ func (noResponse) Error() string       { return "request send failed: connection
 func (noResponse) HTTPStatusCode() int { return 0 }
 
 func TestARequestThatGotNoResponseIsRetried(t *testing.T) {
-	if !retryableRequest(noResponse{}) {
+	if !awserr.Classify(noResponse{}).Retryable() {
 		t.Errorf("a request that got no response (status 0) is not retried")
 	}
 	synctest.Test(t, func(t *testing.T) {

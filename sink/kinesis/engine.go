@@ -34,9 +34,13 @@ type record struct {
 	hash     u128
 	size     int
 	accepted time.Time
-	epoch    uint64
-	ack      shardflow.Ack // the pipeline's, for the Sink
-	done     func(Result)  // the Producer's, when set
+	// failedSince is when the first attempt that failed with a retryable
+	// error was sent; zero before. Touched only by the request goroutine
+	// holding the record.
+	failedSince time.Time
+	epoch       uint64
+	ack         shardflow.Ack // the pipeline's, for the Sink
+	done        func(Result)  // the Producer's, when set
 }
 
 // wire is one PutRecords entry: a plain record, or an aggregate of several.
@@ -239,6 +243,11 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 	hash, err := ent.validate(e.o.MaxRecordBytes)
 	if err != nil {
 		return err
+	}
+	if e.o.Aggregate && startsWithMagic(ent.Data) {
+		if n := wrappedSize(&ent); n > e.o.MaxRecordBytes {
+			return &ValidationError{Field: "Data", Reason: fmt.Sprintf("begins with the KPL magic bytes, so it is sent inside an aggregate, of %d bytes with the partition key, more than the record limit of %d", n, e.o.MaxRecordBytes)}
+		}
 	}
 	var m *shardMap
 	if e.mode != modePlain {

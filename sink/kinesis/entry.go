@@ -49,6 +49,9 @@ func (e *Entry) validate(maxRecordBytes int) (u128, error) {
 		return u128{}, &ValidationError{Field: "PartitionKey", Reason: fmt.Sprintf("must be 1 to %d characters, got %d", MaxPartitionKeyLen, n)}
 	case !utf8.ValidString(e.PartitionKey):
 		return u128{}, &ValidationError{Field: "PartitionKey", Reason: "is not valid UTF-8"}
+	case len(e.Data) == 0:
+		// The SDK refuses a nil Data for the whole PutRecords request.
+		return u128{}, &ValidationError{Field: "Data", Reason: "is empty"}
 	case e.size() > maxRecordBytes:
 		return u128{}, &ValidationError{Field: "Data", Reason: fmt.Sprintf("data and partition key are %d bytes, more than the record limit of %d", e.size(), maxRecordBytes)}
 	}

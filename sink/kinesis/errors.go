@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 var (
@@ -12,11 +13,44 @@ var (
 	// context ended first.
 	ErrClosed = errors.New("kinesissink: closed")
 
-	// ErrAttemptsExhausted is wrapped by the [*PutError] of a record that
-	// still failed with a retryable error after [Options].MaxAttempts
-	// attempts, or whose [Options].RecordTTL ran out.
+	// ErrAttemptsExhausted is matched by the [*PutError] of a record that
+	// still failed with a retryable error once [Options].RetryTimeout had
+	// passed since its first failure, after [Options].MaxAttempts attempts,
+	// or once its [Options].RecordTTL ran out. Its cause is then an
+	// [*ExhaustedError] naming the limit.
 	ErrAttemptsExhausted = errors.New("kinesissink: retries exhausted")
 )
+
+// ExhaustedError is the cause of a record the sink gave up on after
+// retryable failures (throttling, internal errors, network errors): it names
+// the limit that ended the retries and wraps the last failure. It matches
+// [ErrAttemptsExhausted].
+type ExhaustedError struct {
+	// Limit is the option that ended the retries: "RetryTimeout" (the
+	// outage budget), "MaxAttempts" or "RecordTTL".
+	Limit string
+	// Budget is the value of RetryTimeout or RecordTTL; 0 for MaxAttempts.
+	Budget time.Duration
+	// Attempts is the number of PutRecords calls that carried the record.
+	Attempts int
+	// Err is the last failure.
+	Err error
+}
+
+func (e *ExhaustedError) Error() string {
+	switch e.Limit {
+	case "RetryTimeout":
+		return fmt.Sprintf("kinesissink: retries exhausted: still failing %v (RetryTimeout, the outage budget) after the first failure: %v", e.Budget, e.Err)
+	case "RecordTTL":
+		return fmt.Sprintf("kinesissink: retries exhausted: not written within RecordTTL (%v) of being accepted: %v", e.Budget, e.Err)
+	}
+	return fmt.Sprintf("kinesissink: retries exhausted: %d attempts (MaxAttempts): %v", e.Attempts, e.Err)
+}
+
+func (e *ExhaustedError) Unwrap() error { return e.Err }
+
+// Is makes an ExhaustedError match ErrAttemptsExhausted.
+func (e *ExhaustedError) Is(target error) bool { return target == ErrAttemptsExhausted }
 
 // ConfigError reports invalid [Options]; New and NewProducer return it.
 type ConfigError struct {
@@ -35,7 +69,7 @@ func (e *ConfigError) Error() string {
 // and by Put, before anything is sent: the entry was not taken.
 type ValidationError struct {
 	// Field is the entry field at fault: "PartitionKey", "ExplicitHashKey"
-	// or "Data" (the record is too large).
+	// or "Data" (empty, or the record is too large).
 	Field string
 	// Reason says what is wrong.
 	Reason string
@@ -60,8 +94,11 @@ type PutError struct {
 	ErrorCode, ErrorMessage string
 	// Attempts is the number of PutRecords calls that carried the record.
 	Attempts int
-	// Err is the cause: the request's error, an *EntryError for a per-entry
-	// failure, possibly wrapped with ErrAttemptsExhausted or ErrClosed.
+	// Err is the cause: the request's error (wrapping
+	// shardflow.ErrCredentials when AWS refused the credentials or none were
+	// found, which is never retried), an *EntryError for a per-entry
+	// failure, an *ExhaustedError when the retries ran out, or an error
+	// wrapping ErrClosed.
 	Err error
 }
 

@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/retry"
 )
 
 // Options configure a [Sink] or a [Producer]. New and NewProducer fill in the
 // defaults documented on each field, then call the optFns, then validate: a
-// field set to zero means zero, not "default".
+// field set to zero means zero, not "default", except where its doc says
+// otherwise (MaxAttempts and RetryTimeout).
 type Options struct {
 	// MaxRequestEntries is the most entries per PutRecords request.
 	// Default: 500, Kinesis' limit. 1 to 500.
@@ -36,13 +39,23 @@ type Options struct {
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 
-	// MaxAttempts is the most PutRecords calls that carry one record, the
-	// first included, for retryable failures (throttling, internal errors,
-	// network errors). Default: 10. 1 disables retries.
+	// RetryTimeout is the outage budget, with the same name and meaning as
+	// the Kinesis source's: a record failing with retryable errors
+	// (throttling, internal errors, network errors, timeouts) is retried,
+	// with backoff, until RetryTimeout has passed since its first failed
+	// attempt; the next failure then fails it with an *ExhaustedError. The
+	// shard map (ListShards, ordered and aggregating modes) is retried
+	// within the same budget. Default: 5 minutes, as the source's
+	// (retry.DefaultOutageBudget); 0 also means the default. Must not be
+	// negative.
+	RetryTimeout time.Duration
+	// MaxAttempts, when positive, also caps the PutRecords calls that carry
+	// one record, the first included: 1 disables retries. Default: 0, no
+	// count limit (RetryTimeout bounds the retries). Must not be negative.
 	MaxAttempts int
 	// RecordTTL, when positive, fails a record that is still not written
 	// RecordTTL after it was accepted, instead of retrying it again.
-	// Default: 0, no age limit (MaxAttempts bounds the retries).
+	// Default: 0, no age limit (RetryTimeout bounds the retries).
 	RecordTTL time.Duration
 	// InitialBackoff and MaxBackoff bound the exponential backoff (with 50%
 	// jitter, doubling) between attempts. Defaults: 100ms and 5s.
@@ -85,7 +98,7 @@ func defaultOptions() Options {
 		MaxInFlight:        8,
 		MaxBufferedRecords: 20000,
 		MaxBufferedBytes:   64 << 20,
-		MaxAttempts:        10,
+		RetryTimeout:       retry.DefaultOutageBudget,
 		InitialBackoff:     100 * time.Millisecond,
 		MaxBackoff:         5 * time.Second,
 		RequestTimeout:     30 * time.Second,
@@ -112,8 +125,10 @@ func (o *Options) validate() error {
 		return bad("MaxBufferedRecords", "%d is less than 1", o.MaxBufferedRecords)
 	case o.MaxBufferedBytes < o.MaxRecordBytes:
 		return bad("MaxBufferedBytes", "%d is less than MaxRecordBytes (%d)", o.MaxBufferedBytes, o.MaxRecordBytes)
-	case o.MaxAttempts < 1:
-		return bad("MaxAttempts", "%d is less than 1", o.MaxAttempts)
+	case o.MaxAttempts < 0:
+		return bad("MaxAttempts", "%d is negative", o.MaxAttempts)
+	case o.RetryTimeout < 0:
+		return bad("RetryTimeout", "%v is negative", o.RetryTimeout)
 	case o.RecordTTL < 0:
 		return bad("RecordTTL", "%v is negative", o.RecordTTL)
 	case o.InitialBackoff <= 0:
@@ -124,6 +139,9 @@ func (o *Options) validate() error {
 		return bad("RequestTimeout", "%v is negative", o.RequestTimeout)
 	case o.Aggregate && (o.AggregateMaxBytes < 1 || o.AggregateMaxBytes > o.MaxRecordBytes):
 		return bad("AggregateMaxBytes", "%d is not from 1 to MaxRecordBytes (%d)", o.AggregateMaxBytes, o.MaxRecordBytes)
+	}
+	if o.RetryTimeout == 0 {
+		o.RetryTimeout = retry.DefaultOutageBudget
 	}
 	return nil
 }

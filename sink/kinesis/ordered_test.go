@@ -112,9 +112,10 @@ func minimalDecode(b []byte) (recs []userRec, ok bool) {
 
 // userRecords de-aggregates what the fake stored, checking that package kpl
 // and the minimal decoder agree, and returns the user records per shard in
-// order, and how many Kinesis records were aggregates. With ranges, it drops
-// the user records of an aggregate outside the range of the shard it is
-// on, as a KCL reader does.
+// order, and how many Kinesis records were aggregates. With ranges, it reads
+// as a KCL reader does (AggregatorUtil.deaggregate): an aggregate with any
+// member whose hash key lies outside the range of the shard it is on is
+// dropped whole.
 func userRecords(t testing.TB, f *kinesisfake.Fake, ranges *shardMap) (out []userRec, aggregates int) {
 	t.Helper()
 	for _, s := range storedRecords(t, f) {
@@ -131,20 +132,26 @@ func userRecords(t testing.TB, f *kinesisfake.Fake, ranges *shardMap) (out []use
 		if len(mine) != len(theirs) {
 			t.Fatalf("decoders disagree: %d and %d records", len(mine), len(theirs))
 		}
+		stray := false
 		for i, u := range mine {
 			if u.pk != theirs[i].PartitionKey || u.ehk != theirs[i].ExplicitHashKey || u.data != string(theirs[i].Data) {
 				t.Fatalf("decoders disagree on record %d: %+v and %+v", i, u, theirs[i])
 			}
-			u.shard = s.shard
 			if ranges != nil {
 				h := hashPartitionKey(u.pk)
 				if u.ehk != "" {
 					h, _ = parseHashKey(u.ehk)
 				}
 				if in, _ := ranges.holds(s.shard, h); !in {
-					continue
+					stray = true
 				}
 			}
+		}
+		if stray {
+			continue
+		}
+		for _, u := range mine {
+			u.shard = s.shard
 			out = append(out, u)
 		}
 	}

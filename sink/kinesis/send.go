@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -31,23 +31,26 @@ func (e *engine) run(j job) {
 		out, err := e.putRecords(pending)
 		var retryable []wire
 		var mismatch []int // indexes of entries that landed on an unexpected shard
-		if err != nil && (e.life.Err() != nil || !retryableRequest(err)) {
+		switch {
+		case err != nil && e.life.Err() != nil:
 			// The call carried these entries: count it before they fail.
 			for i := range pending {
 				pending[i].attempts++
 			}
-		}
-		switch {
-		case err != nil && e.life.Err() != nil:
 			comps = e.failAll(comps, pending, "", "", closedCause(e.life))
-		case err != nil && !retryableRequest(err):
+		case err != nil && !awserr.Classify(err).Retryable():
+			// Refused credentials (wrapping shardflow.ErrCredentials) and
+			// bad requests: no retry can fix them.
+			for i := range pending {
+				pending[i].attempts++
+			}
 			comps = e.failAll(comps, pending, "", "", err)
 		case err != nil:
 			e.log.Warn("put records failed; retrying", "records", len(pending), "err", err)
 			for _, w := range pending {
 				w.attempts++
-				if e.exhausted(&w, sentAt) {
-					comps = e.fail(comps, &w, "", "", fmt.Errorf("%w: %w", ErrAttemptsExhausted, err))
+				if gave := e.giveUp(&w, sentAt, err); gave != nil {
+					comps = e.fail(comps, &w, "", "", gave)
 				} else {
 					retryable = append(retryable, w)
 				}
@@ -61,7 +64,7 @@ func (e *engine) run(j job) {
 				switch {
 				case code == "":
 					shard := aws.ToString(res.ShardId)
-					if w.shard != "" && shard != w.shard {
+					if e.mode != modePlain && shard != w.shard {
 						mismatch = append(mismatch, i)
 						pending[i] = w
 						continue
@@ -70,8 +73,8 @@ func (e *engine) run(j job) {
 				case retryableEntry(code):
 					throttled++
 					ee := &EntryError{Code: code, Message: aws.ToString(res.ErrorMessage)}
-					if e.exhausted(&w, sentAt) {
-						comps = e.fail(comps, &w, code, ee.Message, fmt.Errorf("%w: %w", ErrAttemptsExhausted, ee))
+					if gave := e.giveUp(&w, sentAt, ee); gave != nil {
+						comps = e.fail(comps, &w, code, ee.Message, gave)
 					} else {
 						retryable = append(retryable, w)
 					}
@@ -93,7 +96,7 @@ func (e *engine) run(j job) {
 			break
 		}
 		if b == nil {
-			b = retry.NewBackOff(retry.Policy{InitialInterval: e.o.InitialBackoff, MaxInterval: e.o.MaxBackoff, Multiplier: 2})
+			b = retry.NewBackOff(e.backoffPolicy())
 		}
 		t := time.NewTimer(b.NextBackOff())
 		select {
@@ -105,6 +108,10 @@ func (e *engine) run(j job) {
 	if j.q != nil {
 		e.release(j)
 	}
+}
+
+func (e *engine) backoffPolicy() retry.Policy {
+	return retry.Policy{MaxElapsed: e.o.RetryTimeout, InitialInterval: e.o.InitialBackoff, MaxInterval: e.o.MaxBackoff, Multiplier: 2}
 }
 
 // putRecords sends one PutRecords request.
@@ -129,7 +136,11 @@ func (e *engine) putRecords(ws []wire) (*kinesis.PutRecordsOutput, error) {
 	e.log.Debug("put records", "entries", len(ws), "bytes", bytes)
 	out, err := e.client.PutRecords(ctx, in)
 	if err != nil {
-		return nil, fmt.Errorf("put records to %q: %w", e.stream, err)
+		op := fmt.Sprintf("put records to %q", e.stream)
+		if awserr.Classify(err) == awserr.Credentials {
+			return nil, awserr.CredentialsError(op, err)
+		}
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	if len(out.Records) != len(ws) {
 		return nil, fmt.Errorf("put records to %q: %d results for %d entries", e.stream, len(out.Records), len(ws))
@@ -137,13 +148,29 @@ func (e *engine) putRecords(ws []wire) (*kinesis.PutRecordsOutput, error) {
 	return out, nil
 }
 
-// exhausted reports whether a wire entry that just failed may not be tried
-// again.
-func (e *engine) exhausted(w *wire, now time.Time) bool {
-	if w.attempts >= e.o.MaxAttempts {
-		return true
+// giveUp returns why a wire entry that just failed with a retryable error,
+// in the attempt sent at sentAt, may not be tried again, or nil. The outage
+// budget counts from each record's first failed attempt, which the record
+// keeps across re-aggregation.
+func (e *engine) giveUp(w *wire, sentAt time.Time, last error) error {
+	first := sentAt
+	for _, r := range w.members() {
+		if r.failedSince.IsZero() {
+			r.failedSince = sentAt
+		}
+		if r.failedSince.Before(first) {
+			first = r.failedSince
+		}
 	}
-	return e.o.RecordTTL > 0 && now.Sub(w.oldest()) >= e.o.RecordTTL
+	switch {
+	case e.o.MaxAttempts > 0 && w.attempts >= e.o.MaxAttempts:
+		return &ExhaustedError{Limit: "MaxAttempts", Attempts: w.attempts, Err: last}
+	case e.o.RecordTTL > 0 && sentAt.Sub(w.oldest()) >= e.o.RecordTTL:
+		return &ExhaustedError{Limit: "RecordTTL", Budget: e.o.RecordTTL, Attempts: w.attempts, Err: last}
+	case time.Since(first) >= e.o.RetryTimeout:
+		return &ExhaustedError{Limit: "RetryTimeout", Budget: e.o.RetryTimeout, Attempts: w.attempts, Err: last}
+	}
+	return nil
 }
 
 func closedCause(life context.Context) error {
@@ -234,14 +261,25 @@ func (e *engine) release(j job) {
 
 // resolveMismatch handles entries that Kinesis wrote to another shard than
 // predicted: the shard map is stale (the stream was resharded), so it is
-// reloaded. A plain record is where Kinesis routed it, so it is done. An
-// aggregate is done only for the members whose hash key lies in the range of
-// the shard it landed on: a KCL reader drops the others, so they are queued
-// again to be sent on their own way.
+// reloaded. A plain record is where Kinesis routed it, so it is written. An
+// aggregate is written, for a KCL reader, only if every member's hash key
+// lies in the range of the shard it landed on: AggregatorUtil.deaggregate
+// drops the whole aggregate otherwise. Then, as the KPL does, every member
+// is queued again, to be re-aggregated by its shard in the new map ahead of
+// newer records of that shard; each member's one outcome is that of the
+// re-send. A reader that does not filter by hash range reads those members
+// twice, which at-least-once delivery allows.
 func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, out *kinesis.PutRecordsOutput, sentAt time.Time) []completion {
 	m, err := e.refreshShardMap(sentAt)
-	if err != nil {
-		e.log.Warn("shard map refresh failed", "err", err)
+	if err == nil {
+		// A map loaded while the request was in flight may predate the
+		// shard the entry landed on: load it again then.
+		for _, i := range idx {
+			if _, known := m.all[aws.ToString(out.Records[i].ShardId)]; !known && pending[i].many != nil {
+				m, err = e.refreshShardMap(time.Now())
+				break
+			}
+		}
 	}
 	var again []*record
 	for _, i := range idx {
@@ -251,19 +289,20 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 			comps = e.succeed(comps, w, shard, seq)
 			continue
 		}
-		for n, r := range w.many {
-			if m != nil {
-				if in, known := m.holds(shard, r.hash); known && in {
-					comps = append(comps, completion{r: r, res: Result{Entry: r.e, ShardID: shard, SequenceNumber: seq, SubSequenceNumber: uint64(n), Aggregated: true}})
-					continue
-				}
-			}
-			again = append(again, r)
+		if err != nil {
+			comps = e.fail(comps, w, "", "", fmt.Errorf("check an aggregate that landed on shard %s, not the predicted %q: %w", shard, w.shard, err))
+			continue
 		}
+		if m.holdsAll(shard, w.many) {
+			comps = e.succeed(comps, w, shard, seq)
+			continue
+		}
+		again = append(again, w.many...)
 	}
 	if len(again) > 0 {
-		e.log.Warn("aggregate landed on an unexpected shard; re-sending the records outside its range",
+		e.log.Warn("aggregate landed on a shard that does not hold all its records; re-sending every one of them",
 			"records", len(again))
+		sortByAcceptance(again)
 		e.requeue(again)
 	}
 	return comps
@@ -332,7 +371,7 @@ func (e *engine) shardMap(ctx context.Context) (*shardMap, error) {
 	if m != nil {
 		return m, nil
 	}
-	m, err := loadShardMap(ctx, e.client, e.stream)
+	m, err := e.loadShardMap(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -359,7 +398,7 @@ func (e *engine) refreshShardMap(since time.Time) (*shardMap, error) {
 	if fresh {
 		return m, nil
 	}
-	m, err := loadShardMap(e.life, e.client, e.stream)
+	m, err := e.loadShardMap(e.life)
 	if err != nil {
 		return e.currentMap(), err
 	}
@@ -368,6 +407,33 @@ func (e *engine) refreshShardMap(since time.Time) (*shardMap, error) {
 	e.mu.Unlock()
 	e.log.Info("shard map refreshed", "open_shards", len(m.open))
 	return m, nil
+}
+
+// loadShardMap lists the stream's shards, retrying throttling, server and
+// network errors with backoff within the outage budget (RetryTimeout). Its
+// errors, but for ctx ending, are marked permanent: refused credentials
+// (wrapping shardflow.ErrCredentials), a missing stream, missing
+// permissions, or a budget spent.
+func (e *engine) loadShardMap(ctx context.Context) (*shardMap, error) {
+	var m *shardMap
+	load := func() error {
+		var err error
+		m, err = loadShardMap(ctx, e.client, e.stream)
+		if err != nil && !awserr.Classify(err).Retryable() {
+			return retry.Permanent(awserr.CredentialsError("load the shard map", err))
+		}
+		return err
+	}
+	err := retry.Do(ctx, e.backoffPolicy(), load(), load, func(attempt int, err error, wait time.Duration) {
+		e.log.Warn("list shards failed; retrying", "attempt", attempt, "wait", wait, "err", err)
+	})
+	switch {
+	case err == nil:
+		return m, nil
+	case ctx.Err() != nil || retry.IsPermanent(err):
+		return nil, err
+	}
+	return nil, retry.Permanent(err) // the outage budget is spent
 }
 
 func (e *engine) currentMap() *shardMap {
@@ -416,51 +482,4 @@ func retryableEntry(code string) bool {
 		return true
 	}
 	return false
-}
-
-type apiError interface {
-	error
-	ErrorCode() string
-}
-
-type statusError interface {
-	error
-	HTTPStatusCode() int
-}
-
-// retryableRequest reports whether a failed PutRecords call is worth
-// retrying: throttling, server errors, timeouts and network errors are;
-// InvalidArgument, ValidationException, ResourceNotFound, AccessDenied and
-// KMS errors other than throttling are not.
-func retryableRequest(err error) bool {
-	if ae, ok := errors.AsType[apiError](err); ok {
-		code := ae.ErrorCode()
-		switch code {
-		case "ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException",
-			"InternalFailure", "InternalFailureException", "InternalServerError", "ServiceUnavailable",
-			"ServiceUnavailableException", "ThrottlingException", "Throttling", "ThrottledException",
-			"RequestLimitExceeded", "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
-			"SlowDown", "RequestThrottled", "RequestThrottledException", "PriorRequestNotComplete",
-			"ResourceInUseException": // the stream is being created or updated
-
-			return true
-		case "InvalidArgumentException", "ValidationException", "ResourceNotFoundException",
-			"AccessDeniedException", "UnrecognizedClientException",
-			"InvalidSignatureException", "MissingAuthenticationToken", "ExpiredTokenException":
-			return false
-		}
-		if strings.HasPrefix(code, "KMS") {
-			return false
-		}
-	}
-	if se, ok := errors.AsType[statusError](err); ok {
-		s := se.HTTPStatusCode()
-		// 0: no response at all (a reset connection, a send that
-		// failed), which the SDK reports as a response error too.
-		return s == 0 || s >= 500 || s == 429
-	}
-	if _, ok := errors.AsType[apiError](err); ok {
-		return false // an unknown client-side error code
-	}
-	return true // transport errors and timeouts
 }

@@ -88,6 +88,17 @@ func (m *shardMap) holds(id string, h u128) (holds, ok bool) {
 	return r.start.cmp(h) <= 0 && h.cmp(r.end) <= 0, true
 }
 
+// holdsAll reports whether shard id is known and its range holds the hash
+// key of every record.
+func (m *shardMap) holdsAll(id string, recs []*record) bool {
+	for _, r := range recs {
+		if in, known := m.holds(id, r.hash); !known || !in {
+			return false
+		}
+	}
+	return true
+}
+
 // loadShardMap lists every shard of the stream, open and closed.
 func loadShardMap(ctx context.Context, client API, stream string) (*shardMap, error) {
 	m := &shardMap{all: make(map[string]shardRange)}

@@ -34,7 +34,8 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"no request slot", "MaxInFlight", func(o *Options) { o.MaxInFlight = 0 }},
 		{"buffer smaller than a record", "MaxBufferedBytes", func(o *Options) { o.MaxBufferedBytes = 10 }},
 		{"no buffered record", "MaxBufferedRecords", func(o *Options) { o.MaxBufferedRecords = 0 }},
-		{"no attempt", "MaxAttempts", func(o *Options) { o.MaxAttempts = 0 }},
+		{"negative attempts", "MaxAttempts", func(o *Options) { o.MaxAttempts = -1 }},
+		{"negative retry timeout", "RetryTimeout", func(o *Options) { o.RetryTimeout = -time.Second }},
 		{"negative TTL", "RecordTTL", func(o *Options) { o.RecordTTL = -time.Second }},
 		{"zero backoff", "InitialBackoff", func(o *Options) { o.InitialBackoff = 0 }},
 		{"max backoff below initial", "MaxBackoff", func(o *Options) { o.MaxBackoff = time.Millisecond }},
@@ -66,6 +67,8 @@ func TestInvalidEntriesAreRefusedBeforeAnyCall(t *testing.T) {
 		field string // "" when valid
 	}{
 		{"empty partition key", Entry{Data: []byte("x")}, "PartitionKey"},
+		{"nil data", Entry{PartitionKey: "k"}, "Data"},
+		{"empty data", Entry{Data: []byte{}, PartitionKey: "k"}, "Data"},
 		{"257-character partition key", Entry{Data: []byte("x"), PartitionKey: strings.Repeat("k", 257)}, "PartitionKey"},
 		{"256 two-byte characters are fine", Entry{Data: []byte("x"), PartitionKey: strings.Repeat("é", 256)}, ""},
 		{"invalid UTF-8 key", Entry{Data: []byte("x"), PartitionKey: "\xff"}, "PartitionKey"},
