@@ -20,6 +20,14 @@ type LeaseStore interface {
 	shardflow.Leaser
 }
 
+// Resetter is implemented by lease stores whose operators can reset a
+// shard's checkpoint: delete it and free the lease, so that the shard is
+// read again from the source's initial position. The conformance suite
+// checks that a reset fences the holder.
+type Resetter interface {
+	ResetCheckpoint(ctx context.Context, stream, shardID string) error
+}
+
 // NewInstance returns a new instance named owner of the store the subtest
 // shares between its instances. Instances must use LeaseDuration and a
 // HandoffTimeout of a few lease durations.
@@ -321,6 +329,37 @@ var leaseCases = []struct {
 		}
 		if len(ha)+len(hb) != len(shards) {
 			t.Errorf("a holds %v and b %v; want every shard held by one of them", ha, hb)
+		}
+	}},
+	{"a reset checkpoint fences its holder, which gets the shard back from no checkpoint only after a sync without it", func(t *testing.T, newInstance NewInstance, stream string) {
+		a := newInstance(t, "a")
+		r, ok := a.(Resetter)
+		if !ok {
+			t.Fatalf("%T has no ResetCheckpoint", a)
+		}
+		shards := shardIDs(1)
+		if held, err := a.SyncLeases(t.Context(), stream, shards); err != nil || len(held) != 1 {
+			t.Fatalf("SyncLeases = %v, %v", held, err)
+		}
+		if err := a.Save(t.Context(), stream, shards[0], seq(5)); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ResetCheckpoint(t.Context(), stream, shards[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Save(t.Context(), stream, shards[0], seq(6)); !errors.Is(err, shardflow.ErrLeaseLost) {
+			t.Errorf("holder's Save after the reset = %v; want ErrLeaseLost", err)
+		}
+		// The holder's reader still has its old position: the store must
+		// not hand the shard back before the source stopped that reader.
+		if held, err := a.SyncLeases(t.Context(), stream, shards); err != nil || len(held) != 0 {
+			t.Errorf("SyncLeases after the reset = %v, %v; want the shard not returned, so that its reader stops", held, err)
+		}
+		if held, err := a.SyncLeases(t.Context(), stream, shards); err != nil || len(held) != 1 {
+			t.Errorf("next SyncLeases = %v, %v; want the shard taken again", held, err)
+		}
+		if cp, ok, err := a.Load(t.Context(), stream, shards[0]); err != nil || ok {
+			t.Errorf("Load after the reset = %+v, %v, %v; want no checkpoint", cp, ok, err)
 		}
 	}},
 	{"a cancelled context fails SyncLeases", func(t *testing.T, newInstance NewInstance, stream string) {

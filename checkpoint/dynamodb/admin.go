@@ -64,8 +64,10 @@ func (s *Store) Shards(ctx context.Context, stream string, shardIDs []string) ([
 // ResetCheckpoint deletes a shard's checkpoint, so that the next reader
 // starts the shard at its source's InitialPosition. It also frees the lease
 // and bumps its counter: an instance reading the shard loses the lease (its
-// next checkpoint is refused, so it cannot write the old position back) and
-// the shard is taken anew. It returns ErrNoShard for a shard with no item.
+// next checkpoint is refused, so it cannot write the old position back), its
+// next lease sync drops the shard so that its source stops that reader, and
+// only then is the shard taken anew (by it or another instance) and read
+// from InitialPosition. It returns ErrNoShard for a shard with no item.
 func (s *Store) ResetCheckpoint(ctx context.Context, stream, shardID string) error {
 	if err := s.checkReady(ctx); err != nil {
 		return err

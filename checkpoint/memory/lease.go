@@ -106,6 +106,11 @@ func (in *Instance) ReleaseLease(ctx context.Context, stream, shardID string) er
 // RenewInterval/2.
 func (in *Instance) LeaseRenewInterval() time.Duration { return in.m.SyncInterval() }
 
+// ResetCheckpoint is [Store.ResetCheckpoint] of the instance's store.
+func (in *Instance) ResetCheckpoint(ctx context.Context, stream, shardID string) error {
+	return in.s.ResetCheckpoint(ctx, stream, shardID)
+}
+
 // LeaseOwners returns the owner of every lease of stream, by shard id ("" for
 // a free lease), for assertions.
 func (s *Store) LeaseOwners(stream string) map[string]string {
@@ -119,6 +124,28 @@ func (s *Store) LeaseOwners(stream string) map[string]string {
 		}
 	}
 	return out
+}
+
+// ResetCheckpoint deletes the shard's checkpoint and frees its lease,
+// changing the lease counter, as the DynamoDB store's ResetCheckpoint does:
+// an Instance reading the shard loses its lease (its next save is refused),
+// stops reading the shard without saving again, and the shard is then taken
+// anew and read from the source's InitialPosition. It fails only when ctx is
+// done.
+func (s *Store) ResetCheckpoint(ctx context.Context, stream, shardID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	lt := s.leaseTable()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := key{stream, shardID}
+	delete(s.cps, k)
+	if r := lt.recs[k]; r != nil {
+		r.owner, r.want = "", ""
+		r.counter++
+	}
+	return nil
 }
 
 // leaseTables holds the lease records of each Store that has Instances,

@@ -29,6 +29,12 @@ type Manager struct {
 	held  map[key]*held   // leases this instance holds (or is handing over)
 	seen  map[key]seen    // what each lease looked like when it last changed
 	wants map[string]want // by stream: the one lease this instance asked for
+	// lost are the leases lost since the last Sync. Sync does not take
+	// them back at once: it first returns without them, so that the
+	// caller stops the shard's reader (whose position may be stale: the
+	// checkpoint was reset, or another instance read on) before a new
+	// reader starts from the table's checkpoint.
+	lost map[key]bool
 }
 
 type key struct{ stream, shard string }
@@ -74,6 +80,7 @@ func New(t Table, o Options) (*Manager, error) {
 		held:  make(map[key]*held),
 		seen:  make(map[key]seen),
 		wants: make(map[string]want),
+		lost:  make(map[key]bool),
 	}, nil
 }
 
@@ -149,7 +156,7 @@ func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([
 		return nil, err
 	}
 	m.lapse(stream, mine, time.Now())
-	if err := m.balance(ctx, stream, eligible, byShard); err != nil {
+	if err := m.balance(ctx, stream, eligible, byShard, m.takeLost(stream)); err != nil {
 		return nil, err
 	}
 	return m.active(m.heldOf(stream), isEligible), nil
@@ -174,6 +181,21 @@ func (m *Manager) drop(stream, shard string, h *held) {
 		delete(m.held, key{stream, shard})
 	}
 	m.mu.Unlock()
+}
+
+// takeLost returns the shards of stream whose leases were lost since the
+// last call, and forgets them.
+func (m *Manager) takeLost(stream string) map[string]bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]bool)
+	for k := range m.lost {
+		if k.stream == stream {
+			out[k.shard] = true
+			delete(m.lost, k)
+		}
+	}
+	return out
 }
 
 // observe notes, on this instance's clock, which leases changed owner or
@@ -212,7 +234,7 @@ func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[st
 		case h.gone:
 		case !ok || l.Owner != m.me || l.Counter < h.counter:
 			h.gone = true
-			m.lost(stream, id, l)
+			m.noteLost(stream, id, l)
 		default:
 			// A write of ours whose answer was lost did land.
 			h.counter = l.Counter
@@ -271,7 +293,7 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 				h.renewed = sent
 			case errors.Is(err, ErrConflict):
 				h.gone = true
-				m.lost(stream, id, l)
+				m.noteLost(stream, id, l)
 			case retry.IsPermanent(err):
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("renew lease of shard %s: %w", id, err))
@@ -338,7 +360,7 @@ type candidate struct {
 
 // balance takes free and expired leases up to the target and, when still
 // below it, asks the busiest instance for one lease.
-func (m *Manager) balance(ctx context.Context, stream string, eligible []string, byShard map[string]Lease) error {
+func (m *Manager) balance(ctx context.Context, stream string, eligible []string, byShard map[string]Lease, lost map[string]bool) error {
 	now := time.Now()
 	mine := m.heldOf(stream)
 	have := len(m.active(mine, mapOf(eligible)))
@@ -346,8 +368,8 @@ func (m *Manager) balance(ctx context.Context, stream string, eligible []string,
 	owned := make(map[string][]Lease) // their leases nobody asked for yet
 	var wanted, free []candidate      // free ones handed to me first
 	for _, id := range eligible {
-		if mine[id] != nil {
-			continue // mine, or being handed over by me
+		if mine[id] != nil || lost[id] {
+			continue // mine, being handed over by me, or just lost
 		}
 		l, ok := byShard[id]
 		if !ok {
@@ -498,7 +520,7 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 		Cond{Owner: m.me, Counter: h.counter}, Change{Owner: ptr(""), Bump: true}, nil)
 	switch {
 	case errors.Is(err, ErrConflict):
-		m.lost(stream, shard, l)
+		m.noteLost(stream, shard, l)
 		return nil
 	case err != nil:
 		return fmt.Errorf("release lease of shard %s of stream %q: %w", shard, stream, err)
@@ -529,7 +551,7 @@ func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shard
 	case errors.Is(err, ErrConflict):
 		h.gone = true
 		m.drop(stream, shard, h)
-		m.lost(stream, shard, l)
+		m.noteLost(stream, shard, l)
 		return fmt.Errorf("shard %s of stream %q is no longer leased by %s: %w", shard, stream, m.me, shardflow.ErrLeaseLost)
 	case err == nil:
 		h.counter = l.Counter
@@ -537,9 +559,13 @@ func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shard
 	return err
 }
 
-// lost logs the loss of a lease, with what the table holds instead (l, the
-// zero Lease when the item is gone).
-func (m *Manager) lost(stream, shard string, l Lease) {
+// noteLost logs the loss of a lease, with what the table holds instead (l,
+// the zero Lease when the item is gone), and keeps the next Sync from
+// taking it back.
+func (m *Manager) noteLost(stream, shard string, l Lease) {
+	m.mu.Lock()
+	m.lost[key{stream, shard}] = true
+	m.mu.Unlock()
 	m.log.Info("lease lost", "stream", stream, "shard_id", shard, "owner", l.Owner, "lease_counter", l.Counter)
 }
 

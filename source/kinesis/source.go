@@ -421,7 +421,14 @@ func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
 		c.mu.Lock()
 		ids := make([]string, 0, len(c.eligible))
 		for id := range c.eligible {
-			ids = append(ids, id)
+			// A shard whose reader is still stopping is not offered: the
+			// store must not give it back to this instance while the old
+			// lane may still save its (possibly stale) position. It is
+			// offered again once the reader is gone; a new reader then
+			// starts from the store's checkpoint.
+			if r := c.readers[id]; r == nil || !r.stopping() {
+				ids = append(ids, id)
+			}
 		}
 		c.mu.Unlock()
 		slices.Sort(ids)
@@ -456,6 +463,16 @@ func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
 			}
 		}
 		c.mu.Unlock()
+	}
+}
+
+// stopping reports whether the reader was asked to stop.
+func (r *reader) stopping() bool {
+	select {
+	case <-r.stop:
+		return true
+	default:
+		return false
 	}
 }
 
