@@ -359,7 +359,8 @@ type candidate struct {
 }
 
 // balance takes free and expired leases up to the target and, when still
-// below it, asks the busiest instance for one lease.
+// below it, asks the busiest instance for one lease if that one holds at
+// least two more than this one.
 func (m *Manager) balance(ctx context.Context, stream string, eligible []string, byShard map[string]Lease, lost map[string]bool) error {
 	now := time.Now()
 	mine := m.heldOf(stream)
@@ -431,9 +432,14 @@ func (m *Manager) balance(ctx context.Context, stream string, eligible []string,
 	if asked || have >= target {
 		return errors.Join(errs...)
 	}
+	// Ask an instance holding at least two more than this one: moving one
+	// lease narrows the spread. "Above target" alone is not enough: with
+	// four shards and three instances the target is two, and 2/2/0 would
+	// pass for balanced, leaving an instance that lost its leases (cut off
+	// from the table for a while) idle for good.
 	busiest := ""
 	for owner, n := range counts {
-		if n > target && len(owned[owner]) > 0 && (busiest == "" || n > counts[busiest] || n == counts[busiest] && owner < busiest) {
+		if n >= have+2 && len(owned[owner]) > 0 && (busiest == "" || n > counts[busiest] || n == counts[busiest] && owner < busiest) {
 			busiest = owner
 		}
 	}

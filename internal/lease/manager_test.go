@@ -400,3 +400,59 @@ func TestAReleaseOfALeaseTakenMeanwhileIsNotLoggedAsReleased(t *testing.T) {
 		}
 	})
 }
+
+// balanced reports whether the counts differ by at most one, and every
+// shard is held.
+func balanced(total int, held ...[]string) bool {
+	lo, hi, sum := total, 0, 0
+	for _, h := range held {
+		lo, hi, sum = min(lo, len(h)), max(hi, len(h)), sum+len(h)
+	}
+	return sum == total && hi-lo <= 1
+}
+
+func TestAnInstanceThatLostEveryLeaseGetsItsShareBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		shared := newTable()
+		var down sync.Mutex
+		outage := false
+		cTable := &faulty{table: shared, down: func() bool { down.Lock(); defer down.Unlock(); return outage }}
+		a, b, c := newManager(t, shared, "a"), newManager(t, shared, "b"), newManager(t, cTable, "c")
+		shards := []string{"s0", "s1", "s2", "s3"}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var mu sync.Mutex
+		var ha, hb, hc []string
+		var wg sync.WaitGroup
+		wg.Go(func() { syncEvery(ctx, a, shards, &ha, &mu) })
+		wg.Go(func() { syncEvery(ctx, b, shards, &hb, &mu) })
+		wg.Go(func() { syncEvery(ctx, c, shards, &hc, &mu) })
+		waitFor := func(what string, cond func() bool) {
+			t.Helper()
+			for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(time.Second) {
+				mu.Lock()
+				ok := cond()
+				got := [][]string{ha, hb, hc}
+				mu.Unlock()
+				if ok {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: not within 5 minutes; a, b, c hold %v", what, got)
+				}
+			}
+		}
+		waitFor("balanced at start", func() bool { return balanced(4, ha, hb, hc) })
+		down.Lock()
+		outage = true
+		down.Unlock()
+		waitFor("c cut off loses every lease", func() bool { return len(hc) == 0 && len(ha)+len(hb) == 4 })
+		time.Sleep(30 * time.Second)
+		down.Lock()
+		outage = false
+		down.Unlock()
+		waitFor("balanced after c is back", func() bool { return balanced(4, ha, hb, hc) })
+		cancel()
+		wg.Wait()
+	})
+}
