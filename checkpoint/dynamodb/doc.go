@@ -65,8 +65,11 @@
 //     LeaseDuration (default 10s) is expired. Wall clocks are never compared.
 //   - Take: free and expired leases, up to ceil(shards / live instances),
 //     where live instances are the owners of unexpired leases.
-//   - Balance: an instance below that target while another is above it asks
-//     the busiest instance for one lease at a time (lease_wanted_by). The
+//   - Balance: an instance below that target asks the busiest instance for
+//     one lease at a time (lease_wanted_by) while that one holds at least
+//     two more than it, so the split ends at most one apart; an instance
+//     that lost every lease (cut off from DynamoDB for a while) gets its
+//     share back this way. The
 //     owner's source stops reading that shard, waits for its records in
 //     flight, saves the final checkpoint and releases the lease; then the
 //     asking instance takes it. An owner that does not release within

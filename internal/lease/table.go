@@ -20,8 +20,11 @@
 //     ceil(eligible shards / live instances); live instances are the owners of
 //     unexpired leases plus this one.
 //   - Steal, gracefully: an instance below target while the busiest instance
-//     is above it sets want on one of the busiest instance's leases (one
-//     outstanding request at a time, so at most one steal per round). The
+//     holds at least two leases more than it sets want on one of the
+//     busiest instance's leases (one outstanding request at a time, so at
+//     most one steal per round). So the counts of any two instances end up
+//     at most one apart, an instance holding no lease included, although
+//     others cannot see it until it holds one. The
 //     owner's next sync stops returning the lease, so the source closes the
 //     shard's lane (final checkpoint) and releases it; the thief then takes
 //     it. A free lease wanted by another instance is left to that instance
@@ -29,6 +32,15 @@
 //     for at most HandoffTimeout; after that it expires like any other.
 //   - Fencing: a checkpoint is written only if the item still has this
 //     instance as owner and the counter it last wrote.
+//   - Loss: a lease found taken, freed or reset by another instance (or an
+//     operator) is not taken back in the Sync that notices it, so that the
+//     caller stops the shard's reader, whose position may be stale; it may
+//     be taken at a later Sync, and read from the table's checkpoint.
+//   - Uncertain writes: a write that fails its condition is settled by
+//     re-reading the item. If it shows the write, an earlier attempt whose
+//     answer was lost landed; if it names this instance with a later
+//     counter, a write of its own landed unseen (a renewal cancelled at
+//     shutdown), and the write is made again from that counter.
 package lease
 
 import (
