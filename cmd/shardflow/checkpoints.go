@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -12,15 +11,23 @@ import (
 	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
 )
 
+const checkpointsDoc = `Lists each shard of --stream with its lease owner, lease counter, checkpoint and state,
+as kept in a relay's DynamoDB table. With --reset it deletes one shard's checkpoint and
+frees its lease instead, so the shard restarts at its source's initial position.`
+
 func cmdCheckpoints(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("checkpoints", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("checkpoints", "checkpoints --table T --stream S [--reset SHARD_ID] [flags]", checkpointsDoc)
 	var a awsFlags
-	a.register(fs)
+	a.register(fs.FlagSet, true, true)
 	table := fs.String("table", "", "DynamoDB table of checkpoints and leases")
 	stream := fs.String("stream", "", "stream whose shards to show (name)")
 	reset := fs.String("reset", "", "delete this shard's checkpoint (it restarts at its source's initial position) and free its lease")
-	if err := fs.Parse(args); err != nil {
+	logger := registerLogLevel(fs, stderr)
+	positional, err := fs.parse(args, stdout)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(positional); err != nil {
 		return err
 	}
 	if *table == "" || *stream == "" {
@@ -30,7 +37,7 @@ func cmdCheckpoints(ctx context.Context, args []string, _ io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	store, err := dynamostore.New(dc, *table)
+	store, err := dynamostore.New(dc, *table, func(o *dynamostore.Options) { o.Logger = logger() })
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,53 +15,37 @@ import (
 	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 )
 
-func cmdPut(ctx context.Context, args []string, stdin io.Reader, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("put", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+const putDoc = `Writes each line of the files (default: stdin) as a record, through the batching
+producer, and exits non-zero if any record was not written.
+
+SIGINT or SIGTERM stops reading the input; the records already taken are sent within
+--shutdown-timeout, and those still unwritten then are counted as not written (exit
+status 1). A second signal exits at once.`
+
+func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("put", "put --stream S [flags] [FILE...]", putDoc)
 	var a awsFlags
-	a.register(fs)
+	a.register(fs.FlagSet, true, false)
 	stream := fs.String("stream", "", "stream to write (name or ARN)")
 	key := fs.String("partition-key", "", "partition key of every record (default: a random key per record)")
-	ordered := fs.Bool("ordered", false, "keep the order of records with the same partition key")
+	ordered := fs.Bool("ordered", false, "keep the order of records with the same partition key through retries")
 	aggregate := fs.Bool("aggregate", false, "pack records into KPL aggregated records")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: shardflow put --stream S [flags] [FILE...]\n\nWrites each line of the files (default: stdin) as a record.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	timeout := registerShutdownTimeout(fs)
+	logger := registerLogLevel(fs, stderr)
+	files, err := fs.parse(args, stdout)
+	if err != nil {
 		return err
 	}
 	if *stream == "" {
 		return usagef("--stream is required")
 	}
-	kc, err := a.kinesis(ctx)
-	if err != nil {
+	if err := checkShutdownTimeout(*timeout); err != nil {
 		return err
 	}
-	p, err := kinesissink.NewProducer(kc, *stream, func(o *kinesissink.Options) {
-		o.Ordered = *ordered
-		o.Aggregate = *aggregate
-	})
-	if err != nil {
-		return err
-	}
-	var written, failed atomic.Int64
-	var firstErr atomic.Pointer[error]
-	onResult := func(r kinesissink.Result) {
-		if r.Err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, &r.Err)
-			return
-		}
-		written.Add(1)
-	}
-	progress := startProgress(ctx, stderr, "put", &written)
-	defer progress()
-
 	inputs := []io.Reader{stdin}
-	if fs.NArg() > 0 {
+	if len(files) > 0 {
 		inputs = nil
-		for _, name := range fs.Args() {
+		for _, name := range files {
 			f, err := os.Open(name)
 			if err != nil {
 				return err
@@ -71,45 +54,129 @@ func cmdPut(ctx context.Context, args []string, stdin io.Reader, _, stderr io.Wr
 			inputs = append(inputs, f)
 		}
 	}
-	lines := 0
-	for _, in := range inputs {
-		sc := bufio.NewScanner(in)
-		sc.Buffer(make([]byte, 64*1024), 10<<20+1)
-		for sc.Scan() {
-			k := *key
-			if k == "" {
-				k = randomKey()
-			}
-			if err := p.PutEntry(ctx, kinesissink.Entry{Data: append([]byte(nil), sc.Bytes()...), PartitionKey: k}, onResult); err != nil {
-				var ve *kinesissink.ValidationError
-				if errors.As(err, &ve) {
-					fmt.Fprintf(stderr, "line %d not sent: %v\n", lines+1, err)
-					failed.Add(1)
-					lines++
-					continue
-				}
-				_ = p.Close(context.WithoutCancel(ctx))
-				return err
-			}
-			lines++
-		}
-		if err := sc.Err(); err != nil {
-			_ = p.Close(context.WithoutCancel(ctx))
-			return fmt.Errorf("read input: %w", err)
-		}
+	kc, err := a.kinesis(ctx)
+	if err != nil {
+		return err
 	}
-	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	closeErr := p.Close(closeCtx)
+	p, err := kinesissink.NewProducer(kc, *stream, func(o *kinesissink.Options) {
+		o.Ordered = *ordered
+		o.Aggregate = *aggregate
+		o.Logger = logger()
+	})
+	if err != nil {
+		return err
+	}
+	var c putCounts
+	progress := startProgress(ctx, stderr, "put", &c.written)
+	defer progress()
+	err = runBounded(ctx, *timeout, func() error { return putLines(ctx, p, inputs, *key, *timeout, &c, stderr) })
 	progress()
-	fmt.Fprintf(stderr, "put %d lines: %d records written, %d failed\n", lines, written.Load(), failed.Load())
-	if e := firstErr.Load(); e != nil {
-		return fmt.Errorf("%d records failed, the first with: %w", failed.Load(), *e)
+	notWritten := c.failed.Load() + c.accepted.Load() - c.written.Load() - c.reported.Load()
+	fmt.Fprintf(stderr, "put %d lines: %d records written, %d failed\n", c.lines.Load(), c.written.Load(), notWritten)
+	switch {
+	case notWritten > 0 && c.firstErr.Load() != nil:
+		return errors.Join(fmt.Errorf("%d records not written, the first with: %w", notWritten, *c.firstErr.Load()), err)
+	case notWritten > 0:
+		return errors.Join(fmt.Errorf("%d records not written", notWritten), err)
+	case err == nil && ctx.Err() != nil:
+		return fmt.Errorf("stopped before the end of the input: %w", context.Cause(ctx))
 	}
-	if failed.Load() > 0 {
-		return fmt.Errorf("%d records failed", failed.Load())
+	return err
+}
+
+// putCounts are the outcomes of put's lines.
+type putCounts struct {
+	lines    atomic.Int64 // read
+	accepted atomic.Int64 // taken by the producer
+	written  atomic.Int64 // reported written
+	reported atomic.Int64 // taken and reported not written
+	failed   atomic.Int64 // refused before sending, or reported not written
+	firstErr atomic.Pointer[error]
+}
+
+func (c *putCounts) fail(err error) {
+	c.failed.Add(1)
+	c.firstErr.CompareAndSwap(nil, &err)
+}
+
+// putLines sends every line of inputs until they end or ctx ends, then
+// closes p, bounded by the shutdown deadline.
+func putLines(ctx context.Context, p *kinesissink.Producer, inputs []io.Reader, key string, timeout time.Duration, c *putCounts, stderr io.Writer) error {
+	onResult := func(r kinesissink.Result) {
+		if r.Err != nil {
+			c.reported.Add(1)
+			c.fail(r.Err)
+			return
+		}
+		c.written.Add(1)
 	}
-	return closeErr
+	// Lines are read on their own goroutine, so that a signal stops put
+	// even while it waits for input.
+	lines := make(chan []byte, 64)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(lines)
+		for _, in := range inputs {
+			sc := bufio.NewScanner(in)
+			sc.Buffer(make([]byte, 64*1024), 10<<20+1)
+			for sc.Scan() {
+				select {
+				case lines <- append([]byte(nil), sc.Bytes()...):
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err := sc.Err(); err != nil {
+				readErr <- fmt.Errorf("read input: %w", err)
+				return
+			}
+		}
+	}()
+	var err error
+read:
+	for {
+		var line []byte
+		var ok bool
+		select {
+		case <-ctx.Done():
+			break read
+		case line, ok = <-lines:
+			if !ok {
+				select {
+				case err = <-readErr:
+				default:
+				}
+				break read
+			}
+		}
+		if ctx.Err() != nil {
+			break // the line is not counted: it was read after the signal
+		}
+		n := c.lines.Add(1)
+		k := key
+		if k == "" {
+			k = randomKey()
+		}
+		perr := p.PutEntry(ctx, kinesissink.Entry{Data: line, PartitionKey: k}, onResult)
+		if ve, ok := errors.AsType[*kinesissink.ValidationError](perr); ok {
+			fmt.Fprintf(stderr, "line %d not sent: %v\n", n, ve)
+			c.fail(perr)
+			continue
+		}
+		if perr != nil {
+			if ctx.Err() == nil {
+				err = perr
+			}
+			c.failed.Add(1) // the line was read, and not taken
+			break
+		}
+		c.accepted.Add(1)
+	}
+	closeCtx, cancel := shutdownContext(ctx, timeout)
+	defer cancel()
+	// Close's error repeats what the callbacks counted.
+	_ = p.Close(closeCtx)
+	return err
 }
 
 func randomKey() string {

@@ -62,7 +62,7 @@ func testRelayOrder(t *testing.T, flags []string, ordered bool) {
 			return []string{"ProvisionedThroughputExceededException", "InternalFailure"}[failed%2]
 		})
 
-		c, err := parseRelayFlags(append([]string{"--from", "in", "--to", "out"}, flags...), io.Discard)
+		c, err := parseRelayFlags(append([]string{"--from", "in", "--to", "out", "--log-level", "error"}, flags...), io.Discard, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -14,6 +13,15 @@ import (
 	"github.com/shardflow/shardflow"
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
+
+const tailDoc = `Prints the records of a stream, de-aggregating KPL records, until --max records were
+printed or it is interrupted. The text format prints each record's data on a line; the
+json format prints one object per record with its shard, sequence and sub-sequence
+numbers, partition key, explicit hash key, arrival time and data (as text, or
+data_base64 when it is not UTF-8).
+
+Failed calls are retried (logged at WARN); SIGINT or SIGTERM stops it, with exit status 0
+when the stream was being read and 1 when its calls were failing.`
 
 // tailRecord is a record as `tail --format json` prints it.
 type tailRecord struct {
@@ -28,19 +36,30 @@ type tailRecord struct {
 }
 
 func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("tail", "tail --stream S [flags]", tailDoc)
 	var a awsFlags
-	a.register(fs)
+	a.register(fs.FlagSet, true, false)
 	stream := fs.String("stream", "", "stream to read (name or ARN)")
 	from := fs.String("from", "latest", "where to start: latest, trim-horizon, or an RFC 3339 time")
 	format := fs.String("format", "text", "text (the data, one record per line) or json (one JSON object per line)")
 	maxRecords := fs.Int("max", 0, "stop after this many records (default: follow until interrupted)")
-	if err := fs.Parse(args); err != nil {
+	timeout := registerShutdownTimeout(fs)
+	logger := registerLogLevel(fs, stderr)
+	positional, err := fs.parse(args, stdout)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(positional); err != nil {
 		return err
 	}
 	if *stream == "" {
 		return usagef("--stream is required")
+	}
+	if *maxRecords < 0 {
+		return usagef("--max %d: want a positive count, or 0 to follow until interrupted", *maxRecords)
+	}
+	if err := checkShutdownTimeout(*timeout); err != nil {
+		return err
 	}
 	var start kinesissource.StartingPosition
 	switch strings.ToLower(*from) {
@@ -58,18 +77,24 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	if *format != "text" && *format != "json" {
 		return usagef("--format %q: want text or json", *format)
 	}
+	stopWatch := context.AfterFunc(ctx, a.health.freeze)
+	defer stopWatch()
 	kc, err := a.kinesis(ctx)
 	if err != nil {
 		return err
 	}
+	log := logger()
 	src, err := kinesissource.New(kc, *stream, func(o *kinesissource.Options) {
 		o.InitialPosition = start
 		o.IdleInterval = 250 * time.Millisecond
+		o.Logger = log
 	})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	// runCtx also ends when --max records were printed: that stop is no
+	// interruption.
+	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var mu sync.Mutex // records of several shards arrive concurrently
 	n := 0
@@ -82,7 +107,9 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		}
 		n++
 		if *format == "text" {
-			fmt.Fprintf(stdout, "%s\n", r.Data)
+			if _, err := fmt.Fprintf(stdout, "%s\n", r.Data); err != nil {
+				return err
+			}
 		} else {
 			tr := tailRecord{ShardID: r.ShardID, SequenceNumber: r.SequenceNumber, SubSequenceNumber: r.SubSequenceNumber,
 				PartitionKey: r.PartitionKey, ExplicitHashKey: r.ExplicitHashKey, Arrival: r.ApproximateArrivalTimestamp}
@@ -101,5 +128,16 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		}
 		return nil
 	}
-	return shardflow.Source(src).Sink(shardflow.SinkFunc[shardflow.Record](write)).Run(ctx)
+	err = runBounded(ctx, *timeout, func() error {
+		return shardflow.Source(src, func(o *shardflow.Options) {
+			o.DrainTimeout = *timeout
+			o.Logger = log
+		}).Sink(shardflow.SinkFunc[shardflow.Record](write)).Run(runCtx)
+	})
+	if err == nil && ctx.Err() != nil {
+		if herr := a.health.failing(); herr != nil {
+			return fmt.Errorf("stopped while retrying: %w", herr)
+		}
+	}
+	return err
 }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestHelpPrintsUsageAndExitsZero(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string // in stdout
+	}{
+		{[]string{"help"}, []string{"usage: shardflow <command>", "create-stream", "create-table"}},
+		{[]string{"-h"}, []string{"usage: shardflow <command>"}},
+		{[]string{"--help"}, []string{"usage: shardflow <command>"}},
+		{[]string{"help", "put"}, []string{"usage: shardflow put --stream S", "-partition-key", "-shutdown-timeout"}},
+		{[]string{"put", "--help"}, []string{"usage: shardflow put --stream S"}},
+		{[]string{"relay", "-h"}, []string{"usage: shardflow relay", "-unordered", "-table"}},
+		{[]string{"help", "create-stream"}, []string{"usage: shardflow create-stream NAME", "-shards"}},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCmd(t.Context(), t, "", tc.args...)
+			if code != 0 {
+				t.Errorf("exit %d; want 0; stderr:\n%s", code, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout)
+				}
+			}
+		})
+	}
+}
+
+func TestEachCommandsUsageListsOnlyItsFlags(t *testing.T) {
+	awsK := []string{"endpoint-url", "profile", "region"}
+	awsD := []string{"dynamodb-endpoint-url", "profile", "region"}
+	awsKD := []string{"dynamodb-endpoint-url", "endpoint-url", "profile", "region"}
+	tests := []struct {
+		cmd  string
+		want []string
+	}{
+		{"put", append([]string{"aggregate", "log-level", "ordered", "partition-key", "shutdown-timeout", "stream"}, awsK...)},
+		{"tail", append([]string{"format", "from", "log-level", "max", "shutdown-timeout", "stream"}, awsK...)},
+		{"relay", append([]string{"from", "log-level", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
+		{"checkpoints", append([]string{"log-level", "reset", "stream", "table"}, awsKD...)},
+		{"create-stream", append([]string{"shards", "wait"}, awsK...)},
+		{"create-table", append([]string{"log-level"}, awsD...)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.cmd, func(t *testing.T) {
+			code, stdout, _ := runCmd(t.Context(), t, "", "help", tc.cmd)
+			if code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+			var got []string
+			for l := range strings.Lines(stdout) {
+				if name, ok := strings.CutPrefix(l, "  -"); ok {
+					got = append(got, strings.Fields(name)[0])
+				}
+			}
+			slices.Sort(got)
+			slices.Sort(tc.want)
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("flags in the usage of %s (-want +got):\n%s\n%s", tc.cmd, diff, stdout)
+			}
+		})
+	}
+}
+
+func TestUsageErrorsExitTwoWithTheReason(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "usage: shardflow <command>"},
+		{[]string{"nope"}, `unknown command "nope"`},
+		{[]string{"help", "nope"}, `unknown command "nope"`},
+		{[]string{"put"}, "shardflow put: --stream is required"},
+		{[]string{"put", "--stream", "s", "--shutdown-timeout", "0s"}, "--shutdown-timeout 0s"},
+		{[]string{"put", "--stream", "s", "--dynamodb-endpoint-url", "http://127.0.0.1:1"}, "flag provided but not defined: -dynamodb-endpoint-url"},
+		{[]string{"tail", "--stream", "s", "--from", "yesterday"}, `--from "yesterday"`},
+		{[]string{"tail", "--stream", "s", "--max", "-3"}, "--max -3"},
+		{[]string{"tail", "--stream", "s", "extra"}, `unexpected argument "extra"`},
+		{[]string{"tail", "--stream", "s", "--log-level", "loud"}, "want debug, info, warn or error"},
+		{[]string{"relay", "--from", "a"}, "--from and --to are required"},
+		{[]string{"relay", "--from", "x", "--to", "x"}, `--from and --to are the same stream "x"`},
+		{[]string{"relay", "--from", "a", "--to", "b", "stray"}, `unexpected argument "stray"`},
+		{[]string{"relay", "--from", "a", "--to", "b", "--ordered"}, "flag provided but not defined: -ordered"},
+		{[]string{"checkpoints", "--table", "t", "--stream", "s", "x"}, `unexpected argument "x"`},
+		{[]string{"create-stream"}, "want one stream name"},
+		{[]string{"create-stream", "a", "b"}, "want one stream name"},
+		{[]string{"create-stream", "a", "--shards", "0"}, "--shards 0"},
+		{[]string{"create-table"}, "want one table name"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, _, stderr := runCmd(t.Context(), t, "", tc.args...)
+			if code != 2 {
+				t.Errorf("exit %d; want 2; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr lacks %q:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}
