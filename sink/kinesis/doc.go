@@ -17,22 +17,28 @@
 //
 // # What it does with each record
 //
-//   - Validation first: a partition key of 1 to 256 characters, an explicit
-//     hash key that is a decimal from 0 to 2^128-1, and data plus key within
-//     Options.MaxRecordBytes. An invalid entry gets a *ValidationError before
-//     anything is sent (in a pipeline: permanent, so the failure policy
-//     handles it at once); it is never silently dropped.
+//   - Validation first: non-empty data, a partition key of 1 to 256
+//     characters, an explicit hash key that is a decimal from 0 to 2^128-1,
+//     and data plus key within Options.MaxRecordBytes. An invalid entry gets
+//     a *ValidationError before anything is sent (in a pipeline: permanent,
+//     so the failure policy handles it at once); it is never silently
+//     dropped, and never fails the other entries.
 //   - Batching: a request is sent when it holds 500 entries, or 5 MiB
 //     (partition keys counted), or Options.Linger (500 ms) after its first
 //     entry, or on Flush; at most Options.MaxInFlight requests run at once.
 //   - Results: an entry PutRecords reports written is acknowledged. Entries
 //     failed with ProvisionedThroughputExceededException or InternalFailure,
 //     and whole requests failed with throttling, server or network errors,
-//     are retried (only those entries) with exponential backoff and jitter,
-//     up to Options.MaxAttempts and Options.RecordTTL. Non-retryable errors
-//     (InvalidArgument, ValidationException, ResourceNotFound, AccessDenied,
-//     KMS errors other than throttling) fail their entries at once. A failed
-//     entry gets a *PutError with Kinesis' per-entry code and message.
+//     are retried (only those entries) with exponential backoff and jitter
+//     until Options.RetryTimeout, the outage budget (5 minutes, as the
+//     Kinesis source's), has passed since the entry's first failed attempt;
+//     Options.MaxAttempts and Options.RecordTTL are optional extra limits.
+//     Non-retryable errors (InvalidArgument, ValidationException,
+//     ResourceNotFound, AccessDenied, KMS errors other than throttling) fail
+//     their entries at once, and so do refused or missing credentials, with
+//     an error wrapping shardflow.ErrCredentials. A failed entry gets a
+//     *PutError with Kinesis' per-entry code and message; an entry whose
+//     retries ran out has an *ExhaustedError naming the limit.
 //   - Backpressure: Options.MaxBufferedRecords and MaxBufferedBytes cap what
 //     is held from acceptance to outcome; Write and Put block (until their
 //     context ends) while full, so memory stays bounded under any overload.
@@ -55,10 +61,19 @@
 // With Options.Aggregate, small entries bound for the same predicted shard
 // are packed into KPL aggregated records (magic, protobuf, MD5), which the
 // KCL and shardflow's Kinesis source de-aggregate. An aggregate never
-// exceeds Options.AggregateMaxBytes, computed exactly. Should an aggregate
-// land on another shard than predicted (the stream was resharded), the map
-// is refreshed and its members outside that shard's range (which a KCL
-// reader would drop) are sent again.
+// exceeds Options.AggregateMaxBytes, computed exactly. An entry whose data
+// begins with the KPL magic is always sent inside an aggregate, so that
+// de-aggregating readers get back the bytes put, not what they would take
+// for inner records.
+//
+// Should an aggregate land on another shard than predicted (the stream was
+// resharded), the shard map is reloaded. If every member's hash key lies in
+// the range of the shard it landed on, the aggregate is written. Otherwise a
+// KCL reader drops it whole, so, as the KPL does, every member is sent again,
+// re-aggregated by its new shard ahead of newer records of that shard (per
+// key order kept in ordered mode), and each reports the outcome of that
+// re-send, once. A reader that does not filter by hash range reads those
+// members twice.
 //
 // # Retries and the SDK's retryer
 //

@@ -50,8 +50,10 @@ func NewProducer(client API, stream string, optFns ...func(*Options)) (*Producer
 
 // Put queues data (copied) with a partition key. It blocks while the buffer
 // is full, until ctx ends, and returns a *ValidationError for a record
-// Kinesis would refuse (nothing is sent), ErrClosed after Close, or ctx's
-// error. A nil error means the record is accepted; if it is not written in
+// Kinesis would refuse, empty data included (nothing is sent; other records
+// are not affected), ErrClosed after Close, the error of the shard map load
+// (ordered and aggregating modes: permanent, or spent RetryTimeout), or
+// ctx's error. A nil error means the record is accepted; if it is not written in
 // the end, the next Flush or Close reports it.
 func (p *Producer) Put(ctx context.Context, data []byte, partitionKey string) error {
 	return p.e.accept(ctx, Entry{Data: bytes.Clone(data), PartitionKey: partitionKey}, noAck, p.collect)

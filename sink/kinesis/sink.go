@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/retry"
 )
 
 // Sink writes a pipeline's entries to a Kinesis stream with PutRecords. It
@@ -32,7 +33,7 @@ var _ shardflow.Sink[Entry] = (*Sink)(nil)
 // *kinesis.Client or anything with the same methods (see [API]). It returns a
 // *ConfigError for invalid options. It makes no call and starts no goroutine.
 //
-// Retries of PutRecords are the sink's own (see Options.MaxAttempts). Give
+// Retries of PutRecords are the sink's own (see Options.RetryTimeout). Give
 // the client a retryer that does not also retry PutRecords against the SDK's
 // shared retry quota, which many throttled shards exhaust
 // (aws-sdk-go-v2#1665), for example:
@@ -53,7 +54,10 @@ func New(client API, stream string, optFns ...func(*Options)) (*Sink, error) {
 // ctx ends. An invalid entry is refused at once with a *ValidationError
 // wrapped with shardflow.Permanent, so the stage does not retry it; after
 // Close, Write returns ErrClosed, also permanent. In ordered and aggregating
-// modes the first Write loads the stream's shard map (ListShards).
+// modes the first Write loads the stream's shard map (ListShards), retrying
+// transient errors within Options.RetryTimeout; if that fails, Write returns
+// the error, permanent (wrapping shardflow.ErrCredentials when the
+// credentials were refused).
 //
 // When Write returns nil the sink owns v (do not modify v.Data) and calls
 // ack.Done exactly once: with nil once PutRecords wrote v, or with a
@@ -63,7 +67,7 @@ func (s *Sink) Write(ctx context.Context, v Entry, ack shardflow.Ack) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := errors.AsType[*ValidationError](err); ok || errors.Is(err, ErrClosed) {
+	if _, ok := errors.AsType[*ValidationError](err); ok || errors.Is(err, ErrClosed) || retry.IsPermanent(err) {
 		return shardflow.Permanent(err)
 	}
 	return err
