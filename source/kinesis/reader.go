@@ -20,11 +20,16 @@ import (
 // minCallSpacing keeps a shard's reader under 5 GetRecords calls per second.
 const minCallSpacing = 200 * time.Millisecond
 
-// startSpec says where a reader starts.
+// misroutedLogInterval spaces a shard's warnings about misrouted
+// aggregates.
+const misroutedLogInterval = time.Minute
+
+// startSpec says where a reader starts, and what it knows of the shard.
 type startSpec struct {
 	checkpoint    shardflow.Checkpoint
 	hasCheckpoint bool
 	initial       StartingPosition
+	hashRange     hashRange // from ListShards
 }
 
 // reader reads one shard into its lane.
@@ -46,6 +51,11 @@ type reader struct {
 	skipSub uint64
 
 	kplBuf []kpl.Record // reused by deaggregate
+
+	// Warnings about misrouted aggregates: when the last was logged, and
+	// how many were not logged since.
+	misroutedLogged     time.Time
+	misroutedSuppressed int
 
 	failing failing // throttled or transient GetRecords failures in a row
 }
@@ -107,10 +117,7 @@ func (r *reader) run(ctx context.Context) error {
 		ev.Records = len(out.Records)
 		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
 		for i := range out.Records {
-			n, bytes, err := r.emit(ctx, lane, &out.Records[i])
-			ev.UserRecords += n
-			ev.Bytes += bytes
-			if err != nil {
+			if err := r.emit(ctx, lane, &out.Records[i], &ev); err != nil {
 				r.notify(ev)
 				return r.exit(ctx, lane, err)
 			}
@@ -142,10 +149,11 @@ func (r *reader) sleep(ctx context.Context, d time.Duration) error {
 	return sleepOr(ctx, d, r.stop)
 }
 
-// emit hands the user records of one Kinesis record to the lane and returns
-// how many it emitted and the record's data bytes.
-func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record], kr *types.Record) (int, int, error) {
+// emit hands the user records of one Kinesis record to the lane, and counts
+// what it read and handed on in ev.
+func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record], kr *types.Record, ev *GetRecordsEvent) error {
 	seq := aws.ToString(kr.SequenceNumber)
+	ev.Bytes += len(kr.Data)
 	base := shardflow.Record{
 		Stream:                      r.src.stream,
 		ShardID:                     r.shardID,
@@ -163,17 +171,35 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 		skipThrough = int64(r.skipSub)
 	}
 	r.skipSeq = ""
-	emitted := 0
+	r.lastSeq = seq
 	if !aggregated {
-		base.Data = kr.Data // zero-copy: the SDK's slice, not reused by it
-		if skipThrough < 0 {
-			if err := lane.Emit(ctx, shardflow.Position{SequenceNumber: seq}, base); err != nil {
-				return 0, len(kr.Data), err
-			}
-			emitted = 1
+		if skipThrough >= 0 {
+			return nil
 		}
-		r.lastSeq = seq
-		return emitted, len(kr.Data), nil
+		base.Data = kr.Data // zero-copy: the SDK's slice, not reused by it
+		if err := lane.Emit(ctx, shardflow.Position{SequenceNumber: seq}, base); err != nil {
+			return err
+		}
+		ev.UserRecords++
+		return nil
+	}
+	if len(users) == 0 {
+		// A valid aggregate of no user records: nothing to deliver, but
+		// the checkpoint may pass it.
+		return lane.Skip(ctx, shardflow.Position{SequenceNumber: seq})
+	}
+	if out := r.start.hashRange.outOfRange(users); out > 0 {
+		ev.MisroutedAggregates++
+		drop := r.src.opts.DropMisroutedAggregates
+		r.warnMisrouted(seq, len(users), out, drop)
+		if drop {
+			ev.DroppedUserRecords += len(users) - int(skipThrough+1)
+			last := uint64(len(users) - 1)
+			if skipThrough >= int64(last) {
+				return nil // a checkpoint already covers it
+			}
+			return lane.Skip(ctx, shardflow.Position{SequenceNumber: seq, SubSequenceNumber: last})
+		}
 	}
 	for i, u := range users {
 		if int64(i) <= skipThrough {
@@ -186,12 +212,29 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 		rec.SubSequenceNumber = uint64(i)
 		pos := shardflow.Position{SequenceNumber: seq, SubSequenceNumber: uint64(i), Partial: i < len(users)-1}
 		if err := lane.Emit(ctx, pos, rec); err != nil {
-			return emitted, len(kr.Data), err
+			return err
 		}
-		emitted++
+		ev.UserRecords++
 	}
-	r.lastSeq = seq
-	return emitted, len(kr.Data), nil
+	return nil
+}
+
+// warnMisrouted logs an aggregate with user records outside the shard's
+// hash range, at most once per misroutedLogInterval per shard; the next
+// warning says how many were not logged meanwhile.
+func (r *reader) warnMisrouted(seq string, users, outOfRange int, dropped bool) {
+	now := time.Now()
+	if !r.misroutedLogged.IsZero() && now.Sub(r.misroutedLogged) < misroutedLogInterval {
+		r.misroutedSuppressed++
+		return
+	}
+	msg := "KPL aggregate has user records outside the shard's hash range; delivering all of them (a KCL application drops the whole aggregate)"
+	if dropped {
+		msg = "KPL aggregate has user records outside the shard's hash range; dropping the whole aggregate, as DropMisroutedAggregates asks"
+	}
+	r.log.Warn(msg, "sequence_number", seq, "user_records", users, "out_of_range", outOfRange,
+		"suppressed", r.misroutedSuppressed)
+	r.misroutedLogged, r.misroutedSuppressed = now, 0
 }
 
 // end finishes a closed shard: every record done, SHARD_END saved, then its

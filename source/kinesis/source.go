@@ -105,6 +105,18 @@ type Options struct {
 	// Default: 1000.
 	ListShardsPageSize int32
 
+	// DropMisroutedAggregates applies the KCL's hash range rule: a KPL
+	// aggregate with a user record whose hash key (its explicit hash key,
+	// else the MD5 of its partition key) lies outside the range of the
+	// shard it was read from is dropped whole, and the checkpoint moves
+	// past it. Set it only to get exactly what a KCL application gets:
+	// producers that put records of several shards into one aggregate
+	// (the KPL does not; some other aggregators do) lose those records.
+	// Default: false: every user record of such an aggregate is
+	// delivered. Either way GetRecordsEvent.MisroutedAggregates counts
+	// them, and a warning is logged at most once a minute per shard.
+	DropMisroutedAggregates bool
+
 	// OnGetRecords, if set, is called after every GetRecords call of every
 	// shard, from the shard's goroutine: the hook for metrics such as lag
 	// (MillisBehindLatest), records and bytes read, calls and throttles.
@@ -125,6 +137,11 @@ type GetRecordsEvent struct {
 	// UserRecords counts the records handed to the pipeline (after
 	// de-aggregation and skipping what a checkpoint already covered).
 	UserRecords int
+	// MisroutedAggregates counts the KPL aggregates read that hold a user
+	// record outside the shard's hash range: delivered whole, or dropped
+	// whole with Options.DropMisroutedAggregates. DroppedUserRecords
+	// counts the user records dropped so.
+	MisroutedAggregates, DroppedUserRecords int
 	// MillisBehindLatest is how far the shard's reader is behind the tip.
 	MillisBehindLatest int64
 	// Err is the call's error; Throttled reports a throughput error.
@@ -233,10 +250,11 @@ func (s *Source) streamARN() *string {
 
 // shardInfo is what discovery knows of a shard.
 type shardInfo struct {
-	id       string
-	parents  []string
-	closed   bool
-	startSeq string
+	id        string
+	parents   []string
+	closed    bool
+	startSeq  string
+	hashRange hashRange
 }
 
 // Run reads the stream until ctx is done, handing every record to the
@@ -365,7 +383,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 		if !ready {
 			continue
 		}
-		start := startSpec{initial: c.src.opts.InitialPosition}
+		start := startSpec{initial: c.src.opts.InitialPosition, hashRange: sh.hashRange}
 		if c.anyConsumed(sh.parents) {
 			start.initial = TrimHorizon()
 		}
@@ -554,7 +572,7 @@ func (s *Source) listShards(ctx context.Context) ([]shardInfo, error) {
 			return nil, fmt.Errorf("list shards of stream %q: %w", s.stream, err)
 		}
 		for _, sh := range page.Shards {
-			info := shardInfo{id: aws.ToString(sh.ShardId)}
+			info := shardInfo{id: aws.ToString(sh.ShardId), hashRange: shardHashRange(sh.HashKeyRange)}
 			if p := aws.ToString(sh.ParentShardId); p != "" {
 				info.parents = append(info.parents, p)
 			}
