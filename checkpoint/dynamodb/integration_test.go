@@ -348,9 +348,9 @@ func TestALeaseWriteAppliedButWhoseAnswerWasLostKeepsTheLease(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("no renewal within a minute")
 		}
-		time.Sleep(s.LeaseRenewInterval())
-		if held, err = s.SyncLeases(ctx, stream, []string{"a"}); err != nil {
-			t.Fatalf("SyncLeases: %v", err)
+		time.Sleep(s.LeaseRenewInterval()) // the source's sync cadence
+		if held, err = s.SyncLeases(ctx, stream, []string{"a"}); err != nil || !slices.Equal(held, []string{"a"}) {
+			t.Fatalf("SyncLeases = %v, %v; want [a] throughout", held, err)
 		}
 	}
 	if held, err = s.SyncLeases(ctx, stream, []string{"a"}); err != nil || !slices.Equal(held, []string{"a"}) {
