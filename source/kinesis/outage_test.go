@@ -1,11 +1,16 @@
 package kinesissource_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/aws/smithy-go"
 	"github.com/shardflow/shardflow"
@@ -63,6 +68,106 @@ func TestCredentialsErrorsStopTheSourceAtOnce(t *testing.T) {
 				}
 				if n := f.Calls(tc.op); n != 1 {
 					t.Errorf("%s called %d times; want 1 (no retry)", tc.op, n)
+				}
+			})
+		})
+	}
+}
+
+// TestOneOutageBudget checks RetryTimeout, the outage budget the source
+// shares with the sink: while Kinesis refuses or resets every call, each
+// shard keeps retrying for RetryTimeout without a success, then the source
+// stops with the last error.
+func TestOneOutageBudget(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	reset := &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+	tests := []struct {
+		name string
+		// The outage starts once the first 100 of 300 records were read,
+		// or at once (before even ListShards answered).
+		atStart bool
+		outage  time.Duration
+		budget  time.Duration // RetryTimeout; 0: the default
+		// survives: every record is read after the outage; otherwise Run
+		// stops once the budget is spent.
+		survives bool
+	}{
+		{"a 30s outage while reading is survived with the defaults", false, 30 * time.Second, 0, true},
+		{"a 30s outage from the start is survived with the defaults", true, 30 * time.Second, 0, true},
+		{"a 4m30s outage is survived with the defaults", false, 4*time.Minute + 30*time.Second, 0, true},
+		{"a 6m outage outlasts the default budget of 5m", false, 6 * time.Minute, 0, false},
+		{"with RetryTimeout 10s a 30s outage stops the source", false, 30 * time.Second, 10 * time.Second, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newStream(t, "in", 2)
+				put(t, f, "in", 0, 300, 10)
+				sink := &collector{}
+				var (
+					mu          sync.Mutex // the shards' calls come concurrently
+					outageStart time.Time
+					n           int
+				)
+				if tc.atStart {
+					outageStart = time.Now()
+				}
+				f.InjectError(func(string, any) error {
+					mu.Lock()
+					defer mu.Unlock()
+					if outageStart.IsZero() {
+						if sink.len() < 100 {
+							return nil
+						}
+						outageStart = time.Now()
+					}
+					if time.Since(outageStart) >= tc.outage {
+						return nil
+					}
+					n++
+					if n%2 == 0 {
+						return reset
+					}
+					return refused
+				})
+				src := newSource(t, f, "in", func(o *kinesissource.Options) {
+					o.InitialPosition = kinesissource.TrimHorizon()
+					o.Limit = 20
+					o.RetryTimeout = tc.budget
+				})
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				errc := make(chan error, 1)
+				go func() { errc <- shardflow.Source(src).Sink(sink).Run(ctx) }()
+				if tc.survives {
+					waitFor(t, func() bool { return sink.len() >= 300 })
+					cancel()
+					if err := <-errc; err != nil {
+						t.Fatalf("Run = %v after the outage; want nil", err)
+					}
+					checkExactlyOnceInOrder(t, 300, sink.data())
+					return
+				}
+				var err error
+				select {
+				case err = <-errc:
+				case <-time.After(time.Hour):
+					t.Fatal("Run still running an hour into the outage")
+				}
+				mu.Lock()
+				stopped := time.Since(outageStart)
+				mu.Unlock()
+				budget := tc.budget
+				if budget == 0 {
+					budget = 5 * time.Minute
+				}
+				if !errors.Is(err, refused) && !errors.Is(err, reset) {
+					t.Errorf("Run = %v; want the outage's last error", err)
+				}
+				// The budget is spent to its end, and not much beyond: the
+				// last wait is cut short at the budget's end.
+				if stopped < budget || stopped > budget+time.Second {
+					t.Errorf("Run stopped %v into the outage; want at the end of RetryTimeout %v", stopped, budget)
 				}
 			})
 		})

@@ -306,7 +306,8 @@ func (r *reader) notify(ev GetRecordsEvent) {
 // failing is the backoff state of a run of throttled or transient
 // failures, shared by the GetRecords loop and the calls retried by
 // Source.retry: exponential waits with jitter, for at most RetryTimeout
-// without a success.
+// (the outage budget, shared with the sink) from the run's first failure,
+// with a last try when it ends.
 type failing struct {
 	since time.Time
 	bo    interface{ NextBackOff() time.Duration }
@@ -329,10 +330,13 @@ func (f *failing) wait(ctx context.Context, log *slog.Logger, timeout time.Durat
 		f.since = time.Now()
 		f.bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
 	}
-	if d := time.Since(f.since); d > timeout {
-		return fmt.Errorf("%s: still failing after %v: %w", what, d.Round(time.Millisecond), err)
+	spent := time.Since(f.since)
+	if spent >= timeout {
+		return fmt.Errorf("%s: still failing after %v (RetryTimeout %v): %w", what, spent.Round(time.Millisecond), timeout, err)
 	}
-	wait := f.bo.NextBackOff()
+	// The last wait ends with the budget: one more try then, and no
+	// overrun of up to a whole backoff interval.
+	wait := min(f.bo.NextBackOff(), timeout-spent)
 	log.Warn(what+" failed; retrying", "throttled", class == awserr.Throttled, "wait", wait, "err", err)
 	return sleepOr(ctx, wait, stop)
 }

@@ -90,9 +90,13 @@ type Options struct {
 	// It also runs whenever a shard ends. Default: 10s.
 	DiscoveryInterval time.Duration
 
-	// RetryTimeout bounds how long a shard keeps retrying throttling and
-	// transient errors without one success before the source gives up
-	// with the last error. Default: 5m.
+	// RetryTimeout is the outage budget, with the same name and default
+	// as the Kinesis sink's: how long a shard keeps retrying throttling
+	// and transient errors (5xx, timeouts, refused or reset connections),
+	// with backoff, from the first failure of a run without a success.
+	// The last try comes when it ends; if that fails too, the source stops
+	// with the last error. Refused or missing credentials are never
+	// retried. Default: 5m (retry.DefaultOutageBudget).
 	RetryTimeout time.Duration
 
 	// HandoffTimeout bounds how long a shard's reader waits for the shard's
@@ -214,7 +218,7 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 		o.DiscoveryInterval = 10 * time.Second
 	}
 	if o.RetryTimeout == 0 {
-		o.RetryTimeout = 5 * time.Minute
+		o.RetryTimeout = retry.DefaultOutageBudget
 	}
 	if o.HandoffTimeout == 0 {
 		o.HandoffTimeout = 30 * time.Second
