@@ -139,6 +139,11 @@ func Classify(err error) Class {
 		// Client faults and unknown codes: the request itself is wrong.
 		return Permanent
 	}
+	if _, ok := errors.AsType[smithy.InvalidParamsError](err); ok {
+		// The SDK refused to send the request (a missing required
+		// field): sending it again changes nothing.
+		return Permanent
+	}
 	if se, ok := errors.AsType[statusError](err); ok {
 		s := se.HTTPStatusCode()
 		switch {

@@ -36,6 +36,12 @@ func TestClassify(t *testing.T) {
 		{"KMS throttling", apiErr("KMSThrottlingException", smithy.FaultClient), awserr.Throttled},
 		{"a 429 with an unknown code", httpErr(429, apiErr("Whatever", smithy.FaultClient)), awserr.Throttled},
 		{"internal failure", apiErr("InternalFailure", smithy.FaultServer), awserr.Transient},
+		{"a request the SDK refused to send", &smithy.OperationError{ServiceID: "Kinesis", OperationName: "PutRecords",
+			Err: func() error {
+				var ip smithy.InvalidParamsError
+				ip.Add(smithy.NewErrParamRequired("Records[0].Data"))
+				return ip
+			}()}, awserr.Permanent},
 		{"an unknown server fault", apiErr("Odd", smithy.FaultServer), awserr.Transient},
 		{"a stream being updated", apiErr("ResourceInUseException", smithy.FaultClient), awserr.Transient},
 		{"no response at all", httpErr(0, errors.New("connection reset")), awserr.Transient},
