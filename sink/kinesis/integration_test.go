@@ -3,11 +3,15 @@ package kinesissink_test
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
+	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -265,6 +269,8 @@ func TestEmulatorInvalidRecordsFailBeforeAnyCall(t *testing.T) {
 	for _, e := range []kinesissink.Entry{
 		{Data: make([]byte, 1<<20), PartitionKey: "k"},
 		{Data: []byte("x")},
+		{PartitionKey: "k"},
+		{Data: []byte{}, PartitionKey: "k"},
 		{Data: []byte("x"), PartitionKey: strings.Repeat("k", 257)},
 		{Data: []byte("x"), PartitionKey: "k", ExplicitHashKey: "340282366920938463463374607431768211456"},
 	} {
@@ -324,4 +330,140 @@ func TestEmulatorRequestsNeverExceedKinesisLimits(t *testing.T) {
 		t.Errorf("%d requests carried %d entries; want at least 4 requests carrying 1114", len(reqs), entries)
 	}
 	checkOnce(t, userRecords(t, readStream(t, client, out)), want)
+}
+
+// hashOf is Kinesis' routing hash of a partition key.
+func hashOf(key string) *big.Int {
+	sum := md5.Sum([]byte(key))
+	return new(big.Int).SetBytes(sum[:])
+}
+
+func TestEmulatorKCLReaderReadsExactlyTheRecordsReportedWrittenAcrossASplit(t *testing.T) {
+	t.Parallel()
+	const perPhase = 2512
+	client, _ := emulatorClient(t)
+	out := awstest.CreateStream(t, client, 4)
+	p, err := kinesissink.NewProducer(client, out, func(o *kinesissink.Options) { o.Aggregate = true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	results := make(map[string][]kinesissink.Result)
+	done := func(r kinesissink.Result) {
+		mu.Lock()
+		results[string(r.Entry.Data)] = append(results[string(r.Entry.Data)], r)
+		mu.Unlock()
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	put := func(from, to int) {
+		for i := from; i < to; i++ {
+			e := kinesissink.Entry{Data: fmt.Appendf(nil, "rec-%06d", i), PartitionKey: strconv.FormatUint(rng.Uint64(), 16)}
+			if err := p.PutEntry(t.Context(), e, done); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(0, perPhase)
+	if err := p.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	shards, err := client.ListShards(t.Context(), &kinesis.ListShardsInput{StreamName: aws.String(out)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := shards.Shards[0]
+	start, _ := new(big.Int).SetString(aws.ToString(first.HashKeyRange.StartingHashKey), 10)
+	end, _ := new(big.Int).SetString(aws.ToString(first.HashKeyRange.EndingHashKey), 10)
+	mid := new(big.Int).Rsh(new(big.Int).Add(start, end), 1)
+	if _, err := client.SplitShard(t.Context(), &kinesis.SplitShardInput{StreamName: aws.String(out),
+		ShardToSplit: first.ShardId, NewStartingHashKey: aws.String(mid.String())}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kinesis.NewStreamExistsWaiter(client).Wait(t.Context(), &kinesis.DescribeStreamInput{StreamName: aws.String(out)}, time.Minute,
+		func(o *kinesis.StreamExistsWaiterOptions) { o.MinDelay, o.MaxDelay = 50*time.Millisecond, time.Second }); err != nil {
+		t.Fatal(err)
+	}
+	put(perPhase, 2*perPhase)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Read every shard as a KCL reader does: an aggregate with a member
+	// outside its shard's range is dropped whole.
+	shards, err = client.ListShards(t.Context(), &kinesis.ListShardsInput{StreamName: aws.String(out)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := make(map[string]int)
+	dropped := 0
+	for _, s := range shards.Shards {
+		lo, _ := new(big.Int).SetString(aws.ToString(s.HashKeyRange.StartingHashKey), 10)
+		hi, _ := new(big.Int).SetString(aws.ToString(s.HashKeyRange.EndingHashKey), 10)
+		it, err := client.GetShardIterator(t.Context(), &kinesis.GetShardIteratorInput{StreamName: aws.String(out),
+			ShardId: s.ShardId, ShardIteratorType: types.ShardIteratorTypeTrimHorizon})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for iter := it.ShardIterator; iter != nil; {
+			res, err := client.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: iter})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range res.Records {
+				users, err := kpl.Decode(r.Data)
+				if errors.Is(err, kpl.ErrNotAggregated) {
+					read[string(r.Data)]++
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				inRange := true
+				for _, u := range users {
+					if h := hashOf(u.PartitionKey); h.Cmp(lo) < 0 || h.Cmp(hi) > 0 {
+						inRange = false
+					}
+				}
+				if !inRange {
+					dropped++
+					continue
+				}
+				for _, u := range users {
+					read[string(u.Data)]++
+				}
+			}
+			if len(res.Records) == 0 && aws.ToInt64(res.MillisBehindLatest) == 0 {
+				break
+			}
+			iter = res.NextShardIterator
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	missing, dups, written := 0, 0, 0
+	for i := range 2 * perPhase {
+		data := fmt.Sprintf("rec-%06d", i)
+		rs := results[data]
+		if len(rs) != 1 {
+			t.Errorf("record %s has %d outcomes, want 1", data, len(rs))
+			continue
+		}
+		if rs[0].Err != nil {
+			t.Errorf("record %s failed: %v", data, rs[0].Err)
+			continue
+		}
+		written++
+		switch n := read[data]; {
+		case n == 0:
+			missing++
+		case n > 1:
+			dups++
+		}
+	}
+	t.Logf("%d written; KCL-rule reader: %d missing, %d duplicated; %d aggregates dropped as misrouted", written, missing, dups, dropped)
+	if missing != 0 || dups != 0 {
+		t.Errorf("KCL-rule reader: %d records reported written are missing, %d read more than once", missing, dups)
+	}
 }
