@@ -239,10 +239,10 @@ func appendBytesField[S string | []byte](dst []byte, tag byte, v S) []byte {
 // Decode returns the user records of an aggregated record, in order; their
 // Data slices point into b. It returns [ErrNotAggregated] when b has no magic
 // prefix or at most 16 bytes after it, [ErrChecksum] when the MD5 trailer is
-// wrong, and a [*FormatError]
-// when the protobuf body is malformed (a partition key index out of the
-// table, a required field missing, a truncated field...). Unknown fields are
-// skipped, as proto2 readers do.
+// wrong, and a [*FormatError] when the protobuf body is malformed (a
+// partition key index out of the table, a required field missing, a
+// truncated field...). Unknown fields are skipped, as proto2 readers do. A
+// valid body without records gives no records and no error.
 func Decode(b []byte) ([]Record, error) {
 	return AppendDecode(nil, b)
 }

@@ -23,6 +23,16 @@
 // starts its children; a child of a merge starts only after both parents
 // ended. So per partition key order holds across resharding.
 //
+// A KPL aggregate may hold user records whose hash key lies outside the
+// range of the shard it was read from: the KPL writes such aggregates when
+// its map of shards is stale, and sends their records again to the right
+// shards; some other producers pack records of many shards into one
+// aggregate. The KCL drops such an aggregate whole. The source delivers
+// every user record of it (at worst a duplicate), counts it in
+// GetRecordsEvent.MisroutedAggregates and logs a warning, at most once a
+// minute per shard; Options.DropMisroutedAggregates applies the KCL's rule
+// instead, and the checkpoint still moves past what it drops.
+//
 // # Reading
 //
 // Each shard is polled with GetRecords back to back while it is behind the
@@ -31,6 +41,9 @@
 // per shard with exponential backoff and jitter: give the client a retryer
 // that does not retry on its own (aws.NopRetryer, or retry.NewStandard with
 // ratelimit.None), or many shards retrying through the SDK's shared retry
-// quota exhaust it. An expired iterator is replaced by a new one from the
-// last record read.
+// quota exhaust it. A shard gives up after Options.RetryTimeout (5 minutes,
+// the outage budget the Kinesis sink shares) of failures without a success.
+// Refused or missing credentials are not retried: Run stops with an error
+// wrapping shardflow.ErrCredentials. An expired iterator is replaced by a
+// new one from the last record read.
 package kinesissource
