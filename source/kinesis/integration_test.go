@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/big"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,5 +219,53 @@ func TestEmulatorDeaggregatesKPLRecords(t *testing.T) {
 	runReal(t, shardflow.Source(newSource(t, c, stream, emulatorOptions(nil))).Sink(sink), func() bool { return sink.len() >= 150 })
 	if diff := cmp.Diff(want, records(sink)); diff != "" {
 		t.Errorf("user records mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// An aggregate written to shard 0 of a 2-shard stream with a user record of
+// shard 1 is delivered whole by default and dropped whole with
+// DropMisroutedAggregates, the hash ranges coming from a real ListShards.
+func TestEmulatorMisroutedAggregates(t *testing.T) {
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries)
+	for _, drop := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DropMisroutedAggregates=%v", drop), func(t *testing.T) {
+			stream := awstest.CreateStream(t, c, 2)
+			var seqs []string
+			for _, data := range [][]byte{
+				aggregate([]testUserRecord{{key: "a", ehk: lowEHK, data: "a1"}, {key: "a", ehk: highEHK, data: "a2"}}),
+				[]byte("plain"),
+			} {
+				out, err := c.PutRecord(t.Context(), &kinesis.PutRecordInput{StreamName: aws.String(stream), Data: data,
+					PartitionKey: aws.String("p"), ExplicitHashKey: aws.String(lowEHK)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if id := aws.ToString(out.ShardId); id != shard0 {
+					t.Fatalf("record written to %s; want %s", id, shard0)
+				}
+				seqs = append(seqs, aws.ToString(out.SequenceNumber))
+			}
+			store := memory.New()
+			var misrouted atomic.Int64
+			src := newSource(t, c, stream, emulatorOptions(store), func(o *kinesissource.Options) {
+				o.DropMisroutedAggregates = drop
+				o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) { misrouted.Add(int64(ev.MisroutedAggregates)) }
+			})
+			sink := &collector{}
+			runReal(t, shardflow.Source(src, func(o *shardflow.Options) { o.CheckpointInterval = 100 * time.Millisecond }).Sink(sink), func() bool {
+				cp, _ := store.Checkpoint(stream, shard0)
+				return cp.SequenceNumber == seqs[1]
+			})
+			want := []string{"a1", "a2", "plain"}
+			if drop {
+				want = []string{"plain"}
+			}
+			if diff := cmp.Diff(want, sink.data()); diff != "" {
+				t.Errorf("records mismatch (-want +got):\n%s", diff)
+			}
+			if misrouted.Load() != 1 {
+				t.Errorf("%d misrouted aggregates counted; want 1", misrouted.Load())
+			}
+		})
 	}
 }
