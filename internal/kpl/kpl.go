@@ -435,8 +435,16 @@ func (d *decoder) bytes() ([]byte, error) {
 	return v, nil
 }
 
+// maxGroupDepth bounds the nesting of skipped groups, as protobuf-java's
+// recursion limit does.
+const maxGroupDepth = 100
+
 // skip skips the value of an unknown field.
 func (d *decoder) skip(tag uint64) error {
+	return d.skipDepth(tag, 0)
+}
+
+func (d *decoder) skipDepth(tag uint64, depth int) error {
 	if tag>>3 == 0 {
 		return d.fail("field number 0")
 	}
@@ -449,10 +457,35 @@ func (d *decoder) skip(tag uint64) error {
 	case 2:
 		_, err := d.bytes()
 		return err
+	case 3:
+		// A group (deprecated, but proto2 readers skip unknown ones):
+		// fields up to the end-group tag of the same field number.
+		if depth >= maxGroupDepth {
+			return d.fail("groups nested too deep")
+		}
+		for {
+			if d.done() {
+				return d.fail("group without its end")
+			}
+			inner, err := d.uvarint()
+			if err != nil {
+				return err
+			}
+			if inner&7 == 4 {
+				if inner>>3 != tag>>3 {
+					return d.fail("group ended by another field number")
+				}
+				return nil
+			}
+			if err := d.skipDepth(inner, depth+1); err != nil {
+				return err
+			}
+		}
 	case 5:
 		return d.advance(4)
 	default:
-		return d.fail(fmt.Sprintf("unsupported wire type %d", tag&7))
+		// 4: an end of group outside a group; 6 and 7 do not exist.
+		return d.fail(fmt.Sprintf("unexpected wire type %d", tag&7))
 	}
 }
 

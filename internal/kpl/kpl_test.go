@@ -138,7 +138,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"length past the end", withSum([]byte{0x0a, 0x05, 'a'}), nil, true},
 		{"truncated varint", withSum([]byte{0x0a, 0x80}), nil, true},
 		{"field number zero", withSum([]byte{0x00, 0x01}), nil, true},
-		{"group wire type", withSum([]byte{0x0b}), nil, true},
+		{"a group that does not end", withSum([]byte{0x0b}), nil, true},
+		{"a group ended by another field number", withSum([]byte{0x0a, 0x01, 'a', 0x2b, 0x34}), nil, true},
+		{"an end of group outside a group", withSum([]byte{0x0a, 0x01, 'a', 0x2c}), nil, true},
 		{"tag without key", withSum([]byte{0x0a, 0x01, 'a', 0x1a, 0x09, 0x08, 0x00, 0x1a, 0x01, 'x', 0x22, 0x02, 0x12, 0x00}), nil, true},
 	}
 	for _, tc := range tests {
@@ -210,6 +212,9 @@ func TestDecodeSkipsUnknownFieldsAndReadsTags(t *testing.T) {
 		0x20, 0x05, // unknown varint field 4
 		0x29, 1, 2, 3, 4, 5, 6, 7, 8, // unknown fixed64 field 5
 		0x35, 1, 2, 3, 4, // unknown fixed32 field 6
+		// unknown group field 7, holding a varint and a nested group 8,
+		// which proto2 readers (the KCL's protobuf-java) skip too
+		0x3b, 0x08, 0x01, 0x43, 0x0a, 0x00, 0x44, 0x3c,
 		0x1a, 0x0d, 0x08, 0x00, 0x1a, 0x01, 'x', 0x22, 0x06, 0x0a, 0x01, 'k', 0x12, 0x01, 'v', // record with a tag
 	}
 	got, err := Decode(withSum(pb))
