@@ -193,11 +193,11 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 		drop := r.src.opts.DropMisroutedAggregates
 		r.warnMisrouted(seq, len(users), out, drop)
 		if drop {
-			ev.DroppedUserRecords += len(users) - int(skipThrough+1)
 			last := uint64(len(users) - 1)
 			if skipThrough >= int64(last) {
 				return nil // a checkpoint already covers it
 			}
+			ev.DroppedUserRecords += len(users) - int(skipThrough+1)
 			return lane.Skip(ctx, shardflow.Position{SequenceNumber: seq, SubSequenceNumber: last})
 		}
 	}
