@@ -40,10 +40,14 @@ const (
 	// the others with a per-entry ProvisionedThroughputExceededException,
 	// as Kinesis does under load. Other operations pass unchanged.
 	PartialFailure
+	// SlowAnswer sends the request at once, then holds the answer back for
+	// FaultClient.SlowDelay: a caller that gives up meanwhile (a cancelled
+	// context, a timeout) never hears that the emulator did the work.
+	SlowAnswer
 )
 
 func (f Fault) String() string {
-	return [...]string{"pass", "throttle", "500", "reset-before", "reset-after", "slow", "partial"}[f]
+	return [...]string{"pass", "throttle", "500", "reset-before", "reset-after", "slow", "partial", "slow-answer"}[f]
 }
 
 // FaultClient is an HTTP client for the SDK (kinesis.Options.HTTPClient,
@@ -98,6 +102,20 @@ func (c *FaultClient) Do(req *http.Request) (*http.Response, error) {
 			resp.Body.Close()
 		}
 		return nil, fmt.Errorf("injected after the request was served: %w", syscall.ECONNRESET)
+	case SlowAnswer:
+		resp, err := c.Base.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		t := time.NewTimer(c.SlowDelay)
+		defer t.Stop()
+		select {
+		case <-req.Context().Done():
+			resp.Body.Close()
+			return nil, req.Context().Err()
+		case <-t.C:
+		}
+		return resp, nil
 	case PartialFailure:
 		if op == "PutRecords" {
 			return c.partial(req)
