@@ -514,10 +514,11 @@ func TestReliability(t *testing.T) {
 				t.Errorf("%d duplicates with only graceful stops and no fault that repeats a write; want none", dups)
 			}
 			switch {
-			case rd.faults == faultsLostWrites && losses > 0:
+			case (rd.faults == faultsLostWrites || rd.faults == faultsSlowLeases) && losses > 0:
 				// The table still named the relay each time: its own
-				// applied write must not cost it the lease.
-				t.Errorf("%d lease losses logged; want none when only answers were lost", losses)
+				// applied write, answered late or never, must not cost
+				// it the lease.
+				t.Errorf("%d lease losses logged; want none when only answers were lost or late", losses)
 			case rd.reset:
 				// Read again from the trim horizon: every record the shard
 				// held at the reset arrives a second time.
