@@ -142,3 +142,63 @@ func TestHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T) {
 		}
 	})
 }
+
+// A hand-over whose records cannot drain in time (the sink is stuck, say
+// Kinesis is unreachable) still releases the lease at the end of
+// HandoffTimeout, without a final checkpoint: the next owner reads from the
+// last checkpoint at once instead of waiting for the lease to expire.
+func TestAHandOverThatTimesOutStillReleasesTheLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const shard = "shardId-000000000000"
+		f := newStream(t, "in", 1)
+		put(t, f, "in", 0, 50, 5)
+		b := &leaseBoard{store: memory.New(), owner: map[string]string{}, want: map[string]string{shard: "a"}}
+		unblock := make(chan struct{})
+		run := func(ctx context.Context, me string, handler func(context.Context, shardflow.Record) error, sink *collector) <-chan error {
+			src := newSource(t, f, "in", func(o *kinesissource.Options) {
+				o.Checkpoint = leaseView{b, me}
+				o.InitialPosition = kinesissource.TrimHorizon()
+				o.HandoffTimeout = 5 * time.Second
+			})
+			errc := make(chan error, 1)
+			go func() {
+				errc <- shardflow.Source(src, func(o *shardflow.Options) { o.DrainTimeout = time.Second }).Tap(handler).Sink(sink).Run(ctx)
+			}()
+			return errc
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		sa, sb := &collector{}, &collector{}
+		stuck := func(ctx context.Context, _ shardflow.Record) error {
+			select {
+			case <-unblock:
+			case <-ctx.Done():
+			}
+			return nil
+		}
+		ea := run(ctx, "a", stuck, sa)
+		time.Sleep(2 * time.Second) // a holds the shard, its first record stuck
+		b.mu.Lock()
+		if b.owner[shard] != "a" {
+			t.Fatalf("shard owned by %q; want a", b.owner[shard])
+		}
+		b.want[shard] = "b"
+		b.mu.Unlock()
+		eb := run(ctx, "b", func(context.Context, shardflow.Record) error { return nil }, sb)
+		deadline := time.Now().Add(10 * time.Minute)
+		for sb.len() < 50 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if sb.len() < 50 {
+			b.mu.Lock()
+			t.Errorf("b read %d of 50 records in 10 minutes; the shard is owned by %q", sb.len(), b.owner[shard])
+			b.mu.Unlock()
+		}
+		close(unblock)
+		cancel()
+		<-ea
+		if err := <-eb; err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -265,11 +265,14 @@ func (r *reader) exit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.src.opts.HandoffTimeout)
 		defer cancel()
 		if cerr := lane.Close(hctx); cerr != nil {
-			r.log.Warn("shard handed over without its final checkpoint", "err", cerr)
-		} else {
-			r.release(hctx)
+			// The lane is closed and saves nothing more, so the lease can
+			// go now: the next owner reads again from the last checkpoint
+			// at once, instead of after the lease expired.
+			r.log.Warn("shard handed over without its final checkpoint; records since the last checkpoint will be read again", "err", cerr)
 		}
-		r.log.Info("stopped reading shard and released its lease")
+		if r.release(ctx) {
+			r.log.Info("stopped reading shard and released its lease")
+		}
 		return nil
 	}
 	return r.exitErr(ctx, err)
@@ -287,14 +290,24 @@ func (r *reader) exitErr(ctx context.Context, err error) error {
 	return fmt.Errorf("read shard %s of stream %q: %w", r.shardID, r.src.stream, err)
 }
 
-// release gives up the shard's lease, if the store has leases.
-func (r *reader) release(ctx context.Context) {
+// releaseTimeout bounds the release of a lease, one conditional write: it
+// runs after the source stopped or a hand-over ended, so it has a bound of
+// its own.
+const releaseTimeout = 5 * time.Second
+
+// release gives up the shard's lease, if the store has leases, and reports
+// whether it did.
+func (r *reader) release(ctx context.Context) bool {
 	if r.c.leaser == nil {
-		return
+		return false
 	}
-	if err := r.c.leaser.ReleaseLease(context.WithoutCancel(ctx), r.src.stream, r.shardID); err != nil {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if err := r.c.leaser.ReleaseLease(rctx, r.src.stream, r.shardID); err != nil {
 		r.log.Warn("lease not released; it expires instead", "err", err)
+		return false
 	}
+	return true
 }
 
 func (r *reader) notify(ev GetRecordsEvent) {
