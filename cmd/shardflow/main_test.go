@@ -10,7 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/google/go-cmp/cmp"
+	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
 	"github.com/shardflow/shardflow/internal/awstest"
 )
 
@@ -148,5 +152,46 @@ func TestRelayCopiesAStreamWithDynamoDBCheckpoints(t *testing.T) {
 		if f := strings.Fields(r); f[0] == shard && f[3] != "-" {
 			t.Errorf("after --reset, %s still has checkpoint %s", shard, f[3])
 		}
+	}
+}
+
+func TestCreateStreamAndTableForLocalUse(t *testing.T) {
+	endpoints := emulatorEnv(t)
+	kc, dc := awstest.KinesisClient(t), awstest.DynamoDBClient(t)
+	stream, table := awstest.UniqueName(t, "cli-stream"), awstest.UniqueName(t, "cli-table")
+	t.Cleanup(func() {
+		_, _ = kc.DeleteStream(context.WithoutCancel(t.Context()), &kinesis.DeleteStreamInput{StreamName: aws.String(stream)})
+		_, _ = dc.DeleteTable(context.WithoutCancel(t.Context()), &dynamodb.DeleteTableInput{TableName: aws.String(table)})
+	})
+
+	// The name comes before the flags, as users type it.
+	if code, _, stderr := runCmd(t.Context(), t, "", append([]string{"create-stream", stream, "--shards", "3"}, endpoints.kinesis...)...); code != 0 {
+		t.Fatalf("create-stream exited %d: %s", code, stderr)
+	}
+	sum, err := kc.DescribeStreamSummary(t.Context(), &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := sum.StreamDescriptionSummary; d.StreamStatus != "ACTIVE" || aws.ToInt32(d.OpenShardCount) != 3 {
+		t.Errorf("stream is %s with %d open shards; want ACTIVE with 3", d.StreamStatus, aws.ToInt32(d.OpenShardCount))
+	}
+	code, _, stderr := runCmd(t.Context(), t, "", append([]string{"create-stream", stream}, endpoints.kinesis...)...)
+	if code != 1 || !strings.Contains(stderr, "shardflow create-stream: create stream") {
+		t.Errorf("creating it again exited %d: %s; want 1 with the error", code, stderr)
+	}
+
+	if code, _, stderr := runCmd(t.Context(), t, "", append([]string{"create-table", table}, endpoints.dynamo...)...); code != 0 {
+		t.Fatalf("create-table exited %d: %s", code, stderr)
+	}
+	store, err := dynamostore.New(dc, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Check(t.Context()); err != nil {
+		t.Errorf("the table is not a usable checkpoint table: %v", err)
+	}
+	// A relay can use both at once.
+	if code, _, stderr := runCmd(t.Context(), t, "", append([]string{"checkpoints", "--table", table, "--stream", stream}, endpoints.both...)...); code != 0 {
+		t.Errorf("checkpoints on the new stream and table exited %d: %s", code, stderr)
 	}
 }
