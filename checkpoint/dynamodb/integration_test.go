@@ -264,7 +264,10 @@ func TestLeasesSurviveADynamoDBOutageShorterThanTheLeaseDuration(t *testing.T) {
 		}
 		return awstest.Pass
 	}}
-	const leaseDuration = 3 * time.Second
+	// The outage is half the lease duration: the other half is the margin
+	// for a's first renewal after it, which a loaded machine can delay by
+	// seconds.
+	const leaseDuration, outage = 6 * time.Second, 3 * time.Second
 	opts := func(owner string) func(*dynamostore.Options) {
 		return func(o *dynamostore.Options) { o.Owner, o.LeaseDuration = owner, leaseDuration }
 	}
@@ -289,12 +292,12 @@ func TestLeasesSurviveADynamoDBOutageShorterThanTheLeaseDuration(t *testing.T) {
 	b.mu.Unlock()
 
 	down.Store(true) // a cannot reach DynamoDB; b can
-	time.Sleep(leaseDuration - 800*time.Millisecond)
+	time.Sleep(outage)
 	down.Store(false)
 	time.Sleep(2 * leaseDuration)
 
 	if got := a.holds(); !slices.Equal(got, before) {
-		t.Errorf("after a %v outage a holds %v; want %v still", leaseDuration-800*time.Millisecond, got, before)
+		t.Errorf("after a %v outage a holds %v; want %v still", outage, got, before)
 	}
 	b.mu.Lock()
 	for _, id := range before {
