@@ -64,7 +64,7 @@ func TestPutThenTailReturnsEveryLine(t *testing.T) {
 	if !strings.Contains(stderr, "150 records written, 0 failed") {
 		t.Errorf("put summary: %q", stderr)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute) // a bound on a hang, not a speed claim
 	defer cancel()
 	code, stdout, stderr := runCmd(ctx, t, "", append([]string{"tail", "--stream", stream, "--from", "trim-horizon", "--max", "150", "--format", "json"}, endpoints.kinesis...)...)
 	if code != 0 {
@@ -103,7 +103,7 @@ func TestRelayCopiesAStreamWithDynamoDBCheckpoints(t *testing.T) {
 		code, _, stderr := runCmd(ctx, t, "", append([]string{"relay", "--from", in, "--to", out, "--table", table}, endpoints.both...)...)
 		relayDone <- fmt.Sprintf("exit %d: %s", code, stderr)
 	}()
-	tctx, tcancel := context.WithTimeout(t.Context(), time.Minute)
+	tctx, tcancel := context.WithTimeout(t.Context(), 3*time.Minute) // a bound on a hang
 	defer tcancel()
 	code, stdout, stderr := runCmd(tctx, t, "", append([]string{"tail", "--stream", out, "--from", "trim-horizon", "--max", "80"}, endpoints.kinesis...)...)
 	cancel()
