@@ -33,9 +33,22 @@ type Options struct {
 	// Default: the zero RetryPolicy, that is 3 attempts starting at 100ms.
 	Retry RetryPolicy
 
-	// Logger receives lifecycle events (Info) and retried failures (Warn).
-	// Default: nil, which discards them. Record payloads are never logged.
+	// Logger receives lifecycle events (Info) and retried failures (Warn)
+	// of the pipeline, and of its source, sink and checkpoint store when
+	// they were given no logger of their own (see [PipelineLogger]).
+	// Default: slog.Default(). Record payloads are never logged.
 	Logger *slog.Logger
+}
+
+// PipelineLogger is implemented by sources, sinks and checkpoint stores
+// that log. Before it starts anything, [Pipeline.Run] hands the source and
+// the sink the pipeline's [Options].Logger; a component given no logger of
+// its own logs through it from then on (and a source hands it on to its
+// checkpoint store the same way). So a user sets the logger once. A
+// component used outside a pipeline logs to slog.Default() unless given a
+// logger.
+type PipelineLogger interface {
+	UsePipelineLogger(*slog.Logger)
 }
 
 func (o *Options) resolve() error {
@@ -61,7 +74,7 @@ func (o *Options) resolve() error {
 		return err
 	}
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+		o.Logger = slog.Default()
 	}
 	return nil
 }
@@ -79,6 +92,10 @@ type RetryPolicy struct {
 	MaxInterval time.Duration
 	// Multiplier grows the wait after each attempt. Default: 2.
 	Multiplier float64
+	// Timeout, when positive, stops the retries once it has passed since
+	// the first failure. Default: none for stages (MaxAttempts bounds
+	// them).
+	Timeout time.Duration
 }
 
 // NoRetry is a RetryPolicy that calls a handler once.
@@ -94,13 +111,20 @@ func (p RetryPolicy) validate(field string) error {
 		return &ConfigError{Field: field + ".MaxInterval", Reason: "negative"}
 	case p.Multiplier != 0 && p.Multiplier < 1:
 		return &ConfigError{Field: field + ".Multiplier", Reason: "below 1"}
+	case p.Timeout < 0:
+		return &ConfigError{Field: field + ".Timeout", Reason: "negative"}
 	}
 	return nil
 }
 
+// Validate reports a RetryPolicy with a negative field, or a Multiplier
+// below 1, as a [*ConfigError] naming field. Connectors call it on the
+// policy of their AWS calls.
+func (p RetryPolicy) Validate(field string) error { return p.validate(field) }
+
 func (p RetryPolicy) resolve() retry.Policy {
 	r := retry.Policy{MaxAttempts: p.MaxAttempts, InitialInterval: p.InitialInterval,
-		MaxInterval: p.MaxInterval, Multiplier: p.Multiplier}
+		MaxInterval: p.MaxInterval, Multiplier: p.Multiplier, MaxElapsed: p.Timeout}
 	if r.MaxAttempts == 0 {
 		r.MaxAttempts = 3
 	}

@@ -28,6 +28,7 @@ func Source[T any](src ShardSource[T], optFns ...func(*Options)) *Stream[T] {
 	p.runSource = func(ctx context.Context, r *run) error {
 		return src.Run(ctx, &Shards[T]{r: r})
 	}
+	p.loggers = append(p.loggers, src)
 	return &Stream[T]{p: p, attach: func(env *laneEnv, down node[T]) { env.entry = down }}
 }
 
@@ -36,6 +37,7 @@ func Source[T any](src ShardSource[T], optFns ...func(*Options)) *Stream[T] {
 type plan struct {
 	opts      Options
 	runSource func(ctx context.Context, r *run) error
+	loggers   []any // the source and the sink: PipelineLogger candidates
 	nstages   int
 	mu        sync.Mutex
 	err       error
@@ -76,6 +78,11 @@ func (pl *Pipeline) Run(ctx context.Context) error {
 		return err
 	}
 	o := pl.p.opts
+	for _, c := range pl.p.loggers {
+		if lu, ok := c.(PipelineLogger); ok {
+			lu.UsePipelineLogger(o.Logger)
+		}
+	}
 	r := &run{
 		opts:   o,
 		attach: pl.attach,

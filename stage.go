@@ -304,6 +304,7 @@ func (n *tapNode[T]) flush(ctx context.Context)               { n.next.flush(ctx
 // reports through Ack.Done.
 func (s *Stream[T]) Sink(sink Sink[T], opts ...StageOption) *Pipeline {
 	st, dl := newStage[T](s.p, "sink", sink == nil, opts)
+	s.p.loggers = append(s.p.loggers, sink)
 	pl := &Pipeline{p: s.p}
 	pl.attach = func(env *laneEnv) {
 		s.attach(env, &sinkNode[T]{st: st, env: env, sink: sink, dl: dl})

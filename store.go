@@ -33,7 +33,7 @@ type CheckpointStore interface {
 // [ErrLeaseLost] when this instance no longer holds the shard's lease, so a
 // stale owner can never overwrite the new owner's checkpoint.
 type Leaser interface {
-	// SyncLeases is called by the source at least every LeaseRenewInterval
+	// SyncLeases is called by the source at least every LeaseSyncInterval
 	// with the shards of stream that may be read now (open or unfinished,
 	// with every parent finished). It renews this instance's leases, takes
 	// free and expired ones, balances with other instances, and returns the
@@ -46,7 +46,10 @@ type Leaser interface {
 	// shard's final checkpoint was saved. Releasing a lease this instance
 	// does not hold is not an error.
 	ReleaseLease(ctx context.Context, stream, shardID string) error
-	// LeaseRenewInterval is how often SyncLeases must be called for this
+	// LeaseSyncInterval is how often SyncLeases must be called for this
 	// instance to keep its leases.
-	LeaseRenewInterval() time.Duration
+	LeaseSyncInterval() time.Duration
+	// LeaseDuration is how long a lease may go unrenewed before another
+	// instance takes it. A source's hand-over must end well within it.
+	LeaseDuration() time.Duration
 }

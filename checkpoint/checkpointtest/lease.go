@@ -195,7 +195,7 @@ var leaseCases = []struct {
 			if diff := cmp.Diff(shards, held); diff != "" {
 				t.Fatalf("held shards mismatch (-want +got):\n%s", diff)
 			}
-			sleep(t, a.LeaseRenewInterval())
+			sleep(t, a.LeaseSyncInterval())
 		}
 	}},
 	{"only the lease holder's checkpoints are saved; others get ErrLeaseLost", func(t *testing.T, newInstance NewInstance, stream string) {
@@ -268,7 +268,7 @@ var leaseCases = []struct {
 			if o := overlap(a, b); len(o) > 0 {
 				t.Fatalf("both instances hold %v", o)
 			}
-			sleep(t, a.s.LeaseRenewInterval())
+			sleep(t, a.s.LeaseSyncInterval())
 		}
 		if a.lost+b.lost != 0 {
 			t.Errorf("%d checkpoints refused during a graceful rebalance; want none", a.lost+b.lost)
@@ -295,7 +295,7 @@ var leaseCases = []struct {
 			if time.Since(start) > 10*LeaseDuration {
 				t.Fatalf("b holds %v after %v", held, time.Since(start))
 			}
-			sleep(t, b.LeaseRenewInterval())
+			sleep(t, b.LeaseSyncInterval())
 		}
 		if took := time.Since(start); took < LeaseDuration {
 			t.Errorf("b took the leases after %v, before the lease duration %v", took, LeaseDuration)

@@ -207,7 +207,7 @@ func TestThrottledOrFailingDynamoDBGivesClearErrorsOrIsRetried(t *testing.T) {
 	})
 }
 
-// syncLoop syncs s every LeaseRenewInterval until ctx ends, recording every
+// syncLoop syncs s every LeaseSyncInterval until ctx ends, recording every
 // shard it was ever told it holds.
 type syncLoop struct {
 	s    *dynamostore.Store
@@ -218,7 +218,7 @@ type syncLoop struct {
 }
 
 func (l *syncLoop) run(ctx context.Context, stream string, shards []string) {
-	tick := time.NewTicker(l.s.LeaseRenewInterval())
+	tick := time.NewTicker(l.s.LeaseSyncInterval())
 	defer tick.Stop()
 	for {
 		held, err := l.s.SyncLeases(ctx, stream, shards)
@@ -351,7 +351,7 @@ func TestALeaseWriteAppliedButWhoseAnswerWasLostKeepsTheLease(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("no renewal within a minute")
 		}
-		time.Sleep(s.LeaseRenewInterval()) // the source's sync cadence
+		time.Sleep(s.LeaseSyncInterval()) // the source's sync cadence
 		if held, err = s.SyncLeases(ctx, stream, []string{"a"}); err != nil || !slices.Equal(held, []string{"a"}) {
 			t.Fatalf("SyncLeases = %v, %v; want [a] throughout", held, err)
 		}

@@ -305,9 +305,13 @@ func (s *Store) ReleaseLease(ctx context.Context, stream, shardID string) error 
 	return s.m.Release(ctx, stream, shardID)
 }
 
-// LeaseRenewInterval is how often the source calls SyncLeases:
+// LeaseSyncInterval is how often the source calls SyncLeases:
 // RenewInterval/2 (1.67s by default).
-func (s *Store) LeaseRenewInterval() time.Duration { return s.m.SyncInterval() }
+func (s *Store) LeaseSyncInterval() time.Duration { return s.m.SyncInterval() }
+
+// LeaseDuration is Options.LeaseDuration: how long a lease may go
+// unrenewed before another instance takes it.
+func (s *Store) LeaseDuration() time.Duration { return s.m.LeaseDuration() }
 
 // Item attributes besides the key.
 const (

@@ -102,9 +102,13 @@ func (in *Instance) ReleaseLease(ctx context.Context, stream, shardID string) er
 	return in.m.Release(ctx, stream, shardID)
 }
 
-// LeaseRenewInterval is how often the source calls SyncLeases:
+// LeaseSyncInterval is how often the source calls SyncLeases:
 // RenewInterval/2.
-func (in *Instance) LeaseRenewInterval() time.Duration { return in.m.SyncInterval() }
+func (in *Instance) LeaseSyncInterval() time.Duration { return in.m.SyncInterval() }
+
+// LeaseDuration is how long a lease may go unrenewed before another
+// instance takes it.
+func (in *Instance) LeaseDuration() time.Duration { return in.m.LeaseDuration() }
 
 // ResetCheckpoint is [Store.ResetCheckpoint] of the instance's store.
 func (in *Instance) ResetCheckpoint(ctx context.Context, stream, shardID string) error {

@@ -46,7 +46,7 @@ func TestInstanceLeaseConformance(t *testing.T) {
 var shards8 = []string{"s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"}
 
 // cluster runs instances of one memory store the way Kinesis sources do,
-// without Kinesis: each syncs its leases every LeaseRenewInterval (each at
+// without Kinesis: each syncs its leases every LeaseSyncInterval (each at
 // its own phase), hands over the shards it no longer holds (final
 // checkpoint, then release), "reads" one record of every shard it holds per
 // sync and checkpoints it. After every step it checks that no shard is read
@@ -89,8 +89,8 @@ func (c *cluster) start(name string) *node {
 	c.mu.Unlock()
 	c.wg.Go(func() {
 		// Start at a random phase, as separate processes do.
-		time.Sleep(time.Duration(rand.Int64N(int64(in.LeaseRenewInterval()))))
-		tick := time.NewTicker(in.LeaseRenewInterval())
+		time.Sleep(time.Duration(rand.Int64N(int64(in.LeaseSyncInterval()))))
+		tick := time.NewTicker(in.LeaseSyncInterval())
 		defer tick.Stop()
 		for {
 			c.mu.Lock()
@@ -374,9 +374,9 @@ func TestStalledOwnerLosesItsLeaseAndStaleCheckpointsAreFenced(t *testing.T) {
 				took = time.Since(start)
 				break
 			}
-			time.Sleep(b.LeaseRenewInterval())
+			time.Sleep(b.LeaseSyncInterval())
 		}
-		if took < 10*time.Second || took > 10*time.Second+b.LeaseRenewInterval() {
+		if took < 10*time.Second || took > 10*time.Second+b.LeaseSyncInterval() {
 			t.Errorf("b took the stalled lease after %v; want 10s (the lease duration) to 10s + one sync interval", took)
 		}
 		if err := a.Save(ctx, "st", "s0", cp("11")); !errors.Is(err, shardflow.ErrLeaseLost) {
@@ -417,7 +417,7 @@ func TestHandoffLetsTheOwnerCheckpointAndReleaseBeforeTheThiefReads(t *testing.T
 		if err != nil || len(held) != 0 {
 			t.Fatalf("b.SyncLeases = %v, %v; want nothing yet", held, err)
 		}
-		time.Sleep(a.LeaseRenewInterval())
+		time.Sleep(a.LeaseSyncInterval())
 		heldA, err := a.SyncLeases(ctx, "st", shards)
 		if err != nil || len(heldA) != 1 {
 			t.Fatalf("a.SyncLeases after b asked = %v, %v; want one shard left", heldA, err)
@@ -468,9 +468,9 @@ func TestAnUnresponsiveOwnerOfARequestedLeaseLosesItByExpiry(t *testing.T) {
 			if len(held) == 2 {
 				break
 			}
-			time.Sleep(b.LeaseRenewInterval())
+			time.Sleep(b.LeaseSyncInterval())
 		}
-		if took := time.Since(start); took > 10*time.Second+b.LeaseRenewInterval() {
+		if took := time.Since(start); took > 10*time.Second+b.LeaseSyncInterval() {
 			t.Errorf("b got a's leases after %v; want about the lease duration", took)
 		}
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/smithy-go"
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/retry"
 )
 
 // Class is what a failed AWS call is worth.
@@ -181,4 +182,22 @@ func CredentialsError(op string, err error) error {
 		return err
 	}
 	return fmt.Errorf("%s: %w: %w", op, shardflow.ErrCredentials, err)
+}
+
+// Mark prepares the error of an AWS call for retry.Do: a nil error stays
+// nil, an error not worth retrying is marked retry.Permanent (and wraps
+// [shardflow.ErrCredentials] when it is a credentials problem, op naming
+// the call), and a retryable one is returned as it is. It is the one way
+// shardflow's AWS calls decide what to retry.
+func Mark(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	switch Classify(err) {
+	case Credentials:
+		return retry.Permanent(CredentialsError(op, err))
+	case Permanent:
+		return retry.Permanent(err)
+	}
+	return err
 }

@@ -95,6 +95,9 @@ func (m *Manager) Options() Options { return m.o }
 // soon.
 func (m *Manager) SyncInterval() time.Duration { return m.o.RenewInterval / 2 }
 
+// LeaseDuration is how long a lease may go unrenewed before others take it.
+func (m *Manager) LeaseDuration() time.Duration { return m.o.LeaseDuration }
+
 // Sync renews this instance's leases of stream, takes free and expired
 // ones, balances with other instances, and returns the eligible shards this
 // instance holds and should read, sorted. See the package documentation.

@@ -27,7 +27,7 @@ type Options struct {
 	// it. Default: 10s.
 	LeaseDuration time.Duration
 	// RenewInterval is how often a held lease is renewed. Sync must be
-	// called every RenewInterval/2 (the stores' LeaseRenewInterval).
+	// called every RenewInterval/2 (the stores' LeaseSyncInterval).
 	// Default: LeaseDuration/3. Must be at most LeaseDuration/2.
 	RenewInterval time.Duration
 	// HandoffTimeout bounds how long an owner keeps renewing a lease it was

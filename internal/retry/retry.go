@@ -32,6 +32,31 @@ type Policy struct {
 	Multiplier      float64
 }
 
+// ForAWS resolves the zero fields of the retry policy of AWS calls (the
+// Retry option of the Kinesis source and sink and of the stores, a
+// shardflow.RetryPolicy passed field by field) to their documented
+// defaults: no count limit, waits from 100ms doubling up to 5s, and
+// DefaultOutageBudget. The caller validated the fields (none negative).
+func ForAWS(maxAttempts int, initial, maxInterval time.Duration, multiplier float64, timeout time.Duration) Policy {
+	p := Policy{MaxAttempts: maxAttempts, InitialInterval: initial, MaxInterval: maxInterval, Multiplier: multiplier, MaxElapsed: timeout}
+	if p.InitialInterval == 0 {
+		p.InitialInterval = 100 * time.Millisecond
+	}
+	if p.MaxInterval == 0 {
+		p.MaxInterval = 5 * time.Second
+	}
+	if p.MaxInterval < p.InitialInterval {
+		p.MaxInterval = p.InitialInterval
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = 2
+	}
+	if p.MaxElapsed == 0 {
+		p.MaxElapsed = DefaultOutageBudget
+	}
+	return p
+}
+
 // ErrOutOfTime is wrapped by the error of Do when the operation still failed
 // once Policy.MaxElapsed had passed.
 var ErrOutOfTime = errors.New("retry time budget spent")

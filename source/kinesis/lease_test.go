@@ -54,7 +54,8 @@ func (v leaseView) ReleaseLease(_ context.Context, _ string, id string) error {
 	return nil
 }
 
-func (v leaseView) LeaseRenewInterval() time.Duration { return time.Second }
+func (v leaseView) LeaseSyncInterval() time.Duration { return time.Second }
+func (v leaseView) LeaseDuration() time.Duration     { return 10 * time.Second }
 
 func (v leaseView) Load(ctx context.Context, stream, shard string) (shardflow.Checkpoint, bool, error) {
 	return v.b.store.Load(ctx, stream, shard)

@@ -431,7 +431,7 @@ func (c *coordinator) startLocked(ctx context.Context, g *errgroup.Group, id str
 // discovery found shards, starts readers of shards it gained, and asks the
 // readers of shards it no longer holds to hand them over.
 func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
-	t := time.NewTicker(c.leaser.LeaseRenewInterval())
+	t := time.NewTicker(c.leaser.LeaseSyncInterval())
 	defer t.Stop()
 	for {
 		select {
