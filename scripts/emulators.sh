@@ -18,7 +18,9 @@
 #   EMULATOR_START_TIMEOUT       seconds to wait for each emulator to answer (default 60)
 #
 # Tests read .emulators/env (or the SHARDFLOW_*_ENDPOINT variables it contains); see
-# internal/awstest.
+# internal/awstest. `. .emulators/env` also exports the AWS SDKs' own variables
+# (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, region, fake credentials), so
+# the CLI, the examples and your own programs reach the emulators with no flags.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -255,9 +257,23 @@ cmd_stop() {
   return "$rc"
 }
 
+# print_endpoints writes the env file: `. .emulators/env` points this shell's
+# programs at the emulators. The SHARDFLOW_* names are for the tests; the AWS_*
+# ones are the SDKs' own (service endpoints, region, fake credentials, no
+# instance metadata lookups), so the CLI, the examples and any program that
+# loads its AWS config the standard way talk to the emulators and nothing else.
 print_endpoints() {
-  printf 'SHARDFLOW_KINESIS_ENDPOINT=http://127.0.0.1:%s\n' "$(<"$(portfile kinesis)")"
-  printf 'SHARDFLOW_DYNAMODB_ENDPOINT=http://127.0.0.1:%s\n' "$(<"$(portfile dynamodb)")"
+  local k d
+  k="http://127.0.0.1:$(<"$(portfile kinesis)")"
+  d="http://127.0.0.1:$(<"$(portfile dynamodb)")"
+  printf 'export SHARDFLOW_KINESIS_ENDPOINT=%s\n' "$k"
+  printf 'export SHARDFLOW_DYNAMODB_ENDPOINT=%s\n' "$d"
+  printf 'export AWS_ENDPOINT_URL_KINESIS=%s\n' "$k"
+  printf 'export AWS_ENDPOINT_URL_DYNAMODB=%s\n' "$d"
+  printf 'export AWS_REGION=us-east-1\n'
+  printf 'export AWS_ACCESS_KEY_ID=local-emulator\n'
+  printf 'export AWS_SECRET_ACCESS_KEY=local-emulator\n'
+  printf 'export AWS_EC2_METADATA_DISABLED=true\n'
 }
 
 cmd_status() {
