@@ -100,7 +100,9 @@ func NewBackOff(p Policy) *backoff.ExponentialBackOff {
 // returns the last error together with the context's cause. With
 // p.MaxElapsed set, Do also stops at the first failure after MaxElapsed has
 // passed since it was called, and returns that error wrapped with
-// [ErrOutOfTime]. notify, if not
+// [ErrOutOfTime]; the wait before the last call is cut short so that call
+// comes when the budget ends, and the budget is spent to its end without an
+// overrun of a backoff interval. notify, if not
 // nil, is called before each wait. Taking the first error from the caller
 // keeps the successful path free of closures and allocations.
 func Do(ctx context.Context, p Policy, err error, op func() error, notify func(attempt int, err error, wait time.Duration)) error {
@@ -111,6 +113,11 @@ func Do(ctx context.Context, p Policy, err error, op func() error, notify func(a
 	b := NewBackOff(p)
 	for attempt := 2; ; attempt++ {
 		wait := b.NextBackOff()
+		if p.MaxElapsed > 0 {
+			// The last wait ends with the budget: one more call then, and
+			// no overrun of up to a whole backoff interval.
+			wait = max(min(wait, p.MaxElapsed-time.Since(start)), 0)
+		}
 		if notify != nil {
 			notify(attempt-1, err, wait)
 		}

@@ -93,3 +93,21 @@ func TestDoWithATimeBudgetRetriesUntilTheBudgetIsSpent(t *testing.T) {
 		}
 	})
 }
+
+func TestTheLastCallComesWhenTheBudgetEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fail := errors.New("fail")
+		// Waits of 20s to 30s (jitter) against a 45s budget: without the
+		// cut, the last call would come up to 15s after the budget's end.
+		p := retry.Policy{MaxElapsed: 45 * time.Second, InitialInterval: 20 * time.Second, MaxInterval: 20 * time.Second, Multiplier: 1}
+		start := time.Now()
+		var last time.Duration
+		err := retry.Do(t.Context(), p, fail, func() error { last = time.Since(start); return fail }, nil)
+		if !errors.Is(err, retry.ErrOutOfTime) {
+			t.Fatalf("Do = %v; want ErrOutOfTime", err)
+		}
+		if last != p.MaxElapsed {
+			t.Errorf("last call %v after the first failure; want it when the %v budget ends", last, p.MaxElapsed)
+		}
+	})
+}
