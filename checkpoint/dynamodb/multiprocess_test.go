@@ -69,7 +69,7 @@ func runRelay() error {
 		return err
 	}
 	src, err := kinesissource.New(kc, os.Getenv("RELAY_IN"), func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 200 * time.Millisecond
 		o.Logger = log

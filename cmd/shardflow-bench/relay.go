@@ -66,7 +66,7 @@ func libRelay(ctx context.Context, client relayAPI, in, out string, n int) (rela
 	cc := newCountingClient(client, n)
 	store := memory.New()
 	src, err := kinesissource.New(cc, in, func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 200 * time.Millisecond
 	})

@@ -151,9 +151,8 @@ type relayStats struct {
 // c.shutdownTimeout of that.
 func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore, c *relayConfig, stats *relayStats) error {
 	src, err := kinesissource.New(kc, c.from, func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = c.start
-		o.HandoffTimeout = c.shutdownTimeout
 		o.Logger = c.logger
 		o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) { stats.read.Add(int64(ev.UserRecords)) }
 	})

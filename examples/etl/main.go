@@ -148,7 +148,7 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 	}
 
 	src, err := kinesissource.New(kc, in, func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 200 * time.Millisecond
 	})

@@ -156,10 +156,9 @@ func run(ctx context.Context, f flags) error {
 
 	var read, bytes, written atomic.Int64
 	src, err := kinesissource.New(kc, f.in, func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 200 * time.Millisecond
-		o.HandoffTimeout = f.shutdownTimeout
 		o.Logger = logger
 		o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) {
 			read.Add(int64(ev.UserRecords))

@@ -170,7 +170,7 @@ func runRelay() error {
 	}
 	src, err := kinesissource.New(kc, os.Getenv("RELAY_IN"), func(o *kinesissource.Options) {
 		o.Logger = log
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 200 * time.Millisecond
 		o.DiscoveryInterval = 2 * time.Second

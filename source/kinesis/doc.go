@@ -4,7 +4,7 @@
 // and de-aggregating KPL records.
 //
 //	src, err := kinesissource.New(client, "orders", func(o *kinesissource.Options) {
-//		o.Checkpoint = store                     // memory.New(), or the DynamoDB store
+//		o.Store = store                          // memory.New(), or the DynamoDB store
 //		o.InitialPosition = kinesissource.TrimHorizon()
 //	})
 //	if err != nil { ... }

@@ -30,7 +30,7 @@ func Example() {
 
 	store := memory.New()
 	src, err := kinesissource.New(client, "orders", func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 	})
 	if err != nil {

@@ -173,7 +173,7 @@ func TestDropMisroutedAggregatesDropsThemWholeAndCheckpointsPastThem(t *testing.
 		var count, dropped atomic.Int64
 		src := newSource(t, f, "in", func(o *kinesissource.Options) {
 			o.InitialPosition = kinesissource.TrimHorizon()
-			o.Checkpoint = store
+			o.Store = store
 			o.DropMisroutedAggregates = true
 			o.Logger = logs.logger()
 			o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) {

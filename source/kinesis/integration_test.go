@@ -45,7 +45,7 @@ func runReal(t *testing.T, pl *shardflow.Pipeline, cond func() bool) {
 
 func emulatorOptions(store shardflow.CheckpointStore) func(*kinesissource.Options) {
 	return func(o *kinesissource.Options) {
-		o.Checkpoint = store
+		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 50 * time.Millisecond
 		o.DiscoveryInterval = time.Second

@@ -140,7 +140,7 @@ func TestResumingInsideAnAggregateSkipsTheUserRecordsDone(t *testing.T) {
 		putRaw(t, f, "k", []byte("5"))
 		store := memory.New()
 		opts := func(o *kinesissource.Options) {
-			o.Checkpoint = store
+			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 		}
 		// The first run fails on user record 3: user records 1 and 2 are

@@ -82,7 +82,7 @@ func TestHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T) {
 			want: map[string]string{"shardId-000000000000": "a", "shardId-000000000001": "a"}}
 		run := func(ctx context.Context, me string, sink *collector) <-chan error {
 			src := newSource(t, f, "in", func(o *kinesissource.Options) {
-				o.Checkpoint = leaseView{b, me}
+				o.Store = leaseView{b, me}
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.Limit = 10
 			})
@@ -157,7 +157,7 @@ func TestAHandOverThatTimesOutStillReleasesTheLease(t *testing.T) {
 		unblock := make(chan struct{})
 		run := func(ctx context.Context, me string, handler func(context.Context, shardflow.Record) error, sink *collector) <-chan error {
 			src := newSource(t, f, "in", func(o *kinesissource.Options) {
-				o.Checkpoint = leaseView{b, me}
+				o.Store = leaseView{b, me}
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.HandoffTimeout = 5 * time.Second
 			})

@@ -51,7 +51,7 @@ func TestAMissingLeaseTableStopsTheSourceWithAnErrorAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		src := newSource(t, f, "in", func(o *kinesissource.Options) {
-			o.Checkpoint = store
+			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 		})
 		ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
@@ -102,7 +102,7 @@ func TestResettingACheckpointMakesItsReaderStartAgainFromTheInitialPosition(t *t
 		sink := &collector{}
 		store := &savesAfter{Instance: in, sink: sink}
 		src := newSource(t, f, "in", func(o *kinesissource.Options) {
-			o.Checkpoint = store
+			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 		})
 		pl := shardflow.Source(src, func(o *shardflow.Options) { o.CheckpointInterval = time.Second }).Sink(sink)

@@ -52,7 +52,7 @@ func TestCredentialsErrorsStopTheSourceAtOnce(t *testing.T) {
 				})
 				src := newSource(t, f, "in", func(o *kinesissource.Options) {
 					o.InitialPosition = kinesissource.TrimHorizon()
-					o.Checkpoint = memory.New()
+					o.Store = memory.New()
 				})
 				err := shardflow.Source(src).Sink(&collector{}).Run(t.Context())
 				if !errors.Is(err, shardflow.ErrCredentials) {
@@ -74,9 +74,9 @@ func TestCredentialsErrorsStopTheSourceAtOnce(t *testing.T) {
 	}
 }
 
-// TestOneOutageBudget checks RetryTimeout, the outage budget the source
+// TestOneOutageBudget checks Retry.Timeout, the outage budget the source
 // shares with the sink: while Kinesis refuses or resets every call, each
-// shard keeps retrying for RetryTimeout without a success, then the source
+// shard keeps retrying for Retry.Timeout without a success, then the source
 // stops with the last error.
 func TestOneOutageBudget(t *testing.T) {
 	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
@@ -87,7 +87,7 @@ func TestOneOutageBudget(t *testing.T) {
 		// or at once (before even ListShards answered).
 		atStart bool
 		outage  time.Duration
-		budget  time.Duration // RetryTimeout; 0: the default
+		budget  time.Duration // Retry.Timeout; 0: the default
 		// survives: every record is read after the outage; otherwise Run
 		// stops once the budget is spent.
 		survives bool
@@ -96,7 +96,7 @@ func TestOneOutageBudget(t *testing.T) {
 		{"a 30s outage from the start is survived with the defaults", true, 30 * time.Second, 0, true},
 		{"a 4m30s outage is survived with the defaults", false, 4*time.Minute + 30*time.Second, 0, true},
 		{"a 6m outage outlasts the default budget of 5m", false, 6 * time.Minute, 0, false},
-		{"with RetryTimeout 10s a 30s outage stops the source", false, 30 * time.Second, 10 * time.Second, false},
+		{"with Retry.Timeout 10s a 30s outage stops the source", false, 30 * time.Second, 10 * time.Second, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,7 +133,7 @@ func TestOneOutageBudget(t *testing.T) {
 				src := newSource(t, f, "in", func(o *kinesissource.Options) {
 					o.InitialPosition = kinesissource.TrimHorizon()
 					o.Limit = 20
-					o.RetryTimeout = tc.budget
+					o.Retry.Timeout = tc.budget
 				})
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
@@ -167,7 +167,7 @@ func TestOneOutageBudget(t *testing.T) {
 				// The budget is spent to its end, and not much beyond: the
 				// last wait is cut short at the budget's end.
 				if stopped < budget || stopped > budget+time.Second {
-					t.Errorf("Run stopped %v into the outage; want at the end of RetryTimeout %v", stopped, budget)
+					t.Errorf("Run stopped %v into the outage; want at the end of Retry.Timeout %v", stopped, budget)
 				}
 			})
 		})

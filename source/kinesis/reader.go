@@ -56,15 +56,13 @@ type reader struct {
 	// how many were not logged since.
 	misroutedLogged     time.Time
 	misroutedSuppressed int
-
-	failing failing // throttled or transient GetRecords failures in a row
 }
 
 func (r *reader) run(ctx context.Context) error {
 	s := r.src
 	// Load the checkpoint now, not at discovery: with leases, another
 	// instance may have moved it since.
-	cp, hasCP, err := r.c.load(ctx, s.opts.Checkpoint, r.shardID)
+	cp, hasCP, err := r.c.load(ctx, s.opts.Store, r.shardID)
 	if err != nil {
 		r.c.stopped(r)
 		return r.exitErr(ctx, err)
@@ -76,7 +74,7 @@ func (r *reader) run(ctx context.Context) error {
 		return nil
 	}
 	r.start.checkpoint, r.start.hasCheckpoint = cp, hasCP
-	lane, err := r.c.shards.Open(s.stream, r.shardID, s.opts.Checkpoint)
+	lane, err := r.c.shards.Open(s.stream, r.shardID, s.opts.Store)
 	if err != nil {
 		r.c.stopped(r)
 		return r.exitErr(ctx, err)
@@ -93,27 +91,33 @@ func (r *reader) run(ctx context.Context) error {
 				return r.exit(ctx, lane, nil)
 			}
 		}
-		lastCall = time.Now()
-		out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: s.streamARN()})
-		ev := GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: time.Since(lastCall)}
-		if err != nil {
-			var expired *types.ExpiredIteratorException
-			if errors.As(err, &expired) {
-				r.notify(ev)
-				r.log.Info("shard iterator expired; getting a new one", "sequence_number", r.lastSeq)
-				if iter, err = r.resumeIterator(ctx); err != nil {
-					return r.exit(ctx, lane, err)
+		out, took, err := r.getRecords(ctx, iter, &lastCall)
+		if err != nil && !isExpired(err) {
+			// Throttling and transient errors are retried per shard,
+			// within the outage budget; a hand-over request ends the
+			// waits.
+			err = r.retry(ctx, "get records", err, func(ctx context.Context) error {
+				if err := sleepOr(ctx, minCallSpacing-time.Since(lastCall), nil); err != nil {
+					return retry.Permanent(context.Cause(ctx))
 				}
-				continue
-			}
-			ev.Throttled = awserr.Classify(err) == awserr.Throttled
-			r.notify(ev)
-			if err := r.failing.wait(ctx, r.log, s.opts.RetryTimeout, "get records", err, r.stop); err != nil {
+				var err error
+				if out, took, err = r.getRecords(ctx, iter, &lastCall); isExpired(err) {
+					return retry.Permanent(err) // a new iterator is needed first
+				}
+				return err
+			})
+		}
+		if isExpired(err) {
+			r.log.Info("shard iterator expired; getting a new one", "sequence_number", r.lastSeq)
+			if iter, err = r.resumeIterator(ctx); err != nil {
 				return r.exit(ctx, lane, err)
 			}
 			continue
 		}
-		r.failing = failing{}
+		if err != nil {
+			return r.exit(ctx, lane, err)
+		}
+		ev := GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Duration: took}
 		ev.Records = len(out.Records)
 		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
 		for i := range out.Records {
@@ -316,42 +320,43 @@ func (r *reader) notify(ev GetRecordsEvent) {
 	}
 }
 
-// failing is the backoff state of a run of throttled or transient
-// failures, shared by the GetRecords loop and the calls retried by
-// Source.retry: exponential waits with jitter, for at most RetryTimeout
-// (the outage budget, shared with the sink) from the run's first failure,
-// with a last try when it ends.
-type failing struct {
-	since time.Time
-	bo    interface{ NextBackOff() time.Duration }
+// getRecords makes one GetRecords call, noting its start in *lastCall,
+// and reports a failed one to OnGetRecords (the caller reports a success
+// once it counted its records).
+func (r *reader) getRecords(ctx context.Context, iter string, lastCall *time.Time) (*kinesis.GetRecordsOutput, time.Duration, error) {
+	s := r.src
+	*lastCall = time.Now()
+	out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: s.streamARN()})
+	took := time.Since(*lastCall)
+	if err != nil {
+		r.notify(GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: took,
+			Throttled: awserr.Classify(err) == awserr.Throttled})
+	}
+	return out, took, err
 }
 
-// wait sleeps before the next try of what, or returns err when it is not
-// worth retrying or the run of failures lasted longer than timeout. Refused
-// or missing credentials are not worth retrying: wait returns them at once,
-// wrapping shardflow.ErrCredentials. stop, if closed, ends the wait early
-// with errStopRequested.
-func (f *failing) wait(ctx context.Context, log *slog.Logger, timeout time.Duration, what string, err error, stop <-chan struct{}) error {
-	class := awserr.Classify(err)
-	if class == awserr.Credentials {
-		return awserr.CredentialsError(what, err)
-	}
-	if !class.Retryable() || ctx.Err() != nil {
-		return err
-	}
-	if f.bo == nil {
-		f.since = time.Now()
-		f.bo = retry.NewBackOff(retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2})
-	}
-	spent := time.Since(f.since)
-	if spent >= timeout {
-		return fmt.Errorf("%s: still failing after %v (RetryTimeout %v): %w", what, spent.Round(time.Millisecond), timeout, err)
-	}
-	// The last wait ends with the budget: one more try then, and no
-	// overrun of up to a whole backoff interval.
-	wait := min(f.bo.NextBackOff(), timeout-spent)
-	log.Warn(what+" failed; retrying", "throttled", class == awserr.Throttled, "wait", wait, "err", err)
-	return sleepOr(ctx, wait, stop)
+// isExpired reports an ExpiredIteratorException: the reader gets a new
+// iterator from the last record read, rather than retrying the call.
+func isExpired(err error) bool {
+	_, ok := errors.AsType[*types.ExpiredIteratorException](err)
+	return ok
+}
+
+// retry retries a reader's call that failed with err, as Source.call does,
+// and also ends its waits, with an error wrapping errStopRequested, when
+// the reader is asked to hand its shard over. op gets the context to call
+// with.
+func (r *reader) retry(ctx context.Context, what string, err error, op func(context.Context) error) error {
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-r.stop:
+			cancel(errStopRequested)
+		case <-rctx.Done():
+		}
+	}()
+	return r.src.retryCall(rctx, r.log, what, err, op)
 }
 
 func (r *reader) describeStart() string {
@@ -409,7 +414,7 @@ func (r *reader) positionIterator(ctx context.Context, p StartingPosition) (stri
 func (r *reader) getIterator(ctx context.Context, in *kinesis.GetShardIteratorInput) (string, error) {
 	in.StreamName, in.StreamARN, in.ShardId = r.src.streamName(), r.src.streamARN(), aws.String(r.shardID)
 	var out *kinesis.GetShardIteratorOutput
-	err := r.src.retry(ctx, r.log, "get shard iterator", func() error {
+	err := r.src.call(ctx, r.log, "get shard iterator", func(ctx context.Context) error {
 		var err error
 		out, err = r.src.client.GetShardIterator(ctx, in)
 		return err
@@ -420,19 +425,28 @@ func (r *reader) getIterator(ctx context.Context, in *kinesis.GetShardIteratorIn
 	return aws.ToString(out.ShardIterator), nil
 }
 
-// retry calls op until it succeeds, fails for good, or has failed for
-// RetryTimeout, with exponential backoff and jitter between calls.
-func (s *Source) retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
-	var f failing
-	for {
-		err := op()
-		if err == nil {
-			return nil
-		}
-		if err := f.wait(ctx, log, s.opts.RetryTimeout, what, err, nil); err != nil {
-			return err
-		}
+// call calls op, and retries it as the source's Retry policy says when it
+// fails (see retryCall).
+func (s *Source) call(ctx context.Context, log *slog.Logger, what string, op func(context.Context) error) error {
+	return s.retryCall(ctx, log, what, op(ctx), op)
+}
+
+// retryCall retries op, an AWS call of the source whose first call failed
+// with err (nil: it did not fail), with backoff and jitter until it
+// succeeds, fails for good (as internal/awserr classifies it: refused or
+// missing credentials, reported wrapping shardflow.ErrCredentials, and bad
+// requests), or the Retry policy's outage budget is spent. Each retry is
+// logged at Warn. op may return an error already marked retry.Permanent,
+// for a case the caller handles itself.
+func (s *Source) retryCall(ctx context.Context, log *slog.Logger, what string, err error, op func(context.Context) error) error {
+	if err == nil {
+		return nil
 	}
+	notify := func(attempt int, err error, wait time.Duration) {
+		log.Warn(what+" failed; retrying", "attempt", attempt, "throttled", awserr.Classify(err) == awserr.Throttled,
+			"wait", wait, "err", err)
+	}
+	return retry.Do(ctx, s.policy, awserr.Mark(what, err), func() error { return awserr.Mark(what, op(ctx)) }, notify)
 }
 
 // sleepOr waits d, or until ctx is done or stop is closed.

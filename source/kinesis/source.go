@@ -58,12 +58,16 @@ func (p StartingPosition) String() string {
 	return string(p.typ)
 }
 
-// Options configure a Source. Zero fields take the documented defaults.
+// Options configure a Source. The zero value of every field means its
+// documented default; a negative duration or size is a *shardflow.ConfigError
+// from New.
 type Options struct {
-	// Checkpoint is where shards resume from and where the pipeline saves
-	// their checkpoints. Default: nil, no checkpoints: every run starts each
-	// shard at InitialPosition.
-	Checkpoint shardflow.CheckpointStore
+	// Store is where shards resume from and where the pipeline saves
+	// their checkpoints. When it is a [shardflow.Leaser] (the DynamoDB
+	// store, or memory's Instance), the source reads only the shards this
+	// instance holds a lease of. Default: nil, no checkpoints: every run
+	// starts each shard at InitialPosition.
+	Store shardflow.CheckpointStore
 
 	// InitialPosition is where a shard with no checkpoint starts. Default:
 	// Latest(). A child shard whose parent this source read starts at its
@@ -90,19 +94,34 @@ type Options struct {
 	// It also runs whenever a shard ends. Default: 10s.
 	DiscoveryInterval time.Duration
 
-	// RetryTimeout is the outage budget, with the same name and default
-	// as the Kinesis sink's: how long a shard keeps retrying throttling
-	// and transient errors (5xx, timeouts, refused or reset connections),
-	// with backoff, from the first failure of a run without a success.
-	// The last try comes when it ends; if that fails too, the source stops
-	// with the last error. Refused or missing credentials are never
-	// retried. Default: 5m (retry.DefaultOutageBudget).
-	RetryTimeout time.Duration
+	// Retry is the retry policy of the source's Kinesis calls (ListShards,
+	// GetShardIterator, GetRecords), per shard: throttling and transient
+	// errors (5xx, timeouts, refused or reset connections) are retried
+	// with exponential backoff and jitter, from 100ms doubling up to 5s by
+	// default, for at most Retry.Timeout from the first failure of a run
+	// without a success: the outage budget, 5m by default, the same as the
+	// sink's and the stores'. The last try comes when the budget ends; if
+	// it fails too, Run stops with that error. MaxAttempts, when set, is a
+	// second limit; by default the count is unlimited. Refused or missing
+	// credentials and bad requests are never retried. See the README's
+	// "Retries and the outage budget".
+	Retry shardflow.RetryPolicy
 
-	// HandoffTimeout bounds how long a shard's reader waits for the shard's
-	// records in flight before it saves the checkpoint and releases the
-	// lease, when it hands a shard to another instance or shuts down. Only
-	// used with a Leaser store. Default: 30s.
+	// HandoffTimeout bounds how long a shard's reader waits for the
+	// shard's records in flight, and saves the checkpoint, before it
+	// releases the lease (one more conditional write, of at most 5s), when
+	// it hands a shard to another instance or the pipeline stops. Only
+	// used with a Leaser store. Default: half the store's LeaseDuration
+	// (5s with the stores' default lease of 10s).
+	//
+	// It must be below the store's LeaseDuration, or New returns a
+	// *shardflow.ConfigError: once the pipeline stops, nothing renews
+	// the leases, so a hand-over that outlasts the lease loses it and
+	// its final checkpoint is refused (records are then read again, not
+	// lost). On shutdown the hand-over runs inside the pipeline's drain:
+	// keep HandoffTimeout within shardflow.Options.DrainTimeout (30s by
+	// default), which cuts it short, abandoning the records still in
+	// flight, when it ends first.
 	HandoffTimeout time.Duration
 
 	// ListShardsPageSize is MaxResults of each ListShards call, 1 to 10,000.
@@ -124,11 +143,13 @@ type Options struct {
 	// OnGetRecords, if set, is called after every GetRecords call of every
 	// shard, from the shard's goroutine: the hook for metrics such as lag
 	// (MillisBehindLatest), records and bytes read, calls and throttles.
-	// It must be quick and safe for concurrent use.
+	// It must be quick and safe for concurrent use. Default: nil, none.
 	OnGetRecords func(GetRecordsEvent)
 
 	// Logger receives lifecycle events (Info) and retried failures (Warn).
-	// Default: nil, which discards them.
+	// Default: nil, which means the pipeline's logger
+	// (shardflow.Options.Logger) once the source runs in a pipeline, and
+	// slog.Default() until then. Record payloads are never logged.
 	Logger *slog.Logger
 }
 
@@ -155,56 +176,91 @@ type GetRecordsEvent struct {
 	Duration time.Duration
 }
 
-// Source reads a Kinesis stream. Create it with New; Run it through
-// shardflow.Source. One Source may be run by one pipeline at a time.
+// Source reads a Kinesis stream. Create it with New or NewFromConfig; Run
+// it through shardflow.Source. One Source may be run by one pipeline at a
+// time.
 type Source struct {
 	client API
 	stream string // the name, also for ARN-addressed streams
 	arn    string // set when addressed by ARN
 	opts   Options
-	log    *slog.Logger
+	leaser shardflow.Leaser // opts.Store as a Leaser, or nil
+	policy retry.Policy     // opts.Retry resolved
+	log    *slog.Logger     // set before Run, read by its goroutines
 }
 
-var _ shardflow.ShardSource[shardflow.Record] = (*Source)(nil)
+var (
+	_ shardflow.ShardSource[shardflow.Record] = (*Source)(nil)
+	_ shardflow.PipelineLogger                = (*Source)(nil)
+)
+
+// defaultHandoffTimeout is HandoffTimeout with a Leaser whose lease
+// duration is unknown (zero); otherwise the default is half of it.
+const defaultHandoffTimeout = 30 * time.Second
+
+// NewFromConfig returns a source reading stream (a name or an ARN) with a
+// Kinesis client made from cfg: the easy way to build one.
+//
+//	cfg, err := config.LoadDefaultConfig(ctx)
+//	src, err := kinesissource.NewFromConfig(cfg, "orders", func(o *kinesissource.Options) { o.Store = store })
+//
+// The client's own retries are turned off (aws.NopRetryer), since the
+// source retries every call itself per shard (Options.Retry): the SDK's
+// standard retryer shares one retry quota per client, which many shards
+// retrying at once exhaust. Region, credentials and endpoint come from cfg;
+// config.LoadDefaultConfig honours AWS_ENDPOINT_URL_KINESIS (or
+// AWS_ENDPOINT_URL) for a local emulator. Like New, it checks the options
+// and calls no API.
+func NewFromConfig(cfg aws.Config, stream string, optFns ...func(*Options)) (*Source, error) {
+	client := kinesis.NewFromConfig(cfg, func(o *kinesis.Options) { o.Retryer = aws.NopRetryer{} })
+	return New(client, stream, optFns...)
+}
 
 // New returns a source reading stream, given by name or by ARN
-// ("arn:aws:kinesis:region:account:stream/name"). It checks the options but
-// calls no API.
+// ("arn:aws:kinesis:region:account:stream/name"), through client. Give
+// the client a retryer that does not retry on its own (aws.NopRetryer),
+// as NewFromConfig does. New checks the options, and returns a
+// *shardflow.ConfigError naming the field at fault, but calls no API.
 func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 	var o Options
 	for _, fn := range optFns {
 		fn(&o)
 	}
 	if client == nil {
-		return nil, &ConfigError{Field: "client", Reason: "nil"}
+		return nil, &shardflow.ConfigError{Field: "client", Reason: "nil"}
 	}
 	s := &Source{client: client, stream: stream}
 	if strings.HasPrefix(stream, "arn:") {
 		i := strings.LastIndex(stream, ":stream/")
 		if i < 0 || i+len(":stream/") == len(stream) {
-			return nil, &ConfigError{Field: "stream", Reason: fmt.Sprintf("%q is not a Kinesis stream ARN", stream)}
+			return nil, &shardflow.ConfigError{Field: "stream", Reason: fmt.Sprintf("%q is not a Kinesis stream ARN", stream)}
 		}
 		s.arn, s.stream = stream, stream[i+len(":stream/"):]
 	}
 	if s.stream == "" {
-		return nil, &ConfigError{Field: "stream", Reason: "empty"}
+		return nil, &shardflow.ConfigError{Field: "stream", Reason: "empty"}
+	}
+	bad := func(field, reason string) error {
+		return &shardflow.ConfigError{Field: "Options." + field, Reason: reason}
 	}
 	switch {
 	case o.Limit < 0 || o.Limit > 10000:
-		return nil, &ConfigError{Field: "Limit", Reason: "must be 1 to 10,000"}
+		return nil, bad("Limit", "must be 1 to 10,000")
 	case o.IdleInterval < 0:
-		return nil, &ConfigError{Field: "IdleInterval", Reason: "negative"}
+		return nil, bad("IdleInterval", "negative")
 	case o.DiscoveryInterval < 0:
-		return nil, &ConfigError{Field: "DiscoveryInterval", Reason: "negative"}
+		return nil, bad("DiscoveryInterval", "negative")
 	case o.HandoffTimeout < 0:
-		return nil, &ConfigError{Field: "HandoffTimeout", Reason: "negative"}
-	case o.RetryTimeout < 0:
-		return nil, &ConfigError{Field: "RetryTimeout", Reason: "negative"}
+		return nil, bad("HandoffTimeout", "negative")
 	case o.ListShardsPageSize < 0 || o.ListShardsPageSize > 10000:
-		return nil, &ConfigError{Field: "ListShardsPageSize", Reason: "must be 1 to 10,000"}
+		return nil, bad("ListShardsPageSize", "must be 1 to 10,000")
 	case o.InitialPosition.typ == types.ShardIteratorTypeAtTimestamp && o.InitialPosition.at.IsZero():
-		return nil, &ConfigError{Field: "InitialPosition", Reason: "AT_TIMESTAMP needs a time"}
+		return nil, bad("InitialPosition", "AT_TIMESTAMP needs a time")
 	}
+	if err := o.Retry.Validate("Options.Retry"); err != nil {
+		return nil, err
+	}
+	s.leaser, _ = o.Store.(shardflow.Leaser)
 	if o.InitialPosition.typ == "" {
 		o.InitialPosition = Latest()
 	}
@@ -217,21 +273,44 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 	if o.DiscoveryInterval == 0 {
 		o.DiscoveryInterval = 10 * time.Second
 	}
-	if o.RetryTimeout == 0 {
-		o.RetryTimeout = retry.DefaultOutageBudget
-	}
 	if o.HandoffTimeout == 0 {
-		o.HandoffTimeout = 30 * time.Second
+		o.HandoffTimeout = defaultHandoffTimeout
+		if s.leaser != nil && s.leaser.LeaseDuration() > 0 {
+			o.HandoffTimeout = s.leaser.LeaseDuration() / 2
+		}
+	}
+	if s.leaser != nil {
+		if d := s.leaser.LeaseDuration(); d > 0 && o.HandoffTimeout >= d {
+			return nil, bad("HandoffTimeout", fmt.Sprintf("%v is not below the store's LeaseDuration %v: the lease would expire before the hand-over's final checkpoint", o.HandoffTimeout, d))
+		}
 	}
 	if o.ListShardsPageSize == 0 {
 		o.ListShardsPageSize = 1000
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
+	s.policy = retry.ForAWS(o.Retry.MaxAttempts, o.Retry.InitialInterval, o.Retry.MaxInterval, o.Retry.Multiplier, o.Retry.Timeout)
 	s.opts = o
-	s.log = o.Logger.With("component", "kinesis.source", "stream", s.stream)
+	s.setLogger(o.Logger)
 	return s, nil
+}
+
+// UsePipelineLogger implements [shardflow.PipelineLogger]: a source given
+// no Options.Logger logs through l from then on, and hands l on to its
+// store when the store implements shardflow.PipelineLogger too. The
+// pipeline calls it before Run; it must not be called while Run runs.
+func (s *Source) UsePipelineLogger(l *slog.Logger) {
+	if s.opts.Logger == nil {
+		s.setLogger(l)
+	}
+	if pl, ok := s.opts.Store.(shardflow.PipelineLogger); ok {
+		pl.UsePipelineLogger(l)
+	}
+}
+
+func (s *Source) setLogger(l *slog.Logger) {
+	if l == nil {
+		l = slog.Default()
+	}
+	s.log = l.With("component", "kinesis.source", "stream", s.stream)
 }
 
 // Stream returns the name of the stream the source reads.
@@ -287,7 +366,7 @@ func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Rec
 		wake:      make(chan struct{}, 1),
 		leaseWake: make(chan struct{}, 1),
 	}
-	c.leaser, _ = s.opts.Checkpoint.(shardflow.Leaser)
+	c.leaser = s.leaser
 	g.Go(func() error { return c.discoverLoop(gctx, g) })
 	if c.leaser != nil {
 		g.Go(func() error { return c.leaseLoop(gctx, g) })
@@ -350,7 +429,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 	for _, sh := range list {
 		known[sh.id] = true
 	}
-	store := c.src.opts.Checkpoint
+	store := c.src.opts.Store
 	for _, sh := range list {
 		c.mu.Lock()
 		skip := c.finished[sh.id] || c.readers[sh.id] != nil
@@ -567,7 +646,7 @@ func (s *Source) listShards(ctx context.Context) ([]shardInfo, error) {
 	in := &kinesis.ListShardsInput{StreamName: s.streamName(), StreamARN: s.streamARN(), MaxResults: aws.Int32(s.opts.ListShardsPageSize)}
 	for {
 		var page *kinesis.ListShardsOutput
-		err := s.retry(ctx, s.log, "list shards", func() error {
+		err := s.call(ctx, s.log, "list shards", func(ctx context.Context) error {
 			var err error
 			page, err = s.client.ListShards(ctx, in)
 			return err

@@ -154,7 +154,7 @@ func TestReadsEveryShardOnceInOrderAndCheckpoints(t *testing.T) {
 		store := memory.New()
 		var calls, records atomic.Int64
 		src := newSource(t, f, "in", func(o *kinesissource.Options) {
-			o.Checkpoint = store
+			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 300
 			o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) {
@@ -189,7 +189,7 @@ func TestRestartResumesFromTheCheckpointWithoutLossOrRepeat(t *testing.T) {
 		put(t, f, "in", 0, 600, 30)
 		store := memory.New()
 		opts := func(o *kinesissource.Options) {
-			o.Checkpoint = store
+			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 50
 		}
@@ -367,7 +367,7 @@ func TestResharding(t *testing.T) {
 		f := newStream(t, "in", 2)
 		store := memory.New()
 		src := newSource(t, f, "in", func(o *kinesissource.Options) {
-			o.Checkpoint = store
+			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 20
 			o.DiscoveryInterval = time.Hour // children must start because their parents ended
@@ -430,7 +430,7 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 	t.Run("a checkpoint Kinesis refuses is a typed error", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f, store := streamWithRefusedCheckpoint(t)
-			err := shardflow.Source(newSource(t, f, "in", func(o *kinesissource.Options) { o.Checkpoint = store })).Sink(&collector{}).Run(t.Context())
+			err := shardflow.Source(newSource(t, f, "in", func(o *kinesissource.Options) { o.Store = store })).Sink(&collector{}).Run(t.Context())
 			var cee *kinesissource.CheckpointExpiredError
 			if !errors.As(err, &cee) || cee.ShardID != "shardId-000000000000" || cee.Checkpoint != "12345" {
 				t.Fatalf("Run = %v; want a CheckpointExpiredError for the shard at 12345", err)
@@ -442,7 +442,7 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 			f, store := streamWithRefusedCheckpoint(t)
 			sink := &collector{}
 			src := newSource(t, f, "in", func(o *kinesissource.Options) {
-				o.Checkpoint = store
+				o.Store = store
 				o.FallbackToTrimHorizon = true
 			})
 			if err := runUntil(t, shardflow.Source(src).Sink(sink), func() bool { return sink.len() >= 3 }); err != nil {
@@ -511,8 +511,23 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}{
 		{"an empty stream", "", nil, "stream"},
 		{"an ARN that is not a stream's", "arn:aws:kinesis:us-east-1:1:table/x", nil, "stream"},
-		{"a GetRecords limit over 10,000", "s", func(o *kinesissource.Options) { o.Limit = 10001 }, "Limit"},
-		{"AT_TIMESTAMP without a time", "s", func(o *kinesissource.Options) { o.InitialPosition = kinesissource.AtTimestamp(time.Time{}) }, "InitialPosition"},
+		{"a GetRecords limit over 10,000", "s", func(o *kinesissource.Options) { o.Limit = 10001 }, "Options.Limit"},
+		{"a negative GetRecords limit", "s", func(o *kinesissource.Options) { o.Limit = -1 }, "Options.Limit"},
+		{"AT_TIMESTAMP without a time", "s", func(o *kinesissource.Options) { o.InitialPosition = kinesissource.AtTimestamp(time.Time{}) }, "Options.InitialPosition"},
+		{"a negative IdleInterval", "s", func(o *kinesissource.Options) { o.IdleInterval = -time.Second }, "Options.IdleInterval"},
+		{"a negative DiscoveryInterval", "s", func(o *kinesissource.Options) { o.DiscoveryInterval = -time.Second }, "Options.DiscoveryInterval"},
+		{"a negative HandoffTimeout", "s", func(o *kinesissource.Options) { o.HandoffTimeout = -time.Second }, "Options.HandoffTimeout"},
+		{"a ListShards page over 10,000", "s", func(o *kinesissource.Options) { o.ListShardsPageSize = 10001 }, "Options.ListShardsPageSize"},
+		{"a negative outage budget", "s", func(o *kinesissource.Options) { o.Retry.Timeout = -time.Second }, "Options.Retry.Timeout"},
+		{"a retry multiplier below 1", "s", func(o *kinesissource.Options) { o.Retry.Multiplier = 0.5 }, "Options.Retry.Multiplier"},
+		{"a HandoffTimeout as long as the store's LeaseDuration", "s", func(o *kinesissource.Options) {
+			o.Store = leaseView{me: "a"} // LeaseDuration 10s
+			o.HandoffTimeout = 10 * time.Second
+		}, "Options.HandoffTimeout"},
+		{"a HandoffTimeout longer than the store's LeaseDuration", "s", func(o *kinesissource.Options) {
+			o.Store = leaseView{me: "a"}
+			o.HandoffTimeout = time.Minute
+		}, "Options.HandoffTimeout"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -521,10 +536,25 @@ func TestNewRejectsBadOptions(t *testing.T) {
 				fns = append(fns, tc.opt)
 			}
 			_, err := kinesissource.New(f, tc.stream, fns...)
-			var ce *kinesissource.ConfigError
-			if !errors.As(err, &ce) || ce.Field != tc.field {
-				t.Fatalf("New = %v; want a ConfigError on %s", err, tc.field)
+			ce, ok := errors.AsType[*shardflow.ConfigError](err)
+			if !ok || ce.Field != tc.field {
+				t.Fatalf("New = %v; want a *shardflow.ConfigError on %s", err, tc.field)
 			}
 		})
 	}
+	t.Run("a nil client", func(t *testing.T) {
+		_, err := kinesissource.New(nil, "s")
+		if ce, ok := errors.AsType[*shardflow.ConfigError](err); !ok || ce.Field != "client" {
+			t.Fatalf("New = %v; want a *shardflow.ConfigError on client", err)
+		}
+	})
+	t.Run("a HandoffTimeout below the store's LeaseDuration", func(t *testing.T) {
+		_, err := kinesissource.New(f, "s", func(o *kinesissource.Options) {
+			o.Store = leaseView{me: "a"}
+			o.HandoffTimeout = 9 * time.Second
+		})
+		if err != nil {
+			t.Fatalf("New = %v; want no error", err)
+		}
+	})
 }
