@@ -86,7 +86,7 @@ func (s *Store) ResetCheckpoint(ctx context.Context, stream, shardID string) err
 		return fmt.Errorf("reset checkpoint of shard %s of stream %q: %w", shardID, stream, ErrNoShard)
 	}
 	if err != nil {
-		return fmt.Errorf("reset checkpoint of shard %s of stream %q: %w", shardID, stream, s.classify(err))
+		return fmt.Errorf("reset checkpoint of shard %s of stream %q: %w", shardID, stream, s.classify("reset checkpoint", err))
 	}
 	return nil
 }

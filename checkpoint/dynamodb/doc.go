@@ -6,12 +6,25 @@
 //
 // Quick start:
 //
-//	store, err := dynamostore.New(dynamodb.NewFromConfig(cfg), "orders-state")
+//	cfg, err := config.LoadDefaultConfig(ctx)
+//	if err != nil { ... }
+//	store, err := dynamostore.NewFromConfig(cfg, "orders-state")
 //	if err != nil { ... }
 //	if err := store.CreateTable(ctx); err != nil { ... } // or create it by hand
 //	src, err := kinesissource.New(kc, "orders", func(o *kinesissource.Options) {
-//		o.Checkpoint = store // a shardflow.Leaser: the source reads only the shards it holds
+//		o.Store = store // a shardflow.Leaser: the source reads only the shards it holds
 //	})
+//
+// [NewFromConfig] makes the DynamoDB client from cfg with no SDK retryer; [New]
+// takes a client you built. Options follow one convention: a zero field
+// means its documented default, and a bad value is a *shardflow.ConfigError
+// from the constructor. The lease timings (LeaseDuration, RenewInterval,
+// HandoffTimeout) are the checkpoint.LeaseOptions embedded in [Options],
+// the same as the memory store's. Calls that fail with throttling, server or
+// network errors are retried under Options.Retry (see the README's "Retries
+// and the outage budget"); lease writes within the lease they protect. A nil
+// Options.Logger logs to the pipeline's logger when the store serves a
+// pipeline's source, else to slog.Default().
 //
 // Delivery is at-least-once, in order per shard: a new owner resumes from the
 // last saved checkpoint, so records processed since then by the old owner
@@ -87,7 +100,8 @@
 // shards every RenewInterval/2 (36 a minute), one UpdateItem per held lease
 // every RenewInterval (18 a minute per shard), and the checkpoints the
 // pipeline saves (at most one UpdateItem per shard per CheckpointInterval,
-// 12 a minute at the default 5s); the Kinesis source also reads (GetItem)
-// the checkpoint of every shard it does not hold at each discovery (6 a
-// minute per shard at the default 10s).
+// 12 a minute at the default 5s); the Kinesis source also reads (GetItem),
+// at each discovery (every 10s by default), the checkpoint of each closed
+// shard not yet known to be finished, to tell whether its children may be
+// read. Open shards cost no discovery read.
 package dynamostore

@@ -6,7 +6,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
-	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
+	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -55,37 +56,30 @@ func (e *TableError) Unwrap() []error {
 	return out
 }
 
-// classify maps an error of a DynamoDB call to what the lease algorithm
-// expects: lease.ErrConflict for a failed condition, an error marked
-// retry.Permanent for what retrying cannot fix, and the error itself for
-// what may pass (throttling, 5xx, network errors, timeouts).
-func (s *Store) classify(err error) error {
+// classify maps an error of a DynamoDB call to what the lease algorithm and
+// retry.Do expect. The store's own cases come first: lease.ErrConflict for
+// a failed condition, and a permanent *TableError for a missing table or
+// (most likely) a key attribute that does not match the table's key. Every
+// other error is judged by awserr.Mark, shardflow's one policy for AWS
+// errors: retried as it is when it may pass, marked permanent otherwise. op
+// names the call, as in "load checkpoint".
+func (s *Store) classify(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	var ccf *types.ConditionalCheckFailedException
-	if errors.As(err, &ccf) {
+	if _, ok := errors.AsType[*types.ConditionalCheckFailedException](err); ok {
 		return lease.ErrConflict
 	}
-	var notFound *types.ResourceNotFoundException
-	if errors.As(err, &notFound) {
+	if _, ok := errors.AsType[*types.ResourceNotFoundException](err); ok {
 		s.resetReady()
 		return retry.Permanent(s.noTable(err))
 	}
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		switch api.ErrorCode() {
-		case "ValidationException":
-			// Most likely the key attribute does not match the table's key.
-			s.resetReady()
-			return retry.Permanent(&TableError{Table: s.table, Err: ErrKeySchema,
-				Reason: fmt.Sprintf("request refused; does the table have one HASH key %q of type S?", s.key), Cause: err})
-		case "AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
-			"MissingAuthenticationTokenException", "ExpiredTokenException":
-			return retry.Permanent(err)
-		}
+	if api, ok := errors.AsType[smithy.APIError](err); ok && api.ErrorCode() == "ValidationException" {
+		s.resetReady()
+		return retry.Permanent(&TableError{Table: s.table, Err: ErrKeySchema,
+			Reason: fmt.Sprintf("request refused; does the table have one HASH key %q of type S?", s.key), Cause: err})
 	}
-	return err
+	return awserr.Mark(op, err)
 }
 
 func (s *Store) noTable(cause error) *TableError {

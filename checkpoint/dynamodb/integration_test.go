@@ -144,7 +144,7 @@ func TestCreateTableMakesAUsableTableAndAcceptsAnExistingOne(t *testing.T) {
 func TestThrottledOrFailingDynamoDBGivesClearErrorsOrIsRetried(t *testing.T) {
 	good := awstest.DynamoDBClient(t)
 	table := awstest.CreateTable(t, good)
-	t.Run("throttled without end: Load gives up after RetryTimeout naming the throttling", func(t *testing.T) {
+	t.Run("throttled without end: Load gives up after Retry.Timeout naming the throttling", func(t *testing.T) {
 		fc := &awstest.FaultClient{Decide: func(op string, n int) awstest.Fault {
 			if op == "GetItem" {
 				return awstest.Throttle
@@ -152,7 +152,7 @@ func TestThrottledOrFailingDynamoDBGivesClearErrorsOrIsRetried(t *testing.T) {
 			return awstest.Pass
 		}}
 		s := newStore(t, awstest.DynamoDBClient(t, awstest.DynamoDBNoRetries, awstest.DynamoDBFaults(fc)), table,
-			func(o *dynamostore.Options) { o.RetryTimeout = time.Second })
+			func(o *dynamostore.Options) { o.Retry.Timeout = time.Second })
 		_, _, err := s.Load(t.Context(), "st", "a")
 		if err == nil || !strings.Contains(err.Error(), "ProvisionedThroughputExceeded") || !strings.Contains(err.Error(), "load checkpoint") {
 			t.Errorf("Load = %v; want the throttling error after retries", err)

@@ -7,13 +7,16 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/shardflow/shardflow"
-	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/checkpoint"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
+	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -35,7 +38,9 @@ var _ API = (*dynamodb.Client)(nil)
 // always names it through ExpressionAttributeNames.
 const DefaultKeyAttribute = "shard"
 
-// Options configure a Store. Zero fields take the documented defaults.
+// Options configure a Store. The zero value of each field means its
+// documented default; negative durations are refused by [New] with a
+// *shardflow.ConfigError.
 type Options struct {
 	// KeyAttribute is the name of the table's HASH key, of type S. Each
 	// item's key is "<stream>/<shard id>". Default: "shard".
@@ -46,42 +51,42 @@ type Options struct {
 	// and 32 random bits, like "web-3-4711-9f2c01ab".
 	Owner string
 
-	// LeaseDuration is how long a lease may go unrenewed before other
-	// instances take it: after a crash, others resume its shards within
-	// LeaseDuration + RenewInterval. Default: 10s.
-	LeaseDuration time.Duration
+	// LeaseOptions are the lease timings: LeaseDuration (default 10s),
+	// RenewInterval (default LeaseDuration/3) and HandoffTimeout (default
+	// 40s). After a crash, other instances resume its shards within
+	// LeaseDuration + RenewInterval.
+	checkpoint.LeaseOptions
 
-	// RenewInterval is how often each held lease is renewed (one
-	// UpdateItem). The source syncs leases every RenewInterval/2. Default:
-	// LeaseDuration/3. At most LeaseDuration/2.
-	RenewInterval time.Duration
-
-	// HandoffTimeout bounds how long an instance keeps renewing a lease that
-	// another instance asked for, while its source finishes the records in
-	// flight, saves the checkpoint and releases the lease. After it the
-	// lease expires like an abandoned one. Keep it at least the source's
-	// HandoffTimeout (30s by default). Default: 40s.
-	HandoffTimeout time.Duration
-
-	// RetryTimeout bounds how long Load retries throttling and transient
-	// errors. Default: 30s.
-	RetryTimeout time.Duration
+	// Retry is the retry policy of the store's DynamoDB calls that fail
+	// with throttling, server or network errors: Load, CreateTable's wait
+	// for the table, and the pages of a lease read that DynamoDB left
+	// unprocessed. Zero fields take the defaults of AWS calls in shardflow:
+	// no count limit, waits from 100ms doubling up to 5s with jitter, and a
+	// Timeout (the outage budget, counted from the first failure) of 5
+	// minutes; see "Retries and the outage budget" in the README. Lease
+	// writes (renew, take, release) and the fenced checkpoint writes of
+	// Save are retried within the lease they protect instead: at most
+	// until the lease would expire, or one LeaseSyncInterval.
+	Retry shardflow.RetryPolicy
 
 	// Logger receives lease changes (Info) and retried failures (Warn).
-	// Default: nil, which discards them.
+	// Default: the pipeline's logger when the store serves a pipeline's
+	// source (see [shardflow.PipelineLogger]), else slog.Default().
 	Logger *slog.Logger
 }
 
 // Store keeps checkpoints and shard leases in a DynamoDB table. Create it
-// with New. It is safe for concurrent use. Give each pipeline instance its
-// own Store (each is one lease owner); instances share the table.
+// with [NewFromConfig] or [New]. It is safe for concurrent use. Give each
+// pipeline instance its own Store (each is one lease owner); instances share
+// the table.
 type Store struct {
 	client API
 	table  string
 	key    string
 	opts   Options
+	retry  retry.Policy
 	m      *lease.Manager
-	log    *slog.Logger
+	log    atomic.Pointer[slog.Logger]
 
 	readyMu sync.Mutex
 	ready   bool
@@ -90,11 +95,32 @@ type Store struct {
 var (
 	_ shardflow.CheckpointStore = (*Store)(nil)
 	_ shardflow.Leaser          = (*Store)(nil)
+	_ shardflow.PipelineLogger  = (*Store)(nil)
 )
 
-// New returns a store of checkpoints and leases in table. It checks the
-// options and calls no API; the table is checked at first use (or by
-// [Store.Check]).
+// NewFromConfig returns a store of checkpoints and leases in table, with a
+// DynamoDB client made from cfg: the easy way to make a Store.
+//
+//	cfg, err := config.LoadDefaultConfig(ctx)
+//	store, err := dynamostore.NewFromConfig(cfg, "orders-state")
+//
+// The client takes its region, credentials and endpoint from cfg (with
+// config.LoadDefaultConfig, the environment variable
+// AWS_ENDPOINT_URL_DYNAMODB points it at a local DynamoDB), and has no
+// retryer of its own (aws.NopRetryer): the store retries its calls itself
+// (see Options.Retry), and a conditional lease write must never be re-sent
+// blindly. Like New, it checks the options and calls no API.
+func NewFromConfig(cfg aws.Config, table string, optFns ...func(*Options)) (*Store, error) {
+	client := dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) { o.Retryer = aws.NopRetryer{} })
+	return New(client, table, optFns...)
+}
+
+// New returns a store of checkpoints and leases in table, calling DynamoDB
+// through client. It checks the options (a bad one is a
+// *shardflow.ConfigError) and calls no API; the table is checked at first
+// use (or by [Store.Check]). Whatever retryer client has, the store sends
+// its conditional lease writes once per attempt and retries them itself;
+// [NewFromConfig] makes a client with no retryer at all.
 func New(client API, table string, optFns ...func(*Options)) (*Store, error) {
 	var o Options
 	for _, fn := range optFns {
@@ -105,33 +131,58 @@ func New(client API, table string, optFns ...func(*Options)) (*Store, error) {
 		return nil, &shardflow.ConfigError{Field: "client", Reason: "nil"}
 	case table == "":
 		return nil, &shardflow.ConfigError{Field: "table", Reason: "empty"}
-	case o.RetryTimeout < 0:
-		return nil, &shardflow.ConfigError{Field: "RetryTimeout", Reason: "negative"}
+	}
+	if err := o.Retry.Validate("Options.Retry"); err != nil {
+		return nil, err
 	}
 	if o.KeyAttribute == "" {
 		o.KeyAttribute = DefaultKeyAttribute
 	}
-	if o.RetryTimeout == 0 {
-		o.RetryTimeout = 30 * time.Second
+	if err := lease.Resolve(&o.LeaseOptions, "Options"); err != nil {
+		return nil, err
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+	if o.Owner == "" {
+		o.Owner = lease.DefaultOwner()
 	}
-	lo := lease.Options{Owner: o.Owner, LeaseDuration: o.LeaseDuration, RenewInterval: o.RenewInterval,
-		HandoffTimeout: o.HandoffTimeout}
-	if field, reason := lo.Resolve(); field != "" {
-		return nil, &shardflow.ConfigError{Field: field, Reason: reason}
+	s := &Store{client: client, table: table, key: o.KeyAttribute, opts: o,
+		retry: retry.ForAWS(o.Retry.MaxAttempts, o.Retry.InitialInterval, o.Retry.MaxInterval, o.Retry.Multiplier, o.Retry.Timeout)}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
 	}
-	o.Owner, o.LeaseDuration, o.RenewInterval, o.HandoffTimeout = lo.Owner, lo.LeaseDuration, lo.RenewInterval, lo.HandoffTimeout
-	s := &Store{client: client, table: table, key: o.KeyAttribute, opts: o}
-	s.log = o.Logger.With("component", "dynamodb.store", "table", table, "owner", o.Owner)
-	lo.Logger = s.log
-	m, err := lease.New(leaseTable{s}, lo)
+	s.log.Store(s.scope(log))
+	m, err := lease.New(leaseTable{s}, lease.Options{Owner: o.Owner, LeaseOptions: o.LeaseOptions, Logger: s.logger()})
 	if err != nil {
-		return nil, &shardflow.ConfigError{Field: "Options", Reason: err.Error()}
+		return nil, err
 	}
 	s.m = m
 	return s, nil
+}
+
+func (s *Store) scope(l *slog.Logger) *slog.Logger {
+	return l.With("component", "dynamodb.store", "table", s.table, "owner", s.opts.Owner)
+}
+
+func (s *Store) logger() *slog.Logger { return s.log.Load() }
+
+// UsePipelineLogger makes l the store's logger if Options.Logger was nil.
+// A Kinesis source calls it with its pipeline's logger before it starts; see
+// [shardflow.PipelineLogger]. It is safe to call at any time.
+func (s *Store) UsePipelineLogger(l *slog.Logger) {
+	if s.opts.Logger != nil || l == nil {
+		return
+	}
+	l = s.scope(l)
+	s.log.Store(l)
+	s.m.SetLogger(l)
+}
+
+// warn returns the notify function of retry.Do that logs each retry of
+// what at Warn, with attrs.
+func (s *Store) warn(what string, attrs ...any) func(int, error, time.Duration) {
+	return func(n int, err error, wait time.Duration) {
+		s.logger().Warn(what+" failed; retrying", append(attrs, "attempt", n, "wait", wait, "err", err)...)
+	}
 }
 
 // Owner returns this instance's owner id.
@@ -150,7 +201,7 @@ func (s *Store) Check(ctx context.Context) error {
 		return s.noTable(err)
 	}
 	if err != nil {
-		return fmt.Errorf("describe table %q: %w", s.table, s.classify(err))
+		return fmt.Errorf("describe table %q: %w", s.table, s.classify("describe table", err))
 	}
 	t := out.Table
 	if t.TableStatus != types.TableStatusActive && t.TableStatus != types.TableStatusUpdating {
@@ -199,74 +250,62 @@ func (s *Store) resetReady() {
 
 // CreateTable creates the store's table (on-demand capacity, one HASH key
 // KeyAttribute of type S) and waits until it is ACTIVE. A table that already
-// exists is fine if its key schema matches.
+// exists is fine if its key schema matches. Throttling, server and network
+// errors are retried, and the wait for the table polls, under
+// Options.Retry; both end early when ctx is done.
 func (s *Store) CreateTable(ctx context.Context) error {
-	_, err := s.client.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName: aws.String(s.table),
-		AttributeDefinitions: []types.AttributeDefinition{
-			{AttributeName: aws.String(s.key), AttributeType: types.ScalarAttributeTypeS},
-		},
-		KeySchema:   []types.KeySchemaElement{{AttributeName: aws.String(s.key), KeyType: types.KeyTypeHash}},
-		BillingMode: types.BillingModePayPerRequest,
-	})
-	var inUse *types.ResourceInUseException
-	if err != nil && !errors.As(err, &inUse) {
+	create := func() error {
+		_, err := s.client.CreateTable(ctx, &dynamodb.CreateTableInput{
+			TableName: aws.String(s.table),
+			AttributeDefinitions: []types.AttributeDefinition{
+				{AttributeName: aws.String(s.key), AttributeType: types.ScalarAttributeTypeS},
+			},
+			KeySchema:   []types.KeySchemaElement{{AttributeName: aws.String(s.key), KeyType: types.KeyTypeHash}},
+			BillingMode: types.BillingModePayPerRequest,
+		})
+		if _, ok := errors.AsType[*types.ResourceInUseException](err); ok {
+			return nil // it exists: Check says whether it fits
+		}
+		return awserr.Mark("create table", err)
+	}
+	if err := retry.Do(ctx, s.retry, create(), create, s.warn("create table")); err != nil {
 		return fmt.Errorf("create table %q: %w", s.table, err)
 	}
-	bo := retry.NewBackOff(retry.Policy{InitialInterval: 20 * time.Millisecond, MaxInterval: time.Second, Multiplier: 2})
-	for {
+	active := func() error {
 		err := s.Check(ctx)
-		var te *TableError
-		if err == nil || !errors.As(err, &te) || te.Err != nil {
-			return err
+		if te, ok := errors.AsType[*TableError](err); ok && te.Err != nil {
+			return retry.Permanent(err) // missing, or the wrong key
 		}
-		t := time.NewTimer(bo.NextBackOff()) // not ACTIVE yet
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("wait for table %q to become ACTIVE: %w", s.table, ctx.Err())
-		case <-t.C:
-		}
+		return err // not ACTIVE yet, or a retryable failure to describe it
 	}
+	if err := retry.Do(ctx, s.retry, active(), active, nil); err != nil {
+		return fmt.Errorf("wait for table %q to become ACTIVE: %w", s.table, err)
+	}
+	return nil
 }
 
 // Load returns the shard's checkpoint (strongly consistent read); ok is false
-// when none was saved. Throttling and transient errors are retried for
-// RetryTimeout.
+// when none was saved. Throttling, server and network errors are retried
+// under Options.Retry (each retry logged at Warn); a missing table or one
+// with the wrong key fails it at once with a *TableError.
 func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Checkpoint, bool, error) {
 	var out *dynamodb.GetItemOutput
-	bo := retry.NewBackOff(retry.Policy{InitialInterval: 50 * time.Millisecond, MaxInterval: 2 * time.Second, Multiplier: 2})
-	start := time.Now()
-	for {
-		err := s.checkReady(ctx)
-		if retry.IsPermanent(err) {
-			return shardflow.Checkpoint{}, false, err
+	get := func() error {
+		if err := s.checkReady(ctx); err != nil {
+			return err
 		}
-		if err == nil {
-			out, err = s.client.GetItem(ctx, &dynamodb.GetItemInput{
-				TableName:                aws.String(s.table),
-				Key:                      s.itemKey(stream, shardID),
-				ConsistentRead:           aws.Bool(true),
-				ProjectionExpression:     aws.String("#seq, #sub, #partial, #end, #at"),
-				ExpressionAttributeNames: map[string]string{"#seq": attrSeq, "#sub": attrSub, "#partial": attrPartial, "#end": attrEnd, "#at": attrSavedAt},
-			})
-			if err == nil {
-				break
-			}
-			err = s.classify(err)
-		}
-		if retry.IsPermanent(err) || ctx.Err() != nil || time.Since(start) > s.opts.RetryTimeout {
-			return shardflow.Checkpoint{}, false, fmt.Errorf("load checkpoint of shard %s of stream %q from table %q: %w", shardID, stream, s.table, err)
-		}
-		wait := bo.NextBackOff()
-		s.log.Warn("load checkpoint failed; retrying", "stream", stream, "shard_id", shardID, "wait", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return shardflow.Checkpoint{}, false, fmt.Errorf("load checkpoint of shard %s of stream %q: %w", shardID, stream, ctx.Err())
-		case <-t.C:
-		}
+		var err error
+		out, err = s.client.GetItem(ctx, &dynamodb.GetItemInput{
+			TableName:                aws.String(s.table),
+			Key:                      s.itemKey(stream, shardID),
+			ConsistentRead:           aws.Bool(true),
+			ProjectionExpression:     aws.String("#seq, #sub, #partial, #end, #at"),
+			ExpressionAttributeNames: map[string]string{"#seq": attrSeq, "#sub": attrSub, "#partial": attrPartial, "#end": attrEnd, "#at": attrSavedAt},
+		})
+		return s.classify("load checkpoint", err)
+	}
+	if err := retry.Do(ctx, s.retry, get(), get, s.warn("load checkpoint", "stream", stream, "shard_id", shardID)); err != nil {
+		return shardflow.Checkpoint{}, false, fmt.Errorf("load checkpoint of shard %s of stream %q from table %q: %w", shardID, stream, s.table, err)
 	}
 	return decodeCheckpoint(out.Item)
 }
@@ -275,7 +314,7 @@ func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Che
 // lease: the write is conditional on the item's owner and lease counter. If
 // another instance took the lease (or it was released), Save fails with an
 // error wrapping [shardflow.ErrLeaseLost] and changes nothing. Transient
-// errors are retried for up to RenewInterval/2.
+// errors are retried for up to LeaseSyncInterval.
 func (s *Store) Save(ctx context.Context, stream, shardID string, cp shardflow.Checkpoint) error {
 	if err := s.checkReady(ctx); err != nil {
 		return err
@@ -309,7 +348,7 @@ func (s *Store) ReleaseLease(ctx context.Context, stream, shardID string) error 
 // RenewInterval/2 (1.67s by default).
 func (s *Store) LeaseSyncInterval() time.Duration { return s.m.SyncInterval() }
 
-// LeaseDuration is Options.LeaseDuration: how long a lease may go
+// LeaseDuration is Options.LeaseDuration (10s by default): how long a lease may go
 // unrenewed before another instance takes it.
 func (s *Store) LeaseDuration() time.Duration { return s.m.LeaseDuration() }
 

@@ -2,6 +2,7 @@ package dynamostore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,7 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
-	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -24,6 +25,10 @@ type leaseTable struct{ s *Store }
 // retries instead, and re-reads the item to learn what became of an
 // attempt it had no answer for.
 func sendOnce(o *dynamodb.Options) { o.Retryer = aws.NopRetryer{} }
+
+// errUnprocessed is the retryable error of a BatchGetItem that left keys
+// unprocessed.
+var errUnprocessed = errors.New("keys left unprocessed (throttled)")
 
 // batchGetMax is the most keys one BatchGetItem takes.
 const batchGetMax = 100
@@ -44,29 +49,35 @@ func (t leaseTable) Leases(ctx context.Context, stream string, shardIDs []string
 			ProjectionExpression:     aws.String("#k, #o, #c, #w"),
 			ExpressionAttributeNames: map[string]string{"#k": s.key, "#o": attrOwner, "#c": attrCounter, "#w": attrWant},
 		}}
-		bo := retry.NewBackOff(retry.Policy{InitialInterval: 20 * time.Millisecond, MaxInterval: 500 * time.Millisecond, Multiplier: 2})
-		for len(req) > 0 {
+		// Keys DynamoDB left unprocessed (throttled in part) are asked for
+		// again under Options.Retry, within ctx. A failed call is returned
+		// at once: the lease manager retries it within the lease's time.
+		var callErr error
+		page := func() error {
 			res, err := s.client.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: req})
 			if err != nil {
-				return nil, s.classify(err)
+				callErr = s.classify("read leases", err)
+				return retry.Permanent(callErr)
 			}
 			for _, item := range res.Responses[s.table] {
 				l, err := s.decodeLease(item)
 				if err != nil {
-					return nil, retry.Permanent(err)
+					callErr = retry.Permanent(err)
+					return callErr
 				}
 				out = append(out, l)
 			}
-			req = res.UnprocessedKeys
-			if len(req) > 0 { // throttled in part: back off and ask for the rest
-				tm := time.NewTimer(bo.NextBackOff())
-				select {
-				case <-ctx.Done():
-					tm.Stop()
-					return nil, ctx.Err()
-				case <-tm.C:
-				}
+			if req = res.UnprocessedKeys; len(req) > 0 {
+				return errUnprocessed
 			}
+			return nil
+		}
+		err := retry.Do(ctx, s.retry, page(), page, s.warn("read leases", "stream", stream))
+		if callErr != nil {
+			return nil, callErr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read leases of stream %q: %w", stream, err)
 		}
 	}
 	return out, nil
@@ -108,7 +119,7 @@ func (t leaseTable) Create(ctx context.Context, stream, shardID, owner string) e
 		ConditionExpression:      aws.String("attribute_not_exists(#k)"),
 		ExpressionAttributeNames: map[string]string{"#k": s.key},
 	}, sendOnce)
-	return s.classify(err)
+	return s.classify("lease write", err)
 }
 
 func (t leaseTable) Update(ctx context.Context, stream, shardID string, cond lease.Cond, ch lease.Change) error {
@@ -187,7 +198,7 @@ func (t leaseTable) Update(ctx context.Context, stream, shardID string, cond lea
 		ExpressionAttributeNames:  names,
 		ExpressionAttributeValues: values,
 	}, sendOnce)
-	return s.classify(err)
+	return s.classify("lease write", err)
 }
 
 func n(v int64) types.AttributeValue {

@@ -3,31 +3,25 @@ package memory
 import (
 	"context"
 	"log/slog"
-	"runtime"
-	"sync"
 	"time"
-	"weak"
 
 	"github.com/shardflow/shardflow"
-	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/checkpoint"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
 )
 
-// LeaseOptions configure an [Instance]. Zero fields take the documented
-// defaults, the same as the DynamoDB store's.
-type LeaseOptions struct {
-	// LeaseDuration is how long a lease may go unrenewed before other
-	// instances take it. Default: 10s.
-	LeaseDuration time.Duration
-	// RenewInterval is how often held leases are renewed; the source syncs
-	// leases every RenewInterval/2. Default: LeaseDuration/3. At most
-	// LeaseDuration/2.
-	RenewInterval time.Duration
-	// HandoffTimeout bounds how long an instance keeps renewing a lease
-	// another instance asked for while its source checkpoints and releases
-	// the shard; after that the lease expires. Default: 40s.
-	HandoffTimeout time.Duration
+// InstanceOptions configure an [Instance]. The zero value of each field
+// means its documented default; negative durations are refused by
+// [Store.Instance] with a *shardflow.ConfigError.
+type InstanceOptions struct {
+	// LeaseOptions are the lease timings, the same as the DynamoDB
+	// store's: LeaseDuration (default 10s), RenewInterval (default
+	// LeaseDuration/3) and HandoffTimeout (default 40s).
+	checkpoint.LeaseOptions
+
 	// Logger receives lease changes (Info) and failures (Warn). Default:
-	// nil, which discards them.
+	// the pipeline's logger when the Instance serves a pipeline's source
+	// (see [shardflow.PipelineLogger]), else slog.Default().
 	Logger *slog.Logger
 }
 
@@ -38,35 +32,58 @@ type LeaseOptions struct {
 // the same algorithm (see package checkpoint/dynamodb): leases renewed,
 // expired leases taken, balanced by count with graceful handoffs.
 //
-// An Instance is safe for concurrent use. Its checkpoints are the Store's:
-// Store.Checkpoint and Store.Checkpoints see them, and Store.Load and
-// Instance.Load agree.
+// An Instance is safe for concurrent use. Its checkpoints and leases are
+// the Store's: Store.Checkpoint and Store.Checkpoints see them, and
+// Store.Load and Instance.Load agree.
 type Instance struct {
-	s *Store
-	m *lease.Manager
+	s      *Store
+	m      *lease.Manager
+	ownLog bool // InstanceOptions.Logger was set: keep it
 }
 
 var (
 	_ shardflow.CheckpointStore = (*Instance)(nil)
 	_ shardflow.Leaser          = (*Instance)(nil)
+	_ shardflow.PipelineLogger  = (*Instance)(nil)
 )
 
 // Instance returns a new instance view of s named owner (a unique id is made
 // up when owner is ""). Two Instances must not share an owner name. It
-// fails only on bad options.
-func (s *Store) Instance(owner string, optFns ...func(*LeaseOptions)) (*Instance, error) {
-	var o LeaseOptions
+// fails only on bad options, with a *shardflow.ConfigError.
+func (s *Store) Instance(owner string, optFns ...func(*InstanceOptions)) (*Instance, error) {
+	var o InstanceOptions
 	for _, fn := range optFns {
 		fn(&o)
 	}
-	m, err := lease.New(memTable{s: s, lt: s.leaseTable()}, lease.Options{
-		Owner: owner, LeaseDuration: o.LeaseDuration, RenewInterval: o.RenewInterval,
-		HandoffTimeout: o.HandoffTimeout, Logger: o.Logger,
-	})
+	if err := lease.Resolve(&o.LeaseOptions, "InstanceOptions"); err != nil {
+		return nil, err
+	}
+	if owner == "" {
+		owner = lease.DefaultOwner()
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	m, err := lease.New(memTable{s}, lease.Options{Owner: owner, LeaseOptions: o.LeaseOptions, Logger: scope(log, owner)})
 	if err != nil {
 		return nil, err
 	}
-	return &Instance{s: s, m: m}, nil
+	return &Instance{s: s, m: m, ownLog: o.Logger != nil}, nil
+}
+
+func scope(l *slog.Logger, owner string) *slog.Logger {
+	return l.With("component", "memory.store", "owner", owner)
+}
+
+// UsePipelineLogger makes l the instance's logger if InstanceOptions.Logger
+// was nil. A Kinesis source calls it with its pipeline's logger before it
+// starts; see [shardflow.PipelineLogger]. It is safe to call at any time.
+func (in *Instance) UsePipelineLogger(l *slog.Logger) {
+	if in.ownLog || l == nil {
+		return
+	}
+	in.m.SetLogger(scope(l, in.m.Owner()))
 }
 
 // Owner returns the instance's owner name.
@@ -118,11 +135,10 @@ func (in *Instance) ResetCheckpoint(ctx context.Context, stream, shardID string)
 // LeaseOwners returns the owner of every lease of stream, by shard id ("" for
 // a free lease), for assertions.
 func (s *Store) LeaseOwners(stream string) map[string]string {
-	lt := s.leaseTable()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make(map[string]string)
-	for k, r := range lt.recs {
+	for k, r := range s.leases {
 		if k.stream == stream {
 			out[k.shard] = r.owner
 		}
@@ -140,53 +156,26 @@ func (s *Store) ResetCheckpoint(ctx context.Context, stream, shardID string) err
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lt := s.leaseTable()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key{stream, shardID}
 	delete(s.cps, k)
-	if r := lt.recs[k]; r != nil {
+	if r := s.leases[k]; r != nil {
 		r.owner, r.want = "", ""
 		r.counter++
 	}
 	return nil
 }
 
-// leaseTables holds the lease records of each Store that has Instances,
-// keyed weakly so that a Store's records go away with it. (They live beside
-// the Store rather than in it so that a plain Store stays as small as it
-// was.)
-var leaseTables sync.Map // weak.Pointer[Store] -> *leaseRecs
-
-// leaseRecs are a Store's lease records, guarded by the Store's mu so that a
-// fenced checkpoint is checked and written at once.
-type leaseRecs struct {
-	recs map[key]*leaseRec
-}
-
+// leaseRec is a shard's lease, in Store.leases.
 type leaseRec struct {
 	owner   string
 	counter int64
 	want    string
 }
 
-func (s *Store) leaseTable() *leaseRecs {
-	wp := weak.Make(s)
-	if lt, ok := leaseTables.Load(wp); ok {
-		return lt.(*leaseRecs)
-	}
-	lt, loaded := leaseTables.LoadOrStore(wp, &leaseRecs{recs: make(map[key]*leaseRec)})
-	if !loaded {
-		runtime.AddCleanup(s, func(wp weak.Pointer[Store]) { leaseTables.Delete(wp) }, wp)
-	}
-	return lt.(*leaseRecs)
-}
-
 // memTable is the lease.Table of a Store.
-type memTable struct {
-	s  *Store
-	lt *leaseRecs
-}
+type memTable struct{ s *Store }
 
 func (t memTable) Leases(ctx context.Context, stream string, shardIDs []string) ([]lease.Lease, error) {
 	if err := ctx.Err(); err != nil {
@@ -196,7 +185,7 @@ func (t memTable) Leases(ctx context.Context, stream string, shardIDs []string) 
 	defer t.s.mu.Unlock()
 	var out []lease.Lease
 	for _, id := range shardIDs {
-		if r := t.lt.recs[key{stream, id}]; r != nil {
+		if r := t.s.leases[key{stream, id}]; r != nil {
 			out = append(out, lease.Lease{ShardID: id, Owner: r.owner, Counter: r.counter, Want: r.want})
 		}
 	}
@@ -210,10 +199,13 @@ func (t memTable) Create(ctx context.Context, stream, shardID, owner string) err
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
 	k := key{stream, shardID}
-	if t.lt.recs[k] != nil {
+	if t.s.leases[k] != nil {
 		return lease.ErrConflict
 	}
-	t.lt.recs[k] = &leaseRec{owner: owner, counter: 1}
+	if t.s.leases == nil {
+		t.s.leases = make(map[key]*leaseRec)
+	}
+	t.s.leases[k] = &leaseRec{owner: owner, counter: 1}
 	return nil
 }
 
@@ -224,7 +216,7 @@ func (t memTable) Update(ctx context.Context, stream, shardID string, cond lease
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
 	k := key{stream, shardID}
-	r := t.lt.recs[k]
+	r := t.s.leases[k]
 	if r == nil || r.owner != cond.Owner || r.counter != cond.Counter || cond.Want != nil && r.want != *cond.Want {
 		return lease.ErrConflict
 	}

@@ -29,10 +29,10 @@ func TestInstanceConformance(t *testing.T) {
 }
 
 func TestInstanceLeaseConformance(t *testing.T) {
-	checkpointtest.RunLeases(t, func(t *testing.T) checkpointtest.NewInstance {
+	checkpointtest.RunLeasesSynctest(t, func(t *testing.T) checkpointtest.NewInstance {
 		store := memory.New()
 		return func(t *testing.T, owner string) checkpointtest.LeaseStore {
-			in, err := store.Instance(owner, func(o *memory.LeaseOptions) {
+			in, err := store.Instance(owner, func(o *memory.InstanceOptions) {
 				o.LeaseDuration, o.HandoffTimeout = checkpointtest.LeaseDuration, 4*checkpointtest.LeaseDuration
 			})
 			if err != nil {

@@ -19,11 +19,15 @@ import (
 	"github.com/shardflow/shardflow"
 )
 
-// Store keeps checkpoints in a map. The zero Store is not usable; call New.
+// Store keeps checkpoints in a map, and the shard leases of its Instances.
+// The zero Store is not usable; call New.
 type Store struct {
-	mu  sync.Mutex
-	cps map[key]shardflow.Checkpoint
-	n   int
+	// mu guards every field, so that a fenced checkpoint of an Instance is
+	// checked against its lease and written at once.
+	mu     sync.Mutex
+	cps    map[key]shardflow.Checkpoint
+	n      int
+	leases map[key]*leaseRec // made by the first lease of an Instance
 }
 
 type key struct{ stream, shard string }

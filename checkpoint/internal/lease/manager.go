@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shardflow/shardflow"
@@ -21,7 +22,7 @@ type Manager struct {
 	t   Table
 	o   Options
 	me  string
-	log *slog.Logger
+	log atomic.Pointer[slog.Logger]
 
 	syncMu sync.Mutex // one Sync at a time
 
@@ -68,21 +69,28 @@ type held struct {
 	noRenew  bool // let it expire: not renewed any more
 }
 
-// New returns the Manager of one instance. It checks o (see
-// [Options.Resolve]).
+// New returns the Manager of one instance. It fills in the defaults of o
+// and checks it (see [Resolve]); a bad value is a *shardflow.ConfigError.
 func New(t Table, o Options) (*Manager, error) {
-	if field, reason := o.Resolve(); field != "" {
-		return nil, fmt.Errorf("lease option %s: %s", field, reason)
+	if err := o.resolve(); err != nil {
+		return nil, err
 	}
-	return &Manager{
+	m := &Manager{
 		t: t, o: o, me: o.Owner,
-		log:   o.Logger,
 		held:  make(map[key]*held),
 		seen:  make(map[key]seen),
 		wants: make(map[string]want),
 		lost:  make(map[key]bool),
-	}, nil
+	}
+	m.log.Store(o.Logger)
+	return m, nil
 }
+
+// SetLogger makes l the logger of lease changes and retried failures from
+// now on. The store calls it when a pipeline hands it its logger.
+func (m *Manager) SetLogger(l *slog.Logger) { m.log.Store(l) }
+
+func (m *Manager) logger() *slog.Logger { return m.log.Load() }
 
 // Owner returns this instance's owner id.
 func (m *Manager) Owner() string { return m.me }
@@ -135,14 +143,14 @@ func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([
 		h.io.Unlock()
 	}
 	var leases []Lease
-	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+	err := m.retryUntil(ctx, until, "read leases", func(ctx context.Context) error {
 		var err error
 		leases, err = m.t.Leases(ctx, stream, fetch)
 		return err
 	})
 	if err != nil {
 		if ctx.Err() == nil && m.lapse(stream, mine, time.Now()) > 0 {
-			m.log.Warn("cannot read leases; giving up those not renewed for the lease duration",
+			m.logger().Warn("cannot read leases; giving up those not renewed for the lease duration",
 				"stream", stream, "err", err)
 			return m.active(mine, isEligible), nil
 		}
@@ -246,7 +254,7 @@ func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[st
 			}
 			if l.Want != "" && l.Want != m.me {
 				h.givingUp = now
-				m.log.Info("handing lease over", "stream", stream, "shard_id", id, "to", l.Want)
+				m.logger().Info("handing lease over", "stream", stream, "shard_id", id, "to", l.Want)
 			} else if !eligible[id] {
 				h.givingUp = now
 			}
@@ -302,7 +310,7 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 				errs = append(errs, fmt.Errorf("renew lease of shard %s: %w", id, err))
 				mu.Unlock()
 			default:
-				m.log.Warn("lease not renewed; retrying at the next sync", "stream", stream, "shard_id", id, "err", err)
+				m.logger().Warn("lease not renewed; retrying at the next sync", "stream", stream, "shard_id", id, "err", err)
 			}
 			return nil
 		})
@@ -332,7 +340,7 @@ func (m *Manager) lapse(stream string, mine map[string]*held, now time.Time) int
 				h.givingUp = now
 			}
 			n++
-			m.log.Warn("lease not renewed for the lease duration; giving it up", "stream", stream, "shard_id", id)
+			m.logger().Warn("lease not renewed for the lease duration; giving it up", "stream", stream, "shard_id", id)
 		}
 		h.io.Unlock()
 	}
@@ -413,7 +421,7 @@ func (m *Manager) balance(ctx context.Context, stream string, eligible []string,
 			if retry.IsPermanent(err) {
 				errs = append(errs, err)
 			} else {
-				m.log.Warn("lease not taken; retrying at the next sync", "stream", stream, "shard_id", c.shard, "err", err)
+				m.logger().Warn("lease not taken; retrying at the next sync", "stream", stream, "shard_id", c.shard, "err", err)
 			}
 			continue
 		}
@@ -458,13 +466,13 @@ func (m *Manager) balance(ctx context.Context, stream string, eligible []string,
 		m.mu.Lock()
 		m.wants[stream] = want{shard: l.ShardID, at: now}
 		m.mu.Unlock()
-		m.log.Info("asked for a lease", "stream", stream, "shard_id", l.ShardID, "from", l.Owner,
+		m.logger().Info("asked for a lease", "stream", stream, "shard_id", l.ShardID, "from", l.Owner,
 			"held", have, "target", target)
 	case errors.Is(err, ErrConflict):
 	case retry.IsPermanent(err):
 		errs = append(errs, err)
 	default:
-		m.log.Warn("lease request not written; retrying at the next sync", "stream", stream, "shard_id", l.ShardID, "err", err)
+		m.logger().Warn("lease request not written; retrying at the next sync", "stream", stream, "shard_id", l.ShardID, "err", err)
 	}
 	return errors.Join(errs...)
 }
@@ -503,7 +511,7 @@ func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, e
 	if c.lease.Owner != "" {
 		from = c.lease.Owner + " (expired)"
 	}
-	m.log.Info("lease taken", "stream", stream, "shard_id", c.shard, "from", from)
+	m.logger().Info("lease taken", "stream", stream, "shard_id", c.shard, "from", from)
 	return true, nil
 }
 
@@ -534,7 +542,7 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 	case err != nil:
 		return fmt.Errorf("release lease of shard %s of stream %q: %w", shard, stream, err)
 	}
-	m.log.Info("lease released", "stream", stream, "shard_id", shard, "lease_counter", l.Counter)
+	m.logger().Info("lease released", "stream", stream, "shard_id", shard, "lease_counter", l.Counter)
 	return nil
 }
 
@@ -575,7 +583,7 @@ func (m *Manager) noteLost(stream, shard string, l Lease) {
 	m.mu.Lock()
 	m.lost[key{stream, shard}] = true
 	m.mu.Unlock()
-	m.log.Info("lease lost", "stream", stream, "shard_id", shard, "owner", l.Owner, "lease_counter", l.Counter)
+	m.logger().Info("lease lost", "stream", stream, "shard_id", shard, "owner", l.Owner, "lease_counter", l.Counter)
 }
 
 // Holds reports the shards of stream this instance holds, for tests.
@@ -605,7 +613,7 @@ func (m *Manager) Holds(stream string) []string {
 // gone), for the log.
 func (m *Manager) write(ctx context.Context, stream, shard string, until time.Time, cond Cond, ch Change, sent *time.Time) (Lease, error) {
 	var seen Lease
-	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+	err := m.retryUntil(ctx, until, "lease write of shard "+shard, func(ctx context.Context) error {
 		for adopted := false; ; adopted = true {
 			if sent != nil {
 				*sent = time.Now()
@@ -623,7 +631,7 @@ func (m *Manager) write(ctx context.Context, stream, shard string, until time.Ti
 			case v == landed:
 				return nil
 			case v == adopt && !adopted:
-				m.log.Info("a lease write whose answer was lost did land; going on from the table's counter",
+				m.logger().Info("a lease write whose answer was lost did land; going on from the table's counter",
 					"stream", stream, "shard_id", shard, "lease_counter", l.Counter)
 				cond.Counter = l.Counter
 				continue
@@ -641,7 +649,7 @@ func (m *Manager) write(ctx context.Context, stream, shard string, until time.Ti
 func (m *Manager) create(ctx context.Context, stream, shard string, until time.Time, sent *time.Time) (Lease, error) {
 	cond, ch := Cond{}, Change{Owner: ptr(m.me), Bump: true} // what Create does
 	var seen Lease
-	err := retryUntil(ctx, until, m.o.RenewInterval, func(ctx context.Context) error {
+	err := m.retryUntil(ctx, until, "lease creation of shard "+shard, func(ctx context.Context) error {
 		*sent = time.Now()
 		err := m.t.Create(ctx, stream, shard, m.me)
 		if !errors.Is(err, ErrConflict) {
@@ -715,34 +723,54 @@ func after(cond Cond, ch Change) Lease {
 	return l
 }
 
+// errWindowEnded is the cause of the end of a lease write's retries: the
+// lease it protects (or the sync it belongs to) is past the time it could
+// still help.
+var errWindowEnded = errors.New("lease retry window ended")
+
 // retryUntil calls op until it succeeds, returns ErrConflict or a permanent
-// error, or until passes (it always calls op at least once). Each attempt
-// gets a context ending at until (or at least a quarter of interval from
-// now), so a hung call cannot outlast the lease it protects.
-func retryUntil(ctx context.Context, until time.Time, interval time.Duration, op func(context.Context) error) error {
-	maxWait := min(time.Second, interval/4)
-	bo := retry.NewBackOff(retry.Policy{InitialInterval: min(50*time.Millisecond, maxWait), MaxInterval: maxWait, Multiplier: 2})
-	for {
+// error, or until passes (it always calls op at least once), through
+// retry.Do. The retries stay within the lease they protect rather than the
+// store's outage budget: a renewal retried past the lease's expiry is
+// pointless. Each attempt gets a context ending at until (or at least a
+// quarter of interval from now), so a hung call cannot outlast the lease
+// either. what names the operation in the Warn log of each retry.
+func (m *Manager) retryUntil(ctx context.Context, until time.Time, what string, op func(context.Context) error) error {
+	interval := m.o.RenewInterval
+	attempt := func() error {
 		deadline := until
 		if floor := time.Now().Add(interval / 4); deadline.Before(floor) {
 			deadline = floor
 		}
 		actx, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
 		err := op(actx)
-		cancel()
-		if err == nil || errors.Is(err, ErrConflict) || retry.IsPermanent(err) || ctx.Err() != nil {
-			return err
+		if errors.Is(err, ErrConflict) || ctx.Err() != nil {
+			return retry.Permanent(err)
 		}
-		wait := bo.NextBackOff()
-		if !time.Now().Add(wait).Before(until) {
-			return err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
+		return err
 	}
+	err := attempt()
+	if err == nil || retry.IsPermanent(err) {
+		return unmark(err)
+	}
+	// The waits end at until: no attempt starts after it.
+	wctx, cancel := context.WithDeadlineCause(ctx, until, errWindowEnded)
+	defer cancel()
+	maxWait := min(time.Second, interval/4)
+	p := retry.Policy{InitialInterval: min(50*time.Millisecond, maxWait), MaxInterval: maxWait, Multiplier: 2,
+		MaxElapsed: time.Until(until)}
+	err = retry.Do(wctx, p, err, attempt, func(n int, err error, wait time.Duration) {
+		m.logger().Warn(what+" failed; retrying", "attempt", n, "wait", wait, "err", err)
+	})
+	return unmark(err)
+}
+
+// unmark returns ErrConflict itself for a refused write, so that callers
+// tell it from a permanent failure of the table.
+func unmark(err error) error {
+	if errors.Is(err, ErrConflict) {
+		return ErrConflict
+	}
+	return err
 }

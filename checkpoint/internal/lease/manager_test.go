@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/shardflow/shardflow"
-	"github.com/shardflow/shardflow/internal/lease"
+	"github.com/shardflow/shardflow/checkpoint"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -250,12 +251,13 @@ func TestPermanentErrorsAreReturnedNotRetried(t *testing.T) {
 
 func TestOptionsAreChecked(t *testing.T) {
 	for _, o := range []lease.Options{
-		{LeaseDuration: -1},
-		{LeaseDuration: 10 * time.Second, RenewInterval: 6 * time.Second},
-		{HandoffTimeout: -time.Second},
+		{LeaseOptions: checkpoint.LeaseOptions{LeaseDuration: -1}},
+		{LeaseOptions: checkpoint.LeaseOptions{LeaseDuration: 10 * time.Second, RenewInterval: 6 * time.Second}},
+		{LeaseOptions: checkpoint.LeaseOptions{HandoffTimeout: -time.Second}},
 	} {
-		if _, err := lease.New(newTable(), o); err == nil {
-			t.Errorf("New(%+v) accepted bad options", o)
+		_, err := lease.New(newTable(), o)
+		if _, ok := errors.AsType[*shardflow.ConfigError](err); !ok {
+			t.Errorf("New(%+v) = %v; want a *shardflow.ConfigError", o, err)
 		}
 	}
 	m := newManager(t, newTable(), "")

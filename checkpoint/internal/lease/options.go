@@ -7,13 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint"
 )
 
-// Defaults of [Options]. With them an instance that dies without releasing
-// its leases has them taken within LeaseDuration + RenewInterval (13.3 s):
-// others notice its last renewal at most RenewInterval/2 after it, call it
-// expired LeaseDuration later, and take the lease at their next sync, at most
-// RenewInterval/2 after that.
+// Defaults of [checkpoint.LeaseOptions], as its field docs state them.
 const (
 	DefaultLeaseDuration  = 10 * time.Second
 	DefaultHandoffTimeout = 40 * time.Second
@@ -23,36 +22,28 @@ const (
 type Options struct {
 	// Owner identifies this instance in the table. Default: DefaultOwner().
 	Owner string
-	// LeaseDuration is how long a lease may go unrenewed before others take
-	// it. Default: 10s.
-	LeaseDuration time.Duration
-	// RenewInterval is how often a held lease is renewed. Sync must be
-	// called every RenewInterval/2 (the stores' LeaseSyncInterval).
-	// Default: LeaseDuration/3. Must be at most LeaseDuration/2.
-	RenewInterval time.Duration
-	// HandoffTimeout bounds how long an owner keeps renewing a lease it was
-	// asked to hand over, waiting for its source to checkpoint and release
-	// it; after that the lease expires like any other. It should be at least
-	// the source's own HandoffTimeout (30s by default). Default: 40s.
-	HandoffTimeout time.Duration
-	// Logger receives lease changes (Info) and retried failures (Warn).
-	// Default: nil, which discards them.
+	// The lease timings, as the stores' users give them.
+	checkpoint.LeaseOptions
+	// Logger receives lease changes (Info) and retried failures (Warn). The
+	// store scopes it. Default: slog.Default(); [Manager.SetLogger]
+	// replaces it.
 	Logger *slog.Logger
 }
 
-// Resolve fills in defaults and checks o. It returns the name of the field at
-// fault and why, or "", "" when o is good.
-func (o *Options) Resolve() (field, reason string) {
+// Resolve fills in the defaults of o's lease timings and checks them. field
+// prefixes the field named by the *shardflow.ConfigError of a bad value, as
+// in "Options" for "Options.RenewInterval".
+func Resolve(o *checkpoint.LeaseOptions, field string) error {
+	bad := func(name, reason string) error {
+		return &shardflow.ConfigError{Field: field + "." + name, Reason: reason}
+	}
 	switch {
 	case o.LeaseDuration < 0:
-		return "LeaseDuration", "negative"
+		return bad("LeaseDuration", "negative")
 	case o.RenewInterval < 0:
-		return "RenewInterval", "negative"
+		return bad("RenewInterval", "negative")
 	case o.HandoffTimeout < 0:
-		return "HandoffTimeout", "negative"
-	}
-	if o.Owner == "" {
-		o.Owner = DefaultOwner()
+		return bad("HandoffTimeout", "negative")
 	}
 	if o.LeaseDuration == 0 {
 		o.LeaseDuration = DefaultLeaseDuration
@@ -64,15 +55,26 @@ func (o *Options) Resolve() (field, reason string) {
 		o.HandoffTimeout = DefaultHandoffTimeout
 	}
 	if o.RenewInterval > o.LeaseDuration/2 {
-		return "RenewInterval", fmt.Sprintf("%v is more than half of LeaseDuration %v: a lease must be renewed at least twice per duration", o.RenewInterval, o.LeaseDuration)
+		return bad("RenewInterval", fmt.Sprintf("%v is more than half of LeaseDuration %v: a lease must be renewed at least twice per duration", o.RenewInterval, o.LeaseDuration))
 	}
 	if o.RenewInterval < 2*time.Millisecond {
-		return "RenewInterval", "shorter than 2ms"
+		return bad("RenewInterval", "shorter than 2ms")
+	}
+	return nil
+}
+
+// resolve fills in defaults and checks o.
+func (o *Options) resolve() error {
+	if err := Resolve(&o.LeaseOptions, "Options"); err != nil {
+		return err
+	}
+	if o.Owner == "" {
+		o.Owner = DefaultOwner()
 	}
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+		o.Logger = slog.Default()
 	}
-	return "", ""
+	return nil
 }
 
 // DefaultOwner returns an owner id unique to this process: host name, process
