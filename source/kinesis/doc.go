@@ -3,12 +3,24 @@
 // checkpoint says, surviving throttling, expired iterators and resharding,
 // and de-aggregating KPL records.
 //
-//	src, err := kinesissource.New(client, "orders", func(o *kinesissource.Options) {
+// The easy way to build one is from an aws.Config:
+//
+//	cfg, err := config.LoadDefaultConfig(ctx)
+//	if err != nil { ... }
+//	src, err := kinesissource.NewFromConfig(cfg, "orders", func(o *kinesissource.Options) {
 //		o.Store = store                          // memory.New(), or the DynamoDB store
 //		o.InitialPosition = kinesissource.TrimHorizon()
 //	})
 //	if err != nil { ... }
 //	err = shardflow.Source(src).Map(decode).Sink(sink).Run(ctx)
+//
+// NewFromConfig makes the Kinesis client with the SDK's own retries off, as
+// the source retries per shard; New takes a client you built, or the test
+// kit's in-memory fake. The zero value of every Options field means its
+// documented default; a bad value makes New return a *shardflow.ConfigError
+// naming the field. A nil Options.Logger logs through the pipeline's
+// logger (shardflow.Options.Logger), and the source hands that logger on to
+// its store, so a pipeline's logger is set once.
 //
 // The package is named kinesissource so that it and the AWS SDK's kinesis
 // package can be imported side by side without aliases; the sink is
@@ -38,12 +50,27 @@
 // Each shard is polled with GetRecords back to back while it is behind the
 // tip, and every IdleInterval at the tip, never more than 5 calls per second
 // (the Kinesis limit per shard). Throttling and transient errors are retried
-// per shard with exponential backoff and jitter: give the client a retryer
-// that does not retry on its own (aws.NopRetryer, or retry.NewStandard with
-// ratelimit.None), or many shards retrying through the SDK's shared retry
-// quota exhaust it. A shard gives up after Options.RetryTimeout (5 minutes,
-// the outage budget the Kinesis sink shares) of failures without a success.
-// Refused or missing credentials are not retried: Run stops with an error
+// per shard under Options.Retry, with exponential backoff and jitter (100ms
+// doubling to 5s), for at most the outage budget (Retry.Timeout, 5 minutes,
+// the same as the Kinesis sink's and the stores') from the first failure
+// of a run without a success. The last try comes when the budget ends; if
+// it fails too, Run stops with that error. Give a client passed to New a
+// retryer that does not retry on its own (aws.NopRetryer), or many shards
+// retrying through the SDK's shared retry quota exhaust it. Refused or
+// missing credentials, and bad requests (a missing stream, denied access),
+// are not retried: Run stops at once, for credentials with an error
 // wrapping shardflow.ErrCredentials. An expired iterator is replaced by a
 // new one from the last record read.
+//
+// # Leases and shutdown
+//
+// With a store that is a shardflow.Leaser (the DynamoDB store), the source
+// reads only the shards this instance holds. When it stops holding one, and
+// when the pipeline stops, a shard's reader hands the shard over: it waits
+// for the shard's records in flight, at most Options.HandoffTimeout, saves
+// the final checkpoint and releases the lease, so that another instance
+// takes over at once. Nothing renews the leases once the pipeline stops,
+// so HandoffTimeout must be below the store's LeaseDuration (by default it
+// is half of it); and on shutdown the hand-over also ends with the
+// pipeline's DrainTimeout.
 package kinesissource

@@ -16,8 +16,9 @@ import (
 )
 
 // Reading a stream with checkpoints. The in-memory fake stands in for a
-// *kinesis.Client here; with AWS, pass kinesis.NewFromConfig(cfg) built with
-// a retryer that leaves retries to the source (aws.NopRetryer).
+// *kinesis.Client here; with AWS, build the source with
+// kinesissource.NewFromConfig(cfg, "orders", ...) instead, which makes a
+// client that leaves retries to the source.
 func Example() {
 	ctx := context.Background()
 	client := kinesisfake.New()
