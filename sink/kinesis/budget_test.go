@@ -98,7 +98,7 @@ func TestOneOutageBudget(t *testing.T) {
 		{"a 30s outage is survived with the defaults", 30 * time.Second, nil, true},
 		{"a 4m30s outage is survived with the defaults", 4*time.Minute + 30*time.Second, nil, true},
 		{"a 6m outage outlasts the default budget of 5m", 6 * time.Minute, nil, false},
-		{"with RetryTimeout 10s a 30s outage fails the record", 30 * time.Second, func(o *Options) { o.RetryTimeout = 10 * time.Second }, false},
+		{"with Retry.Timeout 10s a 30s outage fails the record", 30 * time.Second, func(o *Options) { o.Retry.Timeout = 10 * time.Second }, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,8 +132,8 @@ func TestOneOutageBudget(t *testing.T) {
 						budget = 10 * time.Second
 					}
 					ee, ok := errors.AsType[*ExhaustedError](res.Err)
-					if !ok || ee.Limit != "RetryTimeout" || ee.Budget != budget || !errors.Is(res.Err, ErrAttemptsExhausted) {
-						t.Errorf("result %v; want an *ExhaustedError for RetryTimeout %v, matching ErrAttemptsExhausted", res.Err, budget)
+					if !ok || ee.Limit != "Retry.Timeout" || ee.Budget != budget || !errors.Is(res.Err, ErrAttemptsExhausted) {
+						t.Errorf("result %v; want an *ExhaustedError for Retry.Timeout %v, matching ErrAttemptsExhausted", res.Err, budget)
 					}
 					if elapsed := time.Since(start); elapsed < budget {
 						t.Errorf("gave up after %v, within the budget of %v", elapsed, budget)

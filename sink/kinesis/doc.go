@@ -3,17 +3,34 @@
 // only once Kinesis wrote that very entry, and a standalone [Producer] for
 // code that is not a pipeline.
 //
-// Import it as kinesissink (its directory is sink/kinesis) next to the SDK's
-// kinesis package:
+// Import it as kinesissink (its directory is sink/kinesis), which leaves the
+// name kinesis to the SDK's package:
 //
 //	import (
-//		"github.com/aws/aws-sdk-go-v2/service/kinesis"
+//		"github.com/aws/aws-sdk-go-v2/config"
 //		kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 //	)
 //
-//	sink, err := kinesissink.New(client, "large-orders")
+//	cfg, err := config.LoadDefaultConfig(ctx)
 //	...
+//	sink, err := kinesissink.NewFromConfig(cfg, "large-orders")
+//	...
+//	defer sink.Close(context.WithoutCancel(ctx))
 //	err = shardflow.Source(src).Map(decodeOrder).Map(toEntry).Sink(sink).Run(ctx)
+//
+// [NewFromConfig] and [NewProducerFromConfig] build the Kinesis client from
+// an aws.Config, with the SDK's own retries off (the sink retries itself);
+// [New] and [NewProducer] take a client, or anything with its methods
+// ([API]), such as the in-memory fake of package shardflowtest/kinesisfake.
+//
+// # Options
+//
+// The zero value of every [Options] field means its documented default, so
+// no option needs setting; "none" is spelled with a negative value
+// (Linger: -1 sends without lingering, RequestTimeout: -1 sets no timeout).
+// Options.Retry is the [shardflow.RetryPolicy] of the sink's AWS calls, as
+// for the Kinesis source and the stores. A Sink given no Options.Logger logs
+// through the pipeline's logger, else slog.Default().
 //
 // # What it does with each record
 //
@@ -25,14 +42,16 @@
 //     dropped, and never fails the other entries.
 //   - Batching: a request is sent when it holds 500 entries, or 5 MiB
 //     (partition keys counted), or Options.Linger (500 ms) after its first
-//     entry, or on Flush; at most Options.MaxInFlight requests run at once.
+//     entry, or on Flush; at most Options.MaxInFlight (8) requests run at
+//     once.
 //   - Results: an entry PutRecords reports written is acknowledged. Entries
 //     failed with ProvisionedThroughputExceededException or InternalFailure,
 //     and whole requests failed with throttling, server or network errors,
 //     are retried (only those entries) with exponential backoff and jitter
-//     until Options.RetryTimeout, the outage budget (5 minutes, as the
-//     Kinesis source's), has passed since the entry's first failed attempt;
-//     Options.MaxAttempts and Options.RecordTTL are optional extra limits.
+//     (Options.Retry: 100 ms doubling to 5 s) until Options.Retry.Timeout,
+//     the outage budget (5 minutes, as the Kinesis source's), has passed
+//     since the entry's first failed attempt; Options.Retry.MaxAttempts and
+//     Options.RecordTTL are optional extra limits.
 //     Non-retryable errors (InvalidArgument, ValidationException,
 //     ResourceNotFound, AccessDenied, KMS errors other than throttling) fail
 //     their entries at once, and so do refused or missing credentials, with
@@ -77,9 +96,10 @@
 //
 // # Retries and the SDK's retryer
 //
-// The sink retries PutRecords itself, per entry. Configure the client's
-// retryer so it does not retry on top against the SDK's shared retry quota
-// ("retry quota exceeded" under throttling, aws-sdk-go-v2#1665): use
+// The sink retries PutRecords itself, per entry. NewFromConfig and
+// NewProducerFromConfig turn the client's retries off. A client given to New
+// or NewProducer should not retry on top against the SDK's shared retry
+// quota ("retry quota exceeded" under throttling, aws-sdk-go-v2#1665): use
 // aws.NopRetryer{}, or retry.NewStandard with RateLimiter: ratelimit.None.
 //
 // # Goroutines and shutdown

@@ -14,10 +14,10 @@ var (
 	ErrClosed = errors.New("kinesissink: closed")
 
 	// ErrAttemptsExhausted is matched by the [*PutError] of a record that
-	// still failed with a retryable error once [Options].RetryTimeout had
-	// passed since its first failure, after [Options].MaxAttempts attempts,
-	// or once its [Options].RecordTTL ran out. Its cause is then an
-	// [*ExhaustedError] naming the limit.
+	// still failed with a retryable error once [Options].Retry.Timeout had
+	// passed since its first failure, after [Options].Retry.MaxAttempts
+	// attempts, or once its [Options].RecordTTL ran out. Its cause is then
+	// an [*ExhaustedError] naming the limit.
 	ErrAttemptsExhausted = errors.New("kinesissink: retries exhausted")
 )
 
@@ -26,10 +26,11 @@ var (
 // the limit that ended the retries and wraps the last failure. It matches
 // [ErrAttemptsExhausted].
 type ExhaustedError struct {
-	// Limit is the option that ended the retries: "RetryTimeout" (the
-	// outage budget), "MaxAttempts" or "RecordTTL".
+	// Limit is the option that ended the retries: "Retry.Timeout" (the
+	// outage budget), "Retry.MaxAttempts" or "RecordTTL".
 	Limit string
-	// Budget is the value of RetryTimeout or RecordTTL; 0 for MaxAttempts.
+	// Budget is the value of Retry.Timeout (resolved: 5 minutes when
+	// zero) or RecordTTL; 0 for Retry.MaxAttempts.
 	Budget time.Duration
 	// Attempts is the number of PutRecords calls that carried the record.
 	Attempts int
@@ -39,30 +40,18 @@ type ExhaustedError struct {
 
 func (e *ExhaustedError) Error() string {
 	switch e.Limit {
-	case "RetryTimeout":
-		return fmt.Sprintf("kinesissink: retries exhausted: still failing %v (RetryTimeout, the outage budget) after the first failure: %v", e.Budget, e.Err)
+	case "Retry.Timeout":
+		return fmt.Sprintf("kinesissink: retries exhausted: still failing %v (Retry.Timeout, the outage budget) after the first failure: %v", e.Budget, e.Err)
 	case "RecordTTL":
 		return fmt.Sprintf("kinesissink: retries exhausted: not written within RecordTTL (%v) of being accepted: %v", e.Budget, e.Err)
 	}
-	return fmt.Sprintf("kinesissink: retries exhausted: %d attempts (MaxAttempts): %v", e.Attempts, e.Err)
+	return fmt.Sprintf("kinesissink: retries exhausted: %d attempts (Retry.MaxAttempts): %v", e.Attempts, e.Err)
 }
 
 func (e *ExhaustedError) Unwrap() error { return e.Err }
 
 // Is makes an ExhaustedError match ErrAttemptsExhausted.
 func (e *ExhaustedError) Is(target error) bool { return target == ErrAttemptsExhausted }
-
-// ConfigError reports invalid [Options]; New and NewProducer return it.
-type ConfigError struct {
-	// Field is the option at fault.
-	Field string
-	// Reason says what is wrong with it.
-	Reason string
-}
-
-func (e *ConfigError) Error() string {
-	return fmt.Sprintf("kinesissink: invalid option %s: %s", e.Field, e.Reason)
-}
 
 // ValidationError reports an entry Kinesis would refuse. It is returned by
 // Write (wrapped with shardflow.Permanent, so the pipeline does not retry it)

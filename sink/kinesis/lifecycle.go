@@ -3,13 +3,7 @@ package kinesissink
 import (
 	"context"
 	"fmt"
-	"slices"
-	"time"
 )
-
-func sortByAcceptance(recs []*record) {
-	slices.SortStableFunc(recs, func(a, b *record) int { return a.accepted.Compare(b.accepted) })
-}
 
 // flush sends everything accepted before the call at once, ignoring the
 // linger, and waits until each of those records has its outcome (reported
@@ -31,7 +25,7 @@ func (e *engine) flushLocked(ctx context.Context) error {
 	e.epoch++
 	e.flushing++
 	defer func() { e.flushing-- }()
-	e.flushOpenLocked()
+	e.sched.flushOpen()
 	e.kickLocked()
 	for e.pendingUpToLocked(mine) {
 		w := e.waitChanLocked()
@@ -45,7 +39,7 @@ func (e *engine) flushLocked(ctx context.Context) error {
 		}
 		// Records that arrived while waiting, or were put back after a
 		// shard map refresh, are sent at once as well.
-		e.flushOpenLocked()
+		e.sched.flushOpen()
 		e.kickLocked()
 	}
 	return nil
@@ -81,7 +75,7 @@ func (e *engine) close(ctx context.Context) error {
 	e.closed = true
 	e.closing = make(chan struct{})
 	e.notifyLocked() // writers waiting for space get ErrClosed
-	e.log.Info("closing", "records", e.bufRecords)
+	e.logger().Info("closing", "records", e.bufRecords)
 	err := e.flushLocked(ctx)
 	var comps []completion
 	if err != nil {
@@ -104,36 +98,17 @@ func (e *engine) close(ctx context.Context) error {
 	close(e.closing)
 	e.mu.Unlock()
 	if err == nil {
-		e.log.Info("closed")
+		e.logger().Info("closed")
 	}
 	return err
 }
 
 // drainLocked takes every record not in a request and fails it.
 func (e *engine) drainLocked(cause error) []completion {
-	var comps []completion
-	failRec := func(r *record) {
-		comps = append(comps, completion{r: r, res: Result{Entry: r.e, Err: &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause}}})
+	recs := e.sched.drain()
+	comps := make([]completion, len(recs))
+	for i, r := range recs {
+		comps[i] = completion{r: r, res: Result{Entry: r.e, Err: &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause}}}
 	}
-	if e.batch != nil {
-		b, _ := e.batch.Close(context.Background())
-		e.sealed = append(e.sealed, b)
-	}
-	for _, b := range e.sealed {
-		for i := range b {
-			for _, r := range b[i].members() {
-				failRec(r)
-			}
-		}
-	}
-	e.sealed = nil
-	for _, q := range e.queues {
-		for _, r := range q.recs {
-			failRec(r)
-		}
-		q.recs, q.bytes = nil, 0
-	}
-	e.readyQ = nil
-	e.openSince = time.Time{}
 	return comps
 }

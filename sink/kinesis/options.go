@@ -5,64 +5,67 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
-// Options configure a [Sink] or a [Producer]. New and NewProducer fill in the
-// defaults documented on each field, then call the optFns, then validate: a
-// field set to zero means zero, not "default", except where its doc says
-// otherwise (MaxAttempts and RetryTimeout).
+// Options configure a [Sink] or a [Producer]. The zero value of every field
+// means its documented default, so Options{} is a working configuration.
+// Where "none" is a useful value (no linger, no request timeout) it is
+// spelled with a negative value, as documented on the field. New and
+// NewProducer run the optFns on zero Options, then fill in the defaults and
+// validate, returning a *shardflow.ConfigError for an invalid field.
 type Options struct {
 	// MaxRequestEntries is the most entries per PutRecords request.
-	// Default: 500, Kinesis' limit. 1 to 500.
+	// Default (0): 500, Kinesis' limit. At most 500.
 	MaxRequestEntries int
 	// MaxRequestBytes is the most bytes per PutRecords request, data plus
-	// partition keys. Default: 5 MiB, Kinesis' limit; streams allowed larger
-	// requests may raise it up to 10 MiB. Must be at least MaxRecordBytes.
+	// partition keys. Default (0): 5 MiB, Kinesis' limit; streams allowed
+	// larger requests may raise it up to 10 MiB. Must be at least
+	// MaxRecordBytes.
 	MaxRequestBytes int
 	// MaxRecordBytes is the most bytes of one record, data plus partition
-	// key: the stream's maximum record size. Default: 1 MiB. Up to 10 MiB.
+	// key: the stream's maximum record size. Default (0): 1 MiB. Up to
+	// 10 MiB.
 	MaxRecordBytes int
 	// Linger is how long an entry may wait for more entries to fill a request
-	// before the request is sent anyway. Default: 500ms (as kinesis-python).
-	// 0 sends as soon as a request slot is free. Flush sends at once.
+	// before the request is sent anyway. Default (0): 500ms (as
+	// kinesis-python). Negative: no linger, an entry is sent as soon as a
+	// request slot is free. Flush sends at once whatever the linger.
 	Linger time.Duration
 	// MaxInFlight is the most PutRecords requests running at a time.
-	// Default: 8.
+	// Default (0): 8.
 	MaxInFlight int
 
 	// MaxBufferedRecords and MaxBufferedBytes cap the records held, from
 	// acceptance until their outcome is known (waiting, in flight or being
 	// retried). Write and Put block while a new record would pass either
-	// cap, so memory stays bounded under any overload. Defaults: 20,000
+	// cap, so memory stays bounded under any overload. Defaults (0): 20,000
 	// records and 64 MiB. MaxBufferedBytes must be at least MaxRecordBytes.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 
-	// RetryTimeout is the outage budget, with the same name and meaning as
-	// the Kinesis source's: a record failing with retryable errors
-	// (throttling, internal errors, network errors, timeouts) is retried,
-	// with backoff, until RetryTimeout has passed since its first failed
-	// attempt; the next failure then fails it with an *ExhaustedError. The
-	// shard map (ListShards, ordered and aggregating modes) is retried
-	// within the same budget. Default: 5 minutes, as the source's
-	// (retry.DefaultOutageBudget); 0 also means the default. Must not be
-	// negative.
-	RetryTimeout time.Duration
-	// MaxAttempts, when positive, also caps the PutRecords calls that carry
-	// one record, the first included: 1 disables retries. Default: 0, no
-	// count limit (RetryTimeout bounds the retries). Must not be negative.
-	MaxAttempts int
+	// Retry is the retry policy of the sink's AWS calls, with the same
+	// meaning as the Kinesis source's and the stores' Retry. A record
+	// failing with retryable errors (throttling, internal errors, network
+	// errors, timeouts) is sent again, after an exponential backoff with
+	// 50% jitter from InitialInterval (default 100ms), growing by Multiplier
+	// (default 2) up to MaxInterval (default 5s), until Timeout, the outage
+	// budget (default 5 minutes, retry.DefaultOutageBudget, as the
+	// source's), has passed since its first failed attempt; the next failure
+	// then fails it with an *ExhaustedError. MaxAttempts, when positive,
+	// also caps the PutRecords calls that carry one record, the first
+	// included (1: no retry); default (0): no count limit. The shard map
+	// (ListShards, ordered and aggregating modes) is retried with the same
+	// policy.
+	Retry shardflow.RetryPolicy
 	// RecordTTL, when positive, fails a record that is still not written
 	// RecordTTL after it was accepted, instead of retrying it again.
-	// Default: 0, no age limit (RetryTimeout bounds the retries).
+	// Default (0): no age limit (Retry.Timeout bounds the retries). Must not
+	// be negative.
 	RecordTTL time.Duration
-	// InitialBackoff and MaxBackoff bound the exponential backoff (with 50%
-	// jitter, doubling) between attempts. Defaults: 100ms and 5s.
-	InitialBackoff time.Duration
-	MaxBackoff     time.Duration
 	// RequestTimeout bounds one PutRecords call; a call that times out is
-	// retried like a network error. Default: 30s. 0 means no timeout.
+	// retried like a network error. Default (0): 30s. Negative: no timeout.
 	RequestTimeout time.Duration
 
 	// Ordered keeps the order of the entries of each partition key even when
@@ -80,68 +83,88 @@ type Options struct {
 	// Default: false.
 	Aggregate bool
 	// AggregateMaxBytes is the most bytes of one aggregated record, its
-	// partition key included. Default: 50 KiB (as the KPL's
-	// AggregationMaxSize). At most MaxRecordBytes.
+	// partition key included. Default (0): 50 KiB (as the KPL's
+	// AggregationMaxSize), or MaxRecordBytes if smaller. With Aggregate, at
+	// most MaxRecordBytes.
 	AggregateMaxBytes int
 
 	// Logger receives lifecycle (Info), retried failures (Warn) and batches
-	// (Debug). Default: nil, discard. Payloads are never logged.
+	// (Debug). Default (nil): the pipeline's logger when a Sink runs in a
+	// pipeline (see shardflow.PipelineLogger), else slog.Default(). Record
+	// payloads are never logged.
 	Logger *slog.Logger
 }
 
-func defaultOptions() Options {
-	return Options{
-		MaxRequestEntries:  500,
-		MaxRequestBytes:    5 << 20,
-		MaxRecordBytes:     1 << 20,
-		Linger:             500 * time.Millisecond,
-		MaxInFlight:        8,
-		MaxBufferedRecords: 20000,
-		MaxBufferedBytes:   64 << 20,
-		RetryTimeout:       retry.DefaultOutageBudget,
-		InitialBackoff:     100 * time.Millisecond,
-		MaxBackoff:         5 * time.Second,
-		RequestTimeout:     30 * time.Second,
-		AggregateMaxBytes:  50 << 10,
-	}
+// settings are Options resolved: every default filled in, and "none"
+// spelled as the engine uses it.
+type settings struct {
+	Options
+	linger         time.Duration // 0: no linger
+	requestTimeout time.Duration // 0: no timeout
+	retry          retry.Policy
 }
 
-func (o *Options) validate() error {
+// resolve validates o and fills in its defaults.
+func (o Options) resolve() (settings, error) {
 	bad := func(field, format string, args ...any) error {
-		return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+		return &shardflow.ConfigError{Field: "Options." + field, Reason: fmt.Sprintf(format, args...)}
+	}
+	if o.MaxRequestEntries == 0 {
+		o.MaxRequestEntries = 500
+	}
+	if o.MaxRequestBytes == 0 {
+		o.MaxRequestBytes = 5 << 20
+	}
+	if o.MaxRecordBytes == 0 {
+		o.MaxRecordBytes = 1 << 20
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 8
+	}
+	if o.MaxBufferedRecords == 0 {
+		o.MaxBufferedRecords = 20000
+	}
+	if o.MaxBufferedBytes == 0 {
+		o.MaxBufferedBytes = 64 << 20
+	}
+	if o.AggregateMaxBytes == 0 {
+		o.AggregateMaxBytes = min(50<<10, o.MaxRecordBytes)
 	}
 	switch {
 	case o.MaxRequestEntries < 1 || o.MaxRequestEntries > 500:
-		return bad("MaxRequestEntries", "%d is not from 1 to 500", o.MaxRequestEntries)
+		return settings{}, bad("MaxRequestEntries", "%d is not from 1 to 500", o.MaxRequestEntries)
 	case o.MaxRecordBytes < 1 || o.MaxRecordBytes > MaxRecordBytesLimit:
-		return bad("MaxRecordBytes", "%d is not from 1 to %d", o.MaxRecordBytes, MaxRecordBytesLimit)
+		return settings{}, bad("MaxRecordBytes", "%d is not from 1 to %d", o.MaxRecordBytes, MaxRecordBytesLimit)
 	case o.MaxRequestBytes < o.MaxRecordBytes || o.MaxRequestBytes > MaxRecordBytesLimit:
-		return bad("MaxRequestBytes", "%d is not from MaxRecordBytes (%d) to %d", o.MaxRequestBytes, o.MaxRecordBytes, MaxRecordBytesLimit)
-	case o.Linger < 0:
-		return bad("Linger", "%v is negative", o.Linger)
+		return settings{}, bad("MaxRequestBytes", "%d is not from MaxRecordBytes (%d) to %d", o.MaxRequestBytes, o.MaxRecordBytes, MaxRecordBytesLimit)
 	case o.MaxInFlight < 1:
-		return bad("MaxInFlight", "%d is less than 1", o.MaxInFlight)
+		return settings{}, bad("MaxInFlight", "%d is negative", o.MaxInFlight)
 	case o.MaxBufferedRecords < 1:
-		return bad("MaxBufferedRecords", "%d is less than 1", o.MaxBufferedRecords)
+		return settings{}, bad("MaxBufferedRecords", "%d is negative", o.MaxBufferedRecords)
 	case o.MaxBufferedBytes < o.MaxRecordBytes:
-		return bad("MaxBufferedBytes", "%d is less than MaxRecordBytes (%d)", o.MaxBufferedBytes, o.MaxRecordBytes)
-	case o.MaxAttempts < 0:
-		return bad("MaxAttempts", "%d is negative", o.MaxAttempts)
-	case o.RetryTimeout < 0:
-		return bad("RetryTimeout", "%v is negative", o.RetryTimeout)
+		return settings{}, bad("MaxBufferedBytes", "%d is less than MaxRecordBytes (%d)", o.MaxBufferedBytes, o.MaxRecordBytes)
 	case o.RecordTTL < 0:
-		return bad("RecordTTL", "%v is negative", o.RecordTTL)
-	case o.InitialBackoff <= 0:
-		return bad("InitialBackoff", "%v is not positive", o.InitialBackoff)
-	case o.MaxBackoff < o.InitialBackoff:
-		return bad("MaxBackoff", "%v is less than InitialBackoff (%v)", o.MaxBackoff, o.InitialBackoff)
-	case o.RequestTimeout < 0:
-		return bad("RequestTimeout", "%v is negative", o.RequestTimeout)
+		return settings{}, bad("RecordTTL", "%v is negative", o.RecordTTL)
 	case o.Aggregate && (o.AggregateMaxBytes < 1 || o.AggregateMaxBytes > o.MaxRecordBytes):
-		return bad("AggregateMaxBytes", "%d is not from 1 to MaxRecordBytes (%d)", o.AggregateMaxBytes, o.MaxRecordBytes)
+		return settings{}, bad("AggregateMaxBytes", "%d is not from 1 to MaxRecordBytes (%d)", o.AggregateMaxBytes, o.MaxRecordBytes)
 	}
-	if o.RetryTimeout == 0 {
-		o.RetryTimeout = retry.DefaultOutageBudget
+	if err := o.Retry.Validate("Options.Retry"); err != nil {
+		return settings{}, err
 	}
-	return nil
+	s := settings{Options: o}
+	switch {
+	case o.Linger == 0:
+		s.linger = 500 * time.Millisecond
+	case o.Linger > 0:
+		s.linger = o.Linger
+	}
+	switch {
+	case o.RequestTimeout == 0:
+		s.requestTimeout = 30 * time.Second
+	case o.RequestTimeout > 0:
+		s.requestTimeout = o.RequestTimeout
+	}
+	p := o.Retry
+	s.retry = retry.ForAWS(p.MaxAttempts, p.InitialInterval, p.MaxInterval, p.Multiplier, p.Timeout)
+	return s, nil
 }

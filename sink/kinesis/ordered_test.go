@@ -250,9 +250,9 @@ func TestOrderedModeKeepsPerKeyOrderUnderPartialFailures(t *testing.T) {
 					o.Ordered = tc.ordered
 					o.Aggregate = tc.aggregate
 					o.AggregateMaxBytes = 400 // a handful of records per aggregate
-					o.MaxAttempts = 100
+					o.Retry.MaxAttempts = 100
 					o.MaxRequestEntries = 25
-					o.Linger = 0
+					o.Linger = -1
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -373,7 +373,7 @@ func TestReshardingRefreshesTheShardMapAndResendsStrayAggregatedRecords(t *testi
 		p, err := NewProducer(f, testStream, func(o *Options) {
 			o.Aggregate = true
 			o.Ordered = true
-			o.Linger = 0
+			o.Linger = -1
 		})
 		if err != nil {
 			t.Fatal(err)

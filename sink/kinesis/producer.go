@@ -38,13 +38,13 @@ type Producer struct {
 }
 
 // NewProducer returns a producer writing to stream through client, with the
-// options of [New].
+// options of [New]. [NewProducerFromConfig] is the easy way: it builds the
+// client from an aws.Config. A nil Options.Logger means slog.Default().
 func NewProducer(client API, stream string, optFns ...func(*Options)) (*Producer, error) {
-	e, err := newEngine(client, stream, optFns)
+	e, err := newEngine(client, stream, "kinesis.producer", optFns)
 	if err != nil {
 		return nil, err
 	}
-	e.log = e.log.With("component", "kinesis.producer")
 	return &Producer{e: e}, nil
 }
 
@@ -52,7 +52,7 @@ func NewProducer(client API, stream string, optFns ...func(*Options)) (*Producer
 // is full, until ctx ends, and returns a *ValidationError for a record
 // Kinesis would refuse, empty data included (nothing is sent; other records
 // are not affected), ErrClosed after Close, the error of the shard map load
-// (ordered and aggregating modes: permanent, or spent RetryTimeout), or
+// (ordered and aggregating modes: permanent, or a spent Retry budget), or
 // ctx's error. A nil error means the record is accepted; if it is not written in
 // the end, the next Flush or Close reports it.
 func (p *Producer) Put(ctx context.Context, data []byte, partitionKey string) error {

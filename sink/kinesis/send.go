@@ -9,14 +9,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
 // run sends a job's entries, re-sending only the entries that failed with a
-// retryable error, after a backoff, until each has an outcome. In ordered
-// mode the job's shard stays busy meanwhile, so its retries go before any
-// newer record of the shard.
+// retryable error, after a backoff, until each has an outcome. The loop is
+// the engine's own (retry.NewBackOff), not retry.Do, because a request can
+// fail in part: each entry has its own outcome and its own budget. What is
+// worth retrying is awserr's to say, for a whole request; per-entry error
+// codes are Kinesis' own (retryableEntry). Ordered schedulers keep the job's
+// shard busy meanwhile, so its retries go before any newer record of the
+// shard.
 func (e *engine) run(j job) {
 	pending := j.wires
 	var b interface{ NextBackOff() time.Duration }
@@ -38,7 +43,7 @@ func (e *engine) run(j job) {
 				pending[i].attempts++
 			}
 			comps = e.failAll(comps, pending, "", "", closedCause(e.life))
-		case err != nil && !awserr.Classify(err).Retryable():
+		case retry.IsPermanent(err):
 			// Refused credentials (wrapping shardflow.ErrCredentials) and
 			// bad requests: no retry can fix them.
 			for i := range pending {
@@ -46,7 +51,7 @@ func (e *engine) run(j job) {
 			}
 			comps = e.failAll(comps, pending, "", "", err)
 		case err != nil:
-			e.log.Warn("put records failed; retrying", "records", len(pending), "err", err)
+			e.logger().Warn("put records failed; retrying", "records", len(pending), "err", err)
 			for _, w := range pending {
 				w.attempts++
 				if gave := e.giveUp(&w, sentAt, err); gave != nil {
@@ -64,7 +69,7 @@ func (e *engine) run(j job) {
 				switch {
 				case code == "":
 					shard := aws.ToString(res.ShardId)
-					if e.mode != modePlain && shard != w.shard {
+					if w.routed && shard != w.shard {
 						mismatch = append(mismatch, i)
 						pending[i] = w
 						continue
@@ -84,7 +89,7 @@ func (e *engine) run(j job) {
 				}
 			}
 			if throttled > 0 {
-				e.log.Warn("put records: entries failed; retrying them", "failed", throttled, "records", len(pending))
+				e.logger().Warn("put records: entries failed; retrying them", "failed", throttled, "records", len(pending))
 			}
 			if len(mismatch) > 0 {
 				comps = e.resolveMismatch(comps, pending, mismatch, out, sentAt)
@@ -96,7 +101,7 @@ func (e *engine) run(j job) {
 			break
 		}
 		if b == nil {
-			b = retry.NewBackOff(e.backoffPolicy())
+			b = retry.NewBackOff(e.o.retry)
 		}
 		t := time.NewTimer(b.NextBackOff())
 		select {
@@ -105,16 +110,14 @@ func (e *engine) run(j job) {
 			t.Stop()
 		}
 	}
-	if j.q != nil {
-		e.release(j)
-	}
+	e.mu.Lock()
+	e.sched.release(j)
+	e.kickLocked()
+	e.mu.Unlock()
 }
 
-func (e *engine) backoffPolicy() retry.Policy {
-	return retry.Policy{MaxElapsed: e.o.RetryTimeout, InitialInterval: e.o.InitialBackoff, MaxInterval: e.o.MaxBackoff, Multiplier: 2}
-}
-
-// putRecords sends one PutRecords request.
+// putRecords sends one PutRecords request. Its error is marked by
+// awserr.Mark: permanent when no retry can fix it.
 func (e *engine) putRecords(ws []wire) (*kinesis.PutRecordsOutput, error) {
 	in := &kinesis.PutRecordsInput{Records: make([]types.PutRecordsRequestEntry, len(ws))}
 	setStream(e.stream, &in.StreamName, &in.StreamARN)
@@ -128,17 +131,17 @@ func (e *engine) putRecords(ws []wire) (*kinesis.PutRecordsOutput, error) {
 		bytes += w.size
 	}
 	ctx := e.life
-	if e.o.RequestTimeout > 0 {
+	if e.o.requestTimeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, e.o.RequestTimeout)
+		ctx, cancel = context.WithTimeout(ctx, e.o.requestTimeout)
 		defer cancel()
 	}
-	e.log.Debug("put records", "entries", len(ws), "bytes", bytes)
+	e.logger().Debug("put records", "entries", len(ws), "bytes", bytes)
 	out, err := e.client.PutRecords(ctx, in)
 	if err != nil {
 		op := fmt.Sprintf("put records to %q", e.stream)
-		if awserr.Classify(err) == awserr.Credentials {
-			return nil, awserr.CredentialsError(op, err)
+		if err = awserr.Mark(op, err); errors.Is(err, shardflow.ErrCredentials) {
+			return nil, err // it names op already
 		}
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
@@ -150,8 +153,8 @@ func (e *engine) putRecords(ws []wire) (*kinesis.PutRecordsOutput, error) {
 
 // giveUp returns why a wire entry that just failed with a retryable error,
 // in the attempt sent at sentAt, may not be tried again, or nil. The outage
-// budget counts from each record's first failed attempt, which the record
-// keeps across re-aggregation.
+// budget (Options.Retry.Timeout) counts from each record's first failed
+// attempt, which the record keeps across re-aggregation.
 func (e *engine) giveUp(w *wire, sentAt time.Time, last error) error {
 	first := sentAt
 	for _, r := range w.members() {
@@ -162,13 +165,14 @@ func (e *engine) giveUp(w *wire, sentAt time.Time, last error) error {
 			first = r.failedSince
 		}
 	}
+	p := e.o.retry
 	switch {
-	case e.o.MaxAttempts > 0 && w.attempts >= e.o.MaxAttempts:
-		return &ExhaustedError{Limit: "MaxAttempts", Attempts: w.attempts, Err: last}
+	case p.MaxAttempts > 0 && w.attempts >= p.MaxAttempts:
+		return &ExhaustedError{Limit: "Retry.MaxAttempts", Attempts: w.attempts, Err: last}
 	case e.o.RecordTTL > 0 && sentAt.Sub(w.oldest()) >= e.o.RecordTTL:
 		return &ExhaustedError{Limit: "RecordTTL", Budget: e.o.RecordTTL, Attempts: w.attempts, Err: last}
-	case time.Since(first) >= e.o.RetryTimeout:
-		return &ExhaustedError{Limit: "RetryTimeout", Budget: e.o.RetryTimeout, Attempts: w.attempts, Err: last}
+	case time.Since(first) >= p.MaxElapsed:
+		return &ExhaustedError{Limit: "Retry.Timeout", Budget: p.MaxElapsed, Attempts: w.attempts, Err: last}
 	}
 	return nil
 }
@@ -233,32 +237,6 @@ func (e *engine) complete(comps []completion) {
 	e.mu.Unlock()
 }
 
-// release frees an ordered job's shard and keys, and lets the shard (and any
-// shard that waited for these keys) send again.
-func (e *engine) release(j job) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	j.q.busy = false
-	for _, k := range j.keys {
-		if n := e.keys[k] - 1; n > 0 {
-			e.keys[k] = n
-		} else {
-			delete(e.keys, k)
-		}
-	}
-	now := time.Now()
-	if e.queues[j.q.id] == j.q {
-		e.considerLocked(j.q, now)
-	}
-	for q := range e.blocked {
-		delete(e.blocked, q)
-		if e.queues[q.id] == q {
-			e.considerLocked(q, now)
-		}
-	}
-	e.kickLocked()
-}
-
 // resolveMismatch handles entries that Kinesis wrote to another shard than
 // predicted: the shard map is stale (the stream was resharded), so it is
 // reloaded. A plain record is where Kinesis routed it, so it is written. An
@@ -300,7 +278,7 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 		again = append(again, w.many...)
 	}
 	if len(again) > 0 {
-		e.log.Warn("aggregate landed on a shard that does not hold all its records; re-sending every one of them",
+		e.logger().Warn("aggregate landed on a shard that does not hold all its records; re-sending every one of them",
 			"records", len(again))
 		sortByAcceptance(again)
 		e.requeue(again)
@@ -309,7 +287,7 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 }
 
 // requeue puts records back at the front of their (new) shard queues, in
-// order, ahead of newer records.
+// order, ahead of newer records; once Close gave up, it fails them.
 func (e *engine) requeue(recs []*record) {
 	e.mu.Lock()
 	if e.aborted != nil {
@@ -324,153 +302,7 @@ func (e *engine) requeue(recs []*record) {
 		return
 	}
 	defer e.mu.Unlock()
-	byShard := make(map[string][]*record)
-	var order []string
-	for _, r := range recs {
-		id := e.smap.shardOf(r.hash)
-		if _, ok := byShard[id]; !ok {
-			order = append(order, id)
-		}
-		byShard[id] = append(byShard[id], r)
-	}
-	now := time.Now()
-	for _, id := range order {
-		q := e.queueLocked(id)
-		front := byShard[id]
-		q.recs = append(front, q.recs...)
-		for _, r := range front {
-			q.bytes += r.size
-		}
-		if e.mode == modeAggregate {
-			e.aggregateLocked(q, true)
-			e.sealLocked()
-		} else {
-			e.considerLocked(q, now)
-		}
-	}
-	e.kickLocked()
-}
-
-// shardMap returns the shard map, loading it on first use.
-func (e *engine) shardMap(ctx context.Context) (*shardMap, error) {
-	e.mu.Lock()
-	m := e.smap
-	e.mu.Unlock()
-	if m != nil {
-		return m, nil
-	}
-	select {
-	case e.mapSem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for the shard map: %w", context.Cause(ctx))
-	}
-	defer func() { <-e.mapSem }()
-	e.mu.Lock()
-	m = e.smap
-	e.mu.Unlock()
-	if m != nil {
-		return m, nil
-	}
-	m, err := e.loadShardMap(ctx)
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	e.installLocked(m, time.Now())
-	e.mu.Unlock()
-	e.log.Info("shard map loaded", "open_shards", len(m.open))
-	return m, nil
-}
-
-// refreshShardMap reloads the shard map unless it was loaded after since,
-// and returns the current one.
-func (e *engine) refreshShardMap(since time.Time) (*shardMap, error) {
-	select {
-	case e.mapSem <- struct{}{}:
-	case <-e.life.Done():
-		return e.currentMap(), context.Cause(e.life)
-	}
-	defer func() { <-e.mapSem }()
-	e.mu.Lock()
-	fresh := e.mapLoaded.After(since)
-	m := e.smap
-	e.mu.Unlock()
-	if fresh {
-		return m, nil
-	}
-	m, err := e.loadShardMap(e.life)
-	if err != nil {
-		return e.currentMap(), err
-	}
-	e.mu.Lock()
-	e.installLocked(m, time.Now())
-	e.mu.Unlock()
-	e.log.Info("shard map refreshed", "open_shards", len(m.open))
-	return m, nil
-}
-
-// loadShardMap lists the stream's shards, retrying throttling, server and
-// network errors with backoff within the outage budget (RetryTimeout). Its
-// errors, but for ctx ending, are marked permanent: refused credentials
-// (wrapping shardflow.ErrCredentials), a missing stream, missing
-// permissions, or a budget spent.
-func (e *engine) loadShardMap(ctx context.Context) (*shardMap, error) {
-	var m *shardMap
-	load := func() error {
-		var err error
-		m, err = loadShardMap(ctx, e.client, e.stream)
-		if err != nil && !awserr.Classify(err).Retryable() {
-			return retry.Permanent(awserr.CredentialsError("load the shard map", err))
-		}
-		return err
-	}
-	err := retry.Do(ctx, e.backoffPolicy(), load(), load, func(attempt int, err error, wait time.Duration) {
-		e.log.Warn("list shards failed; retrying", "attempt", attempt, "wait", wait, "err", err)
-	})
-	switch {
-	case err == nil:
-		return m, nil
-	case ctx.Err() != nil || retry.IsPermanent(err):
-		return nil, err
-	}
-	return nil, retry.Permanent(err) // the outage budget is spent
-}
-
-func (e *engine) currentMap() *shardMap {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.smap
-}
-
-// installLocked switches to a new shard map and moves queued records to the
-// queues of their new shards, keeping their order. Busy shards stay busy
-// through their job (the job holds the old queue); in ordered mode the keys
-// in flight keep a moved record from overtaking an older one of its key.
-func (e *engine) installLocked(m *shardMap, at time.Time) {
-	old := e.smap
-	e.smap, e.mapLoaded = m, at
-	if old == nil || len(e.queues) == 0 {
-		return
-	}
-	var recs []*record
-	for _, q := range e.queues {
-		recs = append(recs, q.recs...)
-	}
-	// Queues are keyed by shard; records of one key are all in one queue,
-	// in order, so re-bucketing them by acceptance order keeps key order.
-	sortByAcceptance(recs)
-	e.queues = make(map[string]*queue)
-	e.readyQ = nil
-	clear(e.blocked)
-	now := time.Now()
-	for _, r := range recs {
-		e.queueLocked(m.shardOf(r.hash)).push(r)
-	}
-	for _, q := range e.queues {
-		if e.mode == modeOrdered {
-			e.considerLocked(q, now)
-		}
-	}
+	e.sched.requeue(recs)
 	e.kickLocked()
 }
 

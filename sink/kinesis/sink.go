@@ -3,6 +3,7 @@ package kinesissink
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/retry"
@@ -27,13 +28,18 @@ type Sink struct {
 	e *engine
 }
 
-var _ shardflow.Sink[Entry] = (*Sink)(nil)
+var (
+	_ shardflow.Sink[Entry]    = (*Sink)(nil)
+	_ shardflow.PipelineLogger = (*Sink)(nil)
+)
 
 // New returns a sink writing to stream (a name, or an ARN) through client, a
 // *kinesis.Client or anything with the same methods (see [API]). It returns a
-// *ConfigError for invalid options. It makes no call and starts no goroutine.
+// *shardflow.ConfigError for invalid options. It makes no call and starts no
+// goroutine. [NewFromConfig] is the easy way: it builds the client from an
+// aws.Config, with the retryer the sink needs.
 //
-// Retries of PutRecords are the sink's own (see Options.RetryTimeout). Give
+// Retries of PutRecords are the sink's own (see Options.Retry). Give
 // the client a retryer that does not also retry PutRecords against the SDK's
 // shared retry quota, which many throttled shards exhaust
 // (aws-sdk-go-v2#1665), for example:
@@ -42,7 +48,7 @@ var _ shardflow.Sink[Entry] = (*Sink)(nil)
 //
 // or retry.NewStandard with RateLimiter set to ratelimit.None.
 func New(client API, stream string, optFns ...func(*Options)) (*Sink, error) {
-	e, err := newEngine(client, stream, optFns)
+	e, err := newEngine(client, stream, "kinesis.sink", optFns)
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +61,7 @@ func New(client API, stream string, optFns ...func(*Options)) (*Sink, error) {
 // wrapped with shardflow.Permanent, so the stage does not retry it; after
 // Close, Write returns ErrClosed, also permanent. In ordered and aggregating
 // modes the first Write loads the stream's shard map (ListShards), retrying
-// transient errors within Options.RetryTimeout; if that fails, Write returns
+// transient errors with Options.Retry; if that fails, Write returns
 // the error, permanent (wrapping shardflow.ErrCredentials when the
 // credentials were refused).
 //
@@ -86,3 +92,9 @@ func (s *Sink) Flush(ctx context.Context) error { return s.e.flush(ctx) }
 // goroutine of the sink is left. Close is idempotent: a second call waits for
 // the first and returns its result.
 func (s *Sink) Close(ctx context.Context) error { return s.e.close(ctx) }
+
+// UsePipelineLogger makes a sink given no Options.Logger log through l, the
+// pipeline's logger: [shardflow.Pipeline.Run] calls it before it starts. A
+// sink given a logger of its own keeps it. It is safe to call while the
+// sink runs.
+func (s *Sink) UsePipelineLogger(l *slog.Logger) { s.e.usePipelineLogger(l) }

@@ -25,26 +25,27 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		field string
 		fn    func(*Options)
 	}{
-		{"more than 500 entries per request", "MaxRequestEntries", func(o *Options) { o.MaxRequestEntries = 501 }},
-		{"zero entries per request", "MaxRequestEntries", func(o *Options) { o.MaxRequestEntries = 0 }},
-		{"record size past 10 MiB", "MaxRecordBytes", func(o *Options) { o.MaxRecordBytes = 10<<20 + 1 }},
-		{"request smaller than a record", "MaxRequestBytes", func(o *Options) { o.MaxRequestBytes = 1000 }},
-		{"request past 10 MiB", "MaxRequestBytes", func(o *Options) { o.MaxRequestBytes = 11 << 20 }},
-		{"negative linger", "Linger", func(o *Options) { o.Linger = -1 }},
-		{"no request slot", "MaxInFlight", func(o *Options) { o.MaxInFlight = 0 }},
-		{"buffer smaller than a record", "MaxBufferedBytes", func(o *Options) { o.MaxBufferedBytes = 10 }},
-		{"no buffered record", "MaxBufferedRecords", func(o *Options) { o.MaxBufferedRecords = 0 }},
-		{"negative attempts", "MaxAttempts", func(o *Options) { o.MaxAttempts = -1 }},
-		{"negative retry timeout", "RetryTimeout", func(o *Options) { o.RetryTimeout = -time.Second }},
-		{"negative TTL", "RecordTTL", func(o *Options) { o.RecordTTL = -time.Second }},
-		{"zero backoff", "InitialBackoff", func(o *Options) { o.InitialBackoff = 0 }},
-		{"max backoff below initial", "MaxBackoff", func(o *Options) { o.MaxBackoff = time.Millisecond }},
-		{"aggregate larger than a record", "AggregateMaxBytes", func(o *Options) { o.Aggregate = true; o.AggregateMaxBytes = 2 << 20 }},
+		{"more than 500 entries per request", "Options.MaxRequestEntries", func(o *Options) { o.MaxRequestEntries = 501 }},
+		{"negative entries per request", "Options.MaxRequestEntries", func(o *Options) { o.MaxRequestEntries = -1 }},
+		{"record size past 10 MiB", "Options.MaxRecordBytes", func(o *Options) { o.MaxRecordBytes = 10<<20 + 1 }},
+		{"request smaller than a record", "Options.MaxRequestBytes", func(o *Options) { o.MaxRequestBytes = 1000 }},
+		{"request past 10 MiB", "Options.MaxRequestBytes", func(o *Options) { o.MaxRequestBytes = 11 << 20 }},
+		{"negative request slots", "Options.MaxInFlight", func(o *Options) { o.MaxInFlight = -1 }},
+		{"buffer smaller than a record", "Options.MaxBufferedBytes", func(o *Options) { o.MaxBufferedBytes = 10 }},
+		{"negative buffered records", "Options.MaxBufferedRecords", func(o *Options) { o.MaxBufferedRecords = -1 }},
+		{"negative attempts", "Options.Retry.MaxAttempts", func(o *Options) { o.Retry.MaxAttempts = -1 }},
+		{"negative retry timeout", "Options.Retry.Timeout", func(o *Options) { o.Retry.Timeout = -time.Second }},
+		{"negative TTL", "Options.RecordTTL", func(o *Options) { o.RecordTTL = -time.Second }},
+		{"negative backoff", "Options.Retry.InitialInterval", func(o *Options) { o.Retry.InitialInterval = -1 }},
+		{"negative max backoff", "Options.Retry.MaxInterval", func(o *Options) { o.Retry.MaxInterval = -1 }},
+		{"backoff multiplier below 1", "Options.Retry.Multiplier", func(o *Options) { o.Retry.Multiplier = 0.5 }},
+		{"aggregate larger than a record", "Options.AggregateMaxBytes", func(o *Options) { o.Aggregate = true; o.AggregateMaxBytes = 2 << 20 }},
+		{"negative aggregate size", "Options.AggregateMaxBytes", func(o *Options) { o.Aggregate = true; o.AggregateMaxBytes = -1 }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(f, testStream, tc.fn)
-			ce, ok := errors.AsType[*ConfigError](err)
+			ce, ok := errors.AsType[*shardflow.ConfigError](err)
 			if !ok || ce.Field != tc.field {
 				t.Errorf("New error = %v, want a *ConfigError for %s", err, tc.field)
 			}
@@ -202,7 +203,7 @@ func TestEveryAcceptedRecordEndsInExactlyOneOutcome(t *testing.T) {
 						return tc.inject(calls.Add(1))
 					})
 				}
-				p, err := NewProducer(f, testStream, func(o *Options) { o.MaxAttempts = 12 })
+				p, err := NewProducer(f, testStream, func(o *Options) { o.Retry.MaxAttempts = 12 })
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -402,10 +403,10 @@ func TestLingerAndFlushTiming(t *testing.T) {
 			}
 		})
 	})
-	t.Run("zero linger sends at once", func(t *testing.T) {
+	t.Run("a negative linger sends at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFake(t, 1)
-			s, _ := New(f, testStream, func(o *Options) { o.Linger = 0 })
+			s, _ := New(f, testStream, func(o *Options) { o.Linger = -1 })
 			_ = s.Write(t.Context(), Entry{Data: []byte("a"), PartitionKey: "k"}, shardflow.Ack{})
 			synctest.Wait()
 			if n := f.Calls("PutRecords"); n != 1 {
@@ -467,7 +468,7 @@ func TestMemoryStaysCappedUnderTenfoldOverload(t *testing.T) {
 			o.MaxRequestEntries = 50
 			o.MaxInFlight = 4
 			o.MaxBufferedRecords = capRecords
-			o.MaxBufferedBytes = max(capBytes, o.MaxRecordBytes)
+			o.MaxBufferedBytes = max(capBytes, 1<<20) // at least MaxRecordBytes, default 1 MiB
 			o.Linger = 10 * time.Millisecond
 		})
 		if err != nil {

@@ -1,0 +1,22 @@
+package kinesissink
+
+import "github.com/shardflow/shardflow/internal/kpl"
+
+// aggregatePacker makes an ordered request of one KPL aggregate of at most
+// Options.AggregateMaxBytes (the ordered and aggregating mode): the head
+// records of the shard, skipping keys in flight, with as many records of one
+// key as fit. Throughput per key is then one aggregate per round trip.
+type aggregatePacker struct {
+	limit int
+	agg   kpl.Aggregator
+}
+
+func (p *aggregatePacker) full(q *queue) bool { return q.bytes >= p.limit }
+
+func (p *aggregatePacker) take(q *queue, inFlight map[string]int) ([]wire, []string) {
+	w, keys, ok := takeAggregate(&p.agg, q, p.limit, inFlight)
+	if !ok {
+		return nil, nil
+	}
+	return []wire{w}, keys
+}
