@@ -83,14 +83,30 @@ type Lane[T any] struct {
 	store  CheckpointStore
 	trk    *tracker
 	exited chan struct{}
-	// queue holds emitted records for the lane's goroutine; it and idle are
-	// guarded by trk.emitMu. The goroutine takes the whole queue at once, so a
-	// busy lane costs one lock per record on each side and no channel
-	// operation; notify wakes an idle goroutine. spare is the goroutine's own.
-	queue  []item[T]
-	idle   bool
+
+	// The hand-over from the source to the lane's goroutine, step by step:
+	//  1. Emit reserves the record's tracker slot (trk.beginEmit, which
+	//     returns with the tracker's emit lock held), appends the record to
+	//     queue under qmu, wakes the goroutine if it is idle, and only then
+	//     releases the tracker's lock (trk.endEmit). So shutdown, which
+	//     closes the tracker first, never falls between a reservation and
+	//     its append: every reserved record is in the queue.
+	//  2. The goroutine swaps queue with its spare slice under qmu (taking
+	//     every queued record at once, so a busy lane costs one queue lock
+	//     per record on each side and no channel operation) and runs them
+	//     through the stages without the lock.
+	//  3. Finding the queue empty, it yields once, then marks itself idle
+	//     and sleeps on notify; the next append sends one wake-up.
+	//  4. shutdown closes the tracker, then sets closed under qmu and wakes
+	//     the goroutine, which drains what is queued, flushes and exits.
+	// Lock order: the tracker's emit lock, then qmu; qmu is never held
+	// while taking a tracker lock.
+	qmu    sync.Mutex
+	queue  []item[T] // under qmu
+	idle   bool      // under qmu: the goroutine sleeps or is about to
+	closed bool      // under qmu: no record will be appended again
 	notify chan struct{}
-	spare  []item[T]
+	spare  []item[T]       // the goroutine's own
 	ctx    context.Context // the stages' context: ends with the pipeline or on Abandon
 	cancel context.CancelCauseFunc
 	env    *laneEnv
@@ -115,13 +131,15 @@ func (l *Lane[T]) ShardID() string { return l.shard }
 // checkpoint save reported the shard's lease lost: the source then stops
 // reading the shard.
 func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
-	idx, err := l.reserve(ctx, pos)
+	idx, err := l.trk.beginEmit(ctx, l.ctx, pos)
 	if err != nil {
 		return err
 	}
+	l.qmu.Lock()
 	l.queue = append(l.queue, item[T]{v: v, tok: token{t: l.trk, idx: idx}})
 	l.wakeLocked()
-	l.trk.emitMu.Unlock()
+	l.qmu.Unlock()
+	l.trk.endEmit()
 	return nil
 }
 
@@ -131,58 +149,16 @@ func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
 // records are all skipped is still checkpointed. It blocks and fails as
 // [Lane.Emit] does.
 func (l *Lane[T]) Skip(ctx context.Context, pos Position) error {
-	idx, err := l.reserve(ctx, pos)
+	idx, err := l.trk.beginEmit(ctx, l.ctx, pos)
 	if err != nil {
 		return err
 	}
-	l.trk.emitMu.Unlock()
+	l.trk.endEmit()
 	l.trk.complete(idx, nil)
 	return nil
 }
 
-// reserve takes the tracker slot of the next record, at pos, waiting while
-// MaxInFlight records are in flight. It returns the slot's index with
-// trk.emitMu held, or an error without it.
-func (l *Lane[T]) reserve(ctx context.Context, pos Position) (uint64, error) {
-	t := l.trk
-	t.emitMu.Lock()
-	var idx uint64
-	for {
-		if t.closed != nil {
-			err := t.closed
-			t.emitMu.Unlock()
-			return 0, err
-		}
-		idx = t.tail.Load()
-		if idx-t.head.Load() < t.limit {
-			break
-		}
-		// Full: wait for progress. Taking mu before looking again closes the
-		// gap where head moves between the check and the wait.
-		t.mu.Lock()
-		if idx-t.head.Load() < t.limit {
-			t.mu.Unlock()
-			continue
-		}
-		wake := t.waitLocked()
-		t.mu.Unlock()
-		t.emitMu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return 0, context.Cause(ctx)
-		case <-l.ctx.Done():
-			return 0, ErrLaneClosed
-		}
-		t.emitMu.Lock()
-	}
-	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, pending: 1}
-	t.tail.Store(idx + 1)
-	return idx, nil
-}
-
-// wakeLocked wakes the lane's goroutine if it sleeps. Called with
-// trk.emitMu held.
+// wakeLocked wakes the lane's goroutine if it sleeps. Called with qmu held.
 func (l *Lane[T]) wakeLocked() {
 	if l.idle {
 		l.idle = false
@@ -251,43 +227,18 @@ func (l *Lane[T]) finish(ctx context.Context) error {
 }
 
 func (l *Lane[T]) shutdown(err error) {
-	t := l.trk
-	t.emitMu.Lock()
-	if t.closed == nil {
-		t.closed = err
-	}
+	l.trk.close(err)
+	l.qmu.Lock()
+	l.closed = true
 	l.idle = true // force a wake-up even if the goroutine is busy: it rechecks
 	l.wakeLocked()
-	t.mu.Lock()
-	t.notifyLocked()
-	t.mu.Unlock()
-	t.emitMu.Unlock()
+	l.qmu.Unlock()
 }
 
 // waitIdle waits until every emitted record is done, a record failed, or
 // the lane's or ctx's end.
 func (l *Lane[T]) waitIdle(ctx context.Context) error {
-	t := l.trk
-	for {
-		t.mu.Lock()
-		if t.err != nil {
-			t.mu.Unlock()
-			return t.err
-		}
-		if t.head.Load() == t.tail.Load() {
-			t.mu.Unlock()
-			return nil
-		}
-		wake := t.waitLocked()
-		t.mu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-l.ctx.Done():
-			return context.Cause(l.ctx)
-		}
-	}
+	return l.trk.waitIdle(ctx, l.ctx)
 }
 
 // saveProgress saves the checkpoint if it moved since the last save (or, with
@@ -335,16 +286,15 @@ func (l *Lane[T]) loop() {
 			env.timer.Stop()
 		}
 	}()
-	t := l.trk
 	yielded := false
 	for {
-		t.emitMu.Lock()
-		closed := t.closed != nil
+		l.qmu.Lock()
+		closed := l.closed
 		if len(l.queue) == 0 && !closed && !yielded {
 			// Yield once before sleeping: a source in the middle of a
 			// batch of records usually emits more right away, and a
 			// sleep and wake-up costs more than a yield.
-			t.emitMu.Unlock()
+			l.qmu.Unlock()
 			yielded = true
 			runtime.Gosched()
 			continue
@@ -357,7 +307,7 @@ func (l *Lane[T]) loop() {
 		if len(batch) == 0 && !closed {
 			l.idle = true
 		}
-		t.emitMu.Unlock()
+		l.qmu.Unlock()
 
 		for i := range batch {
 			select {

@@ -1,0 +1,258 @@
+package shardflow
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// tracker keeps the records of one shard that were emitted and are not yet
+// retired, in emission order, in a ring of slots. It is the heart of
+// checkpointing: the shard's checkpoint is the position of the last record
+// it retired.
+//
+// How the checkpoint advances, step by step:
+//  1. Emit (the source's goroutine) reserves the slot at tail with one pending
+//     completion (beginEmit); it waits while tail-head reaches the in-flight
+//     limit.
+//  2. Completions (Filter drops, sink acks, FlatMap children) decrement the
+//     slot's pending count, in any order and from any goroutine.
+//  3. When the slot at head reaches zero, head moves forward over every
+//     consecutive slot at zero. The position of the last slot it passed is
+//     the checkpoint candidate. A failed slot never reaches zero, so head
+//     never passes it.
+//  4. The checkpointer saves the candidate when head moved since last save.
+//
+// Two locks keep the emitting and the completing goroutines off each other.
+// emitMu serialises emitters and guards what they write: the slot at tail,
+// then tail, and closed. mu serialises completions and guards head, the
+// pending counts, err and the candidate. head and tail are atomics so each
+// side reads the other's without its lock. A completer only touches slots in
+// [head, tail), which the emitter finished writing before it moved tail; an
+// emitter only writes the slot at tail, which no completer touches.
+//
+// Lock order: emitMu, then the lane's queue lock (held by the lane between
+// beginEmit and endEmit, see Lane.Emit), then mu. Nothing takes emitMu while
+// holding mu or the queue lock.
+type tracker struct {
+	// Read-only after construction.
+	slots  []slot
+	mask   uint64
+	limit  uint64
+	onFail func(error)
+
+	// The emitting side.
+	emitMu sync.Mutex
+	closed error         // set once no more records may be emitted; under emitMu
+	tail   atomic.Uint64 // next slot to reserve; written under emitMu
+
+	// The completing side.
+	head atomic.Uint64 // oldest slot not retired; written under mu
+	mu   sync.Mutex
+	err  error         // first failure of a record of this shard
+	wake chan struct{} // closed on progress while somebody waits
+}
+
+type slot struct {
+	pos     Position
+	idx     uint64
+	pending int32
+	failed  bool
+}
+
+func newTracker(limit int, onFail func(error)) *tracker {
+	// One slot more than the limit keeps the last retired slot, whose
+	// position is the checkpoint candidate, from being reused while head
+	// stays where it is.
+	n := 1
+	for n < limit+1 {
+		n <<= 1
+	}
+	return &tracker{slots: make([]slot, n), mask: uint64(n - 1), limit: uint64(limit), onFail: onFail}
+}
+
+// beginEmit reserves the slot of the next record, at pos, waiting while
+// limit records are in flight, until ctx or lane ends. On success it returns
+// the slot's index with emitMu held: the caller publishes the record (hands
+// it to the lane's goroutine) and then calls endEmit, so that close never
+// falls between a reservation and its publication. On failure it returns
+// the tracker's close error, ctx's cause or ErrLaneClosed, without the lock.
+func (t *tracker) beginEmit(ctx, lane context.Context, pos Position) (uint64, error) {
+	t.emitMu.Lock()
+	var idx uint64
+	for {
+		if t.closed != nil {
+			err := t.closed
+			t.emitMu.Unlock()
+			return 0, err
+		}
+		idx = t.tail.Load()
+		if idx-t.head.Load() < t.limit {
+			break
+		}
+		// Full: wait for progress. Taking mu before looking again closes the
+		// gap where head moves between the check and the wait.
+		t.mu.Lock()
+		if idx-t.head.Load() < t.limit {
+			t.mu.Unlock()
+			continue
+		}
+		wake := t.waitLocked()
+		t.mu.Unlock()
+		t.emitMu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		case <-lane.Done():
+			return 0, ErrLaneClosed
+		}
+		t.emitMu.Lock()
+	}
+	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, pending: 1}
+	t.tail.Store(idx + 1)
+	return idx, nil
+}
+
+// endEmit releases the lock beginEmit returned with.
+func (t *tracker) endEmit() { t.emitMu.Unlock() }
+
+// close makes every later beginEmit fail with err (the first close wins)
+// and wakes the goroutines waiting for progress, so that they look again.
+// It waits for an emit between beginEmit and endEmit to finish.
+func (t *tracker) close(err error) {
+	t.emitMu.Lock()
+	if t.closed == nil {
+		t.closed = err
+	}
+	t.mu.Lock()
+	t.notifyLocked()
+	t.mu.Unlock()
+	t.emitMu.Unlock()
+}
+
+// live returns the slot of idx if it is still in flight. Called with mu held.
+func (t *tracker) live(idx uint64) *slot {
+	if idx < t.head.Load() || idx >= t.tail.Load() {
+		return nil
+	}
+	s := &t.slots[idx&t.mask]
+	if s.idx != idx {
+		return nil
+	}
+	return s
+}
+
+func (t *tracker) addRef(idx uint64, n int32) {
+	t.mu.Lock()
+	if s := t.live(idx); s != nil {
+		s.pending += n
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracker) complete(idx uint64, err error) {
+	t.mu.Lock()
+	s := t.live(idx)
+	if s == nil || s.pending <= 0 {
+		t.mu.Unlock()
+		t.onFail(errDoubleAck)
+		return
+	}
+	s.pending--
+	if err != nil {
+		s.failed = true
+		if t.err == nil {
+			t.err = err
+		}
+		t.notifyLocked()
+		t.mu.Unlock()
+		t.onFail(err)
+		return
+	}
+	if head := t.head.Load(); s.pending == 0 && idx == head {
+		tail := t.tail.Load()
+		for head < tail {
+			h := &t.slots[head&t.mask]
+			if h.pending != 0 || h.failed {
+				break
+			}
+			head++
+		}
+		t.head.Store(head)
+		// Wake waiters (an emitter at the in-flight limit, or somebody
+		// waiting for the shard to be idle) once a quarter of the limit is
+		// free, not at every retired record: an emitter woken per record
+		// would sleep and wake once per record.
+		if tail-head <= t.limit-t.limit/4 {
+			t.notifyLocked()
+		}
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracker) position(idx uint64) Position {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.live(idx); s != nil {
+		return s.pos
+	}
+	return Position{}
+}
+
+// notifyLocked wakes the goroutines waiting for progress, if any. The wake
+// channel exists only while somebody waits, so progress costs no allocation.
+// Called with mu held.
+func (t *tracker) notifyLocked() {
+	if t.wake != nil {
+		close(t.wake)
+		t.wake = nil
+	}
+}
+
+// waitLocked returns a channel closed at the next progress. Called with mu
+// held.
+func (t *tracker) waitLocked() <-chan struct{} {
+	if t.wake == nil {
+		t.wake = make(chan struct{})
+	}
+	return t.wake
+}
+
+// waitIdle waits until every emitted record is retired, and returns nil; or
+// until a record failed, and returns its error; or until ctx or lane ends,
+// and returns its cause.
+func (t *tracker) waitIdle(ctx, lane context.Context) error {
+	for {
+		t.mu.Lock()
+		if t.err != nil {
+			t.mu.Unlock()
+			return t.err
+		}
+		if t.head.Load() == t.tail.Load() {
+			t.mu.Unlock()
+			return nil
+		}
+		wake := t.waitLocked()
+		t.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-lane.Done():
+			return context.Cause(lane)
+		}
+	}
+}
+
+// progress returns the retired count, the emitted count, the position of the
+// last retired record and the first failure.
+func (t *tracker) progress() (head, tail uint64, last Position, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	head = t.head.Load()
+	if head > 0 {
+		last = t.slots[(head-1)&t.mask].pos
+	}
+	return head, t.tail.Load(), last, t.err
+}
