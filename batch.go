@@ -2,47 +2,48 @@ package shardflow
 
 import (
 	"context"
-	"fmt"
-	"reflect"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/batcher"
 )
 
-// BatchOptions bound the batches of [Stream.Batch]. A batch is emitted when
-// it holds MaxCount values, when adding a value would take it past MaxBytes,
-// or Linger after its first value arrived, whichever comes first, and when
-// the lane drains.
+// BatchOptions bound the batches of [Batch]. A batch is emitted when it
+// holds MaxCount values, when adding a value would take it past MaxBytes, or
+// Linger after its first value arrived, whichever comes first, and when the
+// lane drains.
 type BatchOptions[T any] struct {
-	// MaxCount is the most values in a batch. Default: 100.
+	// MaxCount is the most values in a batch. Default (0): 100. Must not be
+	// negative.
 	MaxCount int
-	// MaxBytes caps the summed Size of a batch's values; a single value larger
-	// than MaxBytes travels alone. Default (0): no byte limit. Needs Size.
+	// MaxBytes caps the summed Size of a batch's values, in the unit Size
+	// returns (bytes, usually); a single value larger than MaxBytes travels
+	// alone. Default (0): no byte limit. Must not be negative; needs Size.
 	MaxBytes int
-	// Size returns the size of a value counted against MaxBytes.
+	// Size returns the size of a value counted against MaxBytes. Default:
+	// nil, which is only allowed without MaxBytes.
 	Size func(T) int
 	// Linger is how long a batch waits for more values after its first one.
-	// Default: 500ms. Must be positive: a batch always ships within Linger.
+	// Default (0): 500ms. Must not be negative: a batch always ships within
+	// Linger.
 	Linger time.Duration
 }
 
-// Batch groups consecutive values of a shard into slices, for handlers that
-// work better on many values at once. Batches never mix shards. The records
-// of a batch are done when the batch is; if the batch fails, all of them do.
+// Batch groups consecutive values of a shard of s into slices, for handlers
+// that work better on many values at once:
 //
-// E must be the stream's element type T; it is a type parameter of its own
-// only because a method of Stream[T] returning Stream[[]T] would instantiate
-// Stream[[][]T] and so on forever. Spell the options' type out and E follows:
+//	batches := shardflow.Batch(orders, shardflow.BatchOptions[Order]{MaxCount: 50}) // *Stream[[]Order]
 //
-//	orders.Batch(shardflow.BatchOptions[Order]{MaxCount: 50}) // *Stream[[]Order]
+// Batches never mix shards. The records of a batch are done when the batch
+// is; if the batch fails, all of them do. Batch is a function rather than a
+// method because a method of Stream[T] returning Stream[[]T] would
+// instantiate Stream[[][]T] and so on forever; as a function, the options'
+// element type is checked against the stream's by the compiler.
 //
-// A mismatch is reported by Run as a [*ConfigError].
-func (s *Stream[T]) Batch[E any](o BatchOptions[E], opts ...StageOption) *Stream[[]E] {
-	st, _ := newStage[T](s.p, "batch", false, opts)
-	up, ok := any(s).(*Stream[E])
-	if !ok {
-		s.p.setErr(&ConfigError{Field: st.name, Reason: fmt.Sprintf(
-			"BatchOptions are for %s, but the stream carries %s", reflect.TypeFor[E](), reflect.TypeFor[T]())})
-		return &Stream[[]E]{p: s.p}
-	}
+// The stage takes [WithName]. It calls no handler of its own, so it has
+// nothing to retry or dead-letter: [WithRetry] is a [*ConfigError]; the
+// failure policy of the stage that receives the batches applies to them.
+func Batch[T any](s *Stream[T], o BatchOptions[T], opts ...StageOption) *Stream[[]T] {
+	st := newStage(s, "batch", false, false, opts)
 	switch {
 	case o.MaxCount < 0:
 		s.p.setErr(&ConfigError{Field: st.name + " MaxCount", Reason: "negative"})
@@ -53,51 +54,61 @@ func (s *Stream[T]) Batch[E any](o BatchOptions[E], opts ...StageOption) *Stream
 	case o.Linger < 0:
 		s.p.setErr(&ConfigError{Field: st.name + " Linger", Reason: "negative"})
 	}
-	if o.MaxCount == 0 {
-		o.MaxCount = 100
+	pol := batcher.Policy{MaxCount: o.MaxCount, MaxBytes: o.MaxBytes, Linger: o.Linger}
+	if pol.MaxCount <= 0 {
+		pol.MaxCount = 100
 	}
-	if o.Linger == 0 {
-		o.Linger = 500 * time.Millisecond
+	if pol.Linger <= 0 {
+		pol.Linger = 500 * time.Millisecond
 	}
-	return &Stream[[]E]{p: s.p, attach: func(env *laneEnv, down node[[]E]) {
-		up.attach(env, &batchNode[E]{env: env, o: o, next: down})
+	if pol.MaxBytes < 0 {
+		pol.MaxBytes = 0
+	}
+	size := o.Size
+	if pol.MaxBytes == 0 {
+		size = nil // sizes count only against a byte limit
+	}
+	return &Stream[[]T]{p: s.p, attach: func(env *laneEnv, down node[[]T]) {
+		b, err := batcher.New[item[T]](pol)
+		if err != nil {
+			panic(err) // the policy was resolved above
+		}
+		s.attach(env, &batchNode[T]{env: env, b: b, size: size, next: down})
 	}}
 }
 
+// batchNode leaves the batching rules (count, bytes, linger) to
+// internal/batcher, the sink's too, and schedules the lane's timer for the
+// linger.
 type batchNode[T any] struct {
-	env      *laneEnv
-	o        BatchOptions[T]
-	next     node[[]T]
-	vals     []T
-	toks     []token
-	bytes    int
-	deadline time.Time
+	env  *laneEnv
+	b    *batcher.Batcher[item[T]]
+	size func(T) int
+	next node[[]T]
 }
 
 func (n *batchNode[T]) push(ctx context.Context, it item[T]) {
 	size := 0
-	if n.o.MaxBytes > 0 {
-		size = n.o.Size(it.v)
-		if len(n.vals) > 0 && n.bytes+size > n.o.MaxBytes {
-			n.emit(ctx)
-		}
+	if n.size != nil {
+		size = n.size(it.v)
 	}
-	if len(n.vals) == 0 {
-		n.deadline = time.Now().Add(n.o.Linger)
-		n.env.schedule(n.deadline)
-	}
-	n.vals = append(n.vals, it.v)
-	n.toks = append(n.toks, it.tok)
-	n.bytes += size
-	if len(n.vals) >= n.o.MaxCount || (n.o.MaxBytes > 0 && n.bytes >= n.o.MaxBytes) {
+	if !n.b.Fits(size) {
 		n.emit(ctx)
+	}
+	if n.b.Add(it, size) {
+		n.emit(ctx)
+		return
+	}
+	if n.b.Len() == 1 { // the first value starts the linger
+		d, _ := n.b.UntilNext()
+		n.env.schedule(time.Now().Add(d))
 	}
 }
 
 func (n *batchNode[T]) tick(ctx context.Context, now time.Time) {
-	if len(n.vals) > 0 {
-		if now.Before(n.deadline) {
-			n.env.schedule(n.deadline)
+	if d, ok := n.b.UntilNext(); ok {
+		if d > 0 {
+			n.env.schedule(now.Add(d))
 		} else {
 			n.emit(ctx)
 		}
@@ -106,19 +117,27 @@ func (n *batchNode[T]) tick(ctx context.Context, now time.Time) {
 }
 
 func (n *batchNode[T]) flush(ctx context.Context) {
-	if len(n.vals) > 0 {
-		n.emit(ctx)
-	}
+	n.emit(ctx)
 	n.next.flush(ctx)
 }
 
-// emit hands the batch on; the handler may keep the slice, so each batch
-// gets a new one.
+// emit hands the open batch on, if any; the handler may keep the slice, so
+// each batch gets a new one.
 func (n *batchNode[T]) emit(ctx context.Context) {
-	vals, toks := n.vals, n.toks
-	n.vals, n.toks, n.bytes = make([]T, 0, len(vals)), nil, 0
-	tok := toks[0]
-	if len(toks) > 1 {
+	its, _ := n.b.Flush(ctx) // never fails: the batcher is never closed
+	if len(its) == 0 {
+		return
+	}
+	vals := make([]T, len(its))
+	for i := range its {
+		vals[i] = its[i].v
+	}
+	tok := its[0].tok
+	if len(its) > 1 {
+		toks := make([]token, len(its))
+		for i := range its {
+			toks[i] = its[i].tok
+		}
 		tok = token{g: newGroup(toks)}
 	}
 	n.next.push(ctx, item[[]T]{v: vals, tok: tok})

@@ -54,7 +54,7 @@ func TestBatchEmitsOnCountBytesLingerAndDrain(t *testing.T) {
 				start := time.Now()
 				var got []emitted
 				src := &pacedSource[string]{values: tc.values, gap: tc.gap, hold: time.Second}
-				mustRun(t, shardflow.Source[string](src).Batch(tc.opts).
+				mustRun(t, shardflow.Batch(shardflow.Source[string](src), tc.opts).
 					Tap(func(_ context.Context, b []string) error {
 						got = append(got, emitted{b, time.Since(start)})
 						return nil
@@ -96,7 +96,7 @@ func TestBatchRecordsAreDoneTogether(t *testing.T) {
 	t.Run("a failed batch holds the checkpoint before its first record", func(t *testing.T) {
 		store := memory.New()
 		src := shardflowtest.NewSource[int]("s", func(o *shardflowtest.SourceOptions) { o.Store = store }).AddShard("a", ints(7)...)
-		err := shardflow.Source(src, fastRetry).Batch(shardflow.BatchOptions[int]{MaxCount: 3}).
+		err := shardflow.Batch(shardflow.Source(src, fastRetry), shardflow.BatchOptions[int]{MaxCount: 3}).
 			Map(func(_ context.Context, b []int) (int, error) {
 				if b[0] == 4 {
 					return 0, errors.New("bad batch")
@@ -115,7 +115,7 @@ func TestBatchRecordsAreDoneTogether(t *testing.T) {
 		store := memory.New()
 		src := shardflowtest.NewSource[int]("s", func(o *shardflowtest.SourceOptions) { o.Store = store }).AddShard("a", ints(5)...)
 		sink := shardflowtest.NewSink[int]()
-		mustRun(t, shardflow.Source(src).Batch(shardflow.BatchOptions[int]{MaxCount: 2}).
+		mustRun(t, shardflow.Batch(shardflow.Source(src), shardflow.BatchOptions[int]{MaxCount: 2}).
 			FlatMap(func(_ context.Context, b []int) ([]int, error) { return b, nil }).Sink(sink))
 		if diff := cmp.Diff(ints(5), sink.Items()); diff != "" {
 			t.Errorf("sink mismatch (-want +got):\n%s", diff)

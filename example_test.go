@@ -88,20 +88,22 @@ func ExampleStageError() {
 
 // With a dead-letter handler, records that fail a stage are handed over
 // with their error and the pipeline goes on; the checkpoint passes them once
-// the handler returned nil.
-func ExampleWithDeadLetter() {
+// the handler returned nil. The handler takes the stage's input (a string
+// here), which the compiler checks.
+func ExampleStream_DeadLetter() {
 	store := memory.New()
 	src := shardflowtest.NewSource[string]("s", func(o *shardflowtest.SourceOptions) { o.Store = store }).
 		AddShard("shard-a", "1", "2", "three", "4")
 	sink := shardflowtest.NewSink[int]()
 	err := shardflow.Source(src).
+		DeadLetter(func(_ context.Context, s string, err error) error {
+			fmt.Printf("dead letter %q: %v\n", s, err)
+			return nil
+		}).
 		Map(func(_ context.Context, s string) (int, error) {
 			n, err := strconv.Atoi(s)
 			return n, shardflow.Permanent(err)
-		}, shardflow.WithDeadLetter(func(_ context.Context, s string, err error) error {
-			fmt.Printf("dead letter %q: %v\n", s, err)
-			return nil
-		})).
+		}).
 		Sink(sink).
 		Run(context.Background())
 	cp, _ := store.Checkpoint("s", "shard-a")
@@ -114,11 +116,10 @@ func ExampleWithDeadLetter() {
 // Batch hands slices to handlers that work better on many values at once,
 // like a bulk insert. Each batch holds at most MaxCount values and waits at
 // most Linger for more.
-func ExampleStream_Batch() {
+func ExampleBatch() {
 	src := shardflowtest.NewSource[int]("s").AddShard("shard-a", 1, 2, 3, 4, 5, 6, 7)
 	sink := shardflowtest.NewSink[int]()
-	err := shardflow.Source(src).
-		Batch(shardflow.BatchOptions[int]{MaxCount: 3}).
+	err := shardflow.Batch(shardflow.Source(src), shardflow.BatchOptions[int]{MaxCount: 3}).
 		Map(func(_ context.Context, batch []int) (int, error) {
 			sum := 0
 			for _, n := range batch {

@@ -1,7 +1,6 @@
 package shardflow
 
 import (
-	"context"
 	"log/slog"
 	"time"
 
@@ -143,8 +142,9 @@ func (p RetryPolicy) resolve() retry.Policy {
 	return r
 }
 
-// StageOption configures one stage. See [WithName], [WithRetry] and
-// [WithDeadLetter].
+// StageOption configures one stage: [WithName] or [WithRetry]. A stage's
+// dead-letter handler is set with [Stream.DeadLetter], so that the compiler
+// checks its type.
 type StageOption interface {
 	applyStage(*stageConfig)
 }
@@ -154,32 +154,19 @@ type stageOptionFunc func(*stageConfig)
 func (f stageOptionFunc) applyStage(c *stageConfig) { f(c) }
 
 // WithName names a stage in errors and logs. Default: its kind and its place
-// in the pipeline, like "map#2".
+// in the pipeline, like "map#2", or "sink".
 func WithName(name string) StageOption {
 	return stageOptionFunc(func(c *stageConfig) { c.name = name })
 }
 
-// WithRetry sets the stage's retry policy, in place of [Options].Retry.
+// WithRetry sets the retry policy of the stage's handler (of Sink.Write, for
+// a Sink stage), in place of [Options].Retry. A [Batch] stage calls no
+// handler: WithRetry on it is a [*ConfigError].
 func WithRetry(p RetryPolicy) StageOption {
 	return stageOptionFunc(func(c *stageConfig) { c.retry = &p })
 }
 
-// WithDeadLetter routes records that fail the stage for good to handle, with
-// their error, instead of stopping the pipeline. When handle returns nil the
-// record counts as done and its shard's checkpoint may pass it; when handle
-// fails too, the pipeline stops with both errors.
-//
-// T must be the stage's input type: for a Sink stage the sink's element type,
-// for a stage after Batch a slice. A mismatch is reported by Run as a
-// [*ConfigError]. handle is called on the shard's goroutine, or on the sink's
-// goroutine for records the sink failed after accepting them; it must be safe
-// for concurrent use across shards.
-func WithDeadLetter[T any](handle func(ctx context.Context, v T, err error) error) StageOption {
-	return stageOptionFunc(func(c *stageConfig) { c.deadLetter = handle })
-}
-
 type stageConfig struct {
-	name       string
-	retry      *RetryPolicy
-	deadLetter any
+	name  string
+	retry *RetryPolicy
 }

@@ -188,13 +188,13 @@ func TestFailurePolicies(t *testing.T) {
 		sink := shardflowtest.NewSink[int]()
 		var mu sync.Mutex
 		var dead []string
-		dl := shardflow.WithDeadLetter(func(_ context.Context, n int, err error) error {
+		dl := func(_ context.Context, n int, err error) error {
 			mu.Lock()
 			defer mu.Unlock()
 			dead = append(dead, fmt.Sprintf("%d: %v", n, err))
 			return nil
-		})
-		mustRun(t, shardflow.Source(src).Map(failOn3, dl).Sink(sink))
+		}
+		mustRun(t, shardflow.Source(src).DeadLetter(dl).Map(failOn3).Sink(sink))
 		if diff := cmp.Diff([]string{"3: boom"}, dead); diff != "" {
 			t.Errorf("dead letters mismatch (-want +got):\n%s", diff)
 		}
@@ -209,9 +209,9 @@ func TestFailurePolicies(t *testing.T) {
 	t.Run("a failing dead-letter handler stops the pipeline with both errors", func(t *testing.T) {
 		dlErr := errors.New("dead-letter queue down")
 		src := shardflowtest.NewSource[int]("s").AddShard("a", ints(5)...)
-		err := shardflow.Source(src).Map(failOn3, shardflow.WithDeadLetter(func(context.Context, int, error) error {
+		err := shardflow.Source(src).DeadLetter(func(context.Context, int, error) error {
 			return dlErr
-		})).Sink(shardflowtest.NewSink[int]()).Run(t.Context())
+		}).Map(failOn3).Sink(shardflowtest.NewSink[int]()).Run(t.Context())
 		if !errors.Is(err, boom) || !errors.Is(err, dlErr) {
 			t.Fatalf("Run = %v; want both the handler's and the dead-letter handler's errors", err)
 		}
@@ -250,10 +250,10 @@ func TestFailurePolicies(t *testing.T) {
 			}
 		})
 		var dead []int
-		mustRun(t, shardflow.Source(src).Sink(sink, shardflow.WithDeadLetter(func(_ context.Context, n int, err error) error {
+		mustRun(t, shardflow.Source(src).DeadLetter(func(_ context.Context, n int, err error) error {
 			dead = append(dead, n) // one shard: called on one goroutine
 			return nil
-		})))
+		}).Sink(sink))
 		if diff := cmp.Diff([]int{2, 4}, dead); diff != "" {
 			t.Errorf("dead letters mismatch (-want +got):\n%s", diff)
 		}
@@ -595,10 +595,10 @@ func TestSinkFuncErrorsAreRetriedThenDeadLettered(t *testing.T) {
 		return nil
 	})
 	synctest.Test(t, func(t *testing.T) {
-		mustRun(t, shardflow.Source(src).Sink(sink, shardflow.WithDeadLetter(func(_ context.Context, n int, _ error) error {
+		mustRun(t, shardflow.Source(src).DeadLetter(func(_ context.Context, n int, _ error) error {
 			dead = append(dead, n)
 			return nil
-		})))
+		}).Sink(sink))
 	})
 	if calls.Load() != 3 || !slices.Equal(dead, []int{2}) {
 		t.Errorf("Write called %d times for the failing value, dead letters %v; want 3 attempts then [2]", calls.Load(), dead)
@@ -615,14 +615,26 @@ func TestConfigurationErrors(t *testing.T) {
 		field string
 	}{
 		{"a nil handler", shardflow.Source(src).Map((func(context.Context, int) (int, error))(nil)).Sink(sink), "map#1"},
-		{"a dead-letter handler of the wrong type", shardflow.Source(src).Map(id, shardflow.WithDeadLetter(
-			func(context.Context, string, error) error { return nil })).Sink(sink), "map#1 dead-letter handler"},
-		{"batch options of another type", shardflow.Source(src).Batch(shardflow.BatchOptions[string]{}).
-			Map(func(_ context.Context, b []string) (int, error) { return len(b), nil }).Sink(sink), "batch#1"},
+		// A dead-letter handler or batch options of another type than the
+		// stream's no longer compile (Stream.DeadLetter, Batch).
+		{"WithRetry on a batch stage, which calls no handler", shardflow.Batch(shardflow.Source(src), shardflow.BatchOptions[int]{},
+			shardflow.WithRetry(shardflow.NoRetry)).Map(func(_ context.Context, b []int) (int, error) { return len(b), nil }).Sink(sink),
+			"batch#1"},
+		{"a Stream feeding two stages", func() *shardflow.Pipeline {
+			s := shardflow.Source(src)
+			s.Map(id).Sink(shardflowtest.NewSink[int]())
+			return s.Filter(func(context.Context, int) (bool, error) { return true, nil }).Sink(sink)
+		}(), "filter#3"},
+		{"a Stream given two sinks", func() *shardflow.Pipeline {
+			s := shardflow.Source(src)
+			pl := s.Sink(sink)
+			s.Sink(shardflowtest.NewSink[int]())
+			return pl
+		}(), "sink"},
 		{"a negative checkpoint interval", shardflow.Source(src, func(o *shardflow.Options) { o.CheckpointInterval = -1 }).Sink(sink),
 			"Options.CheckpointInterval"},
 		{"a nil sink", shardflow.Source(src).Sink(nil), "sink"},
-		{"a byte limit without a size function", shardflow.Source(src).Batch(shardflow.BatchOptions[int]{MaxBytes: 10}).
+		{"a byte limit without a size function", shardflow.Batch(shardflow.Source(src), shardflow.BatchOptions[int]{MaxBytes: 10}).
 			Map(func(_ context.Context, b []int) (int, error) { return len(b), nil }).Sink(sink), "batch#1 MaxBytes"},
 	}
 	for _, tc := range tests {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"runtime/debug"
 	"time"
 
@@ -12,14 +11,59 @@ import (
 )
 
 // Stream is a typed stage of a pipeline under construction: the values of
-// type T that come out of the stages before it. Build it with [Source] and the
-// methods below, and finish it with [Stream.Sink]. The methods only describe
-// the pipeline; nothing runs before [Pipeline.Run].
+// type T that come out of the stages before it. Build it with [Source], the
+// methods below and [Batch], and finish it with [Stream.Sink]. The methods
+// only describe the pipeline; nothing runs before [Pipeline.Run].
+//
+// A Stream feeds exactly one stage: building a second stage from the same
+// Stream (branching) is a [*ConfigError], reported by Run.
 type Stream[T any] struct {
 	p *plan
 	// attach wires a lane's nodes: it is given the downstream node for T and
 	// wires it below the upstream ones.
 	attach func(env *laneEnv, down node[T])
+	// usedBy names the stage built from this Stream; under p.mu.
+	usedBy string
+}
+
+// feed registers stage as the one stage s feeds, or reports a second one.
+func (s *Stream[T]) feed(stage string) {
+	s.p.mu.Lock()
+	first := s.usedBy
+	if first == "" {
+		s.usedBy = stage
+	}
+	s.p.mu.Unlock()
+	if first != "" {
+		s.p.setErr(&ConfigError{Field: stage, Reason: fmt.Sprintf(
+			"its input Stream already feeds %s: a Stream feeds one stage (branching is not supported)", first)})
+	}
+}
+
+// DeadLetter returns s with handle as the dead-letter handler of the one
+// stage built next from it: d.Map, d.Filter, d.FlatMap, d.Tap or d.Sink.
+// handle takes that stage's input, so the compiler checks its type:
+//
+//	records.DeadLetter(quarantine).Map(decode) // quarantine: func(ctx, shardflow.Record, error) error
+//
+// A record that fails that stage for good (after its retries) is handed to
+// handle with its error instead of stopping the pipeline. When handle returns
+// nil the record counts as done and its shard's checkpoint may pass it; when
+// handle fails too, the pipeline stops with both errors. handle is called on
+// the shard's goroutine, or on the sink's goroutine for records a sink failed
+// after accepting them; it must be safe for concurrent use across shards. A
+// nil handle means no dead-letter handler: the stage's failures stop the
+// pipeline, as without DeadLetter.
+func (s *Stream[T]) DeadLetter(handle func(ctx context.Context, v T, err error) error) *DeadLettered[T] {
+	return &DeadLettered[T]{s: s, handle: handle}
+}
+
+// DeadLettered is a [Stream] whose next stage has a dead-letter handler; see
+// [Stream.DeadLetter]. Its methods build that stage as the Stream methods of
+// the same names do and return a plain Stream (or Pipeline).
+type DeadLettered[T any] struct {
+	s      *Stream[T]
+	handle func(context.Context, T, error) error
 }
 
 // Sink is where a pipeline's values end up: the Kinesis sink, the test kit's
@@ -78,9 +122,10 @@ type stage struct {
 	log   *slog.Logger
 }
 
-// newStage registers a stage of kind with its options; In is its input type,
-// which a dead-letter handler must match.
-func newStage[In any](p *plan, kind string, fnNil bool, opts []StageOption) (*stage, func(context.Context, In, error) error) {
+// newStage registers a stage of kind, fed by in, with its options. retries
+// says whether the stage calls a handler that WithRetry can apply to.
+func newStage[In any](in *Stream[In], kind string, fnNil, retries bool, opts []StageOption) *stage {
+	p := in.p
 	p.mu.Lock()
 	p.nstages++
 	n := p.nstages
@@ -94,28 +139,21 @@ func newStage[In any](p *plan, kind string, fnNil bool, opts []StageOption) (*st
 			o.applyStage(&cfg)
 		}
 	}
+	in.feed(cfg.name)
 	if fnNil {
 		p.setErr(&ConfigError{Field: cfg.name, Reason: "nil handler"})
 	}
 	pol := p.opts.Retry
 	if cfg.retry != nil {
+		if !retries {
+			p.setErr(&ConfigError{Field: cfg.name, Reason: "WithRetry: a " + kind + " stage calls no handler to retry"})
+		}
 		if err := cfg.retry.validate(cfg.name + " retry"); err != nil {
 			p.setErr(err)
 		}
 		pol = *cfg.retry
 	}
-	st := &stage{name: cfg.name, retry: pol.resolve(), log: p.opts.Logger}
-	var dl func(context.Context, In, error) error
-	if cfg.deadLetter != nil {
-		var ok bool
-		dl, ok = cfg.deadLetter.(func(context.Context, In, error) error)
-		if !ok {
-			p.setErr(&ConfigError{Field: cfg.name + " dead-letter handler", Reason: fmt.Sprintf(
-				"handles %s, but the stage's input is %s", reflect.TypeOf(cfg.deadLetter).In(1),
-				reflect.TypeFor[In]())})
-		}
-	}
-	return st, dl
+	return &stage{name: cfg.name, retry: pol.resolve(), log: p.opts.Logger}
 }
 
 // protect calls f, turning a panic into a *PanicError.
@@ -171,7 +209,16 @@ func settleFailure[In any](ctx context.Context, st *stage, env *laneEnv, dl func
 // Map applies f to each value. A record whose f fails for good is handled by
 // the stage's failure policy.
 func (s *Stream[T]) Map[U any](f func(context.Context, T) (U, error), opts ...StageOption) *Stream[U] {
-	st, dl := newStage[T](s.p, "map", f == nil, opts)
+	return mapStage(s, f, nil, opts)
+}
+
+// Map is [Stream.Map] with the dead-letter handler.
+func (d *DeadLettered[T]) Map[U any](f func(context.Context, T) (U, error), opts ...StageOption) *Stream[U] {
+	return mapStage(d.s, f, d.handle, opts)
+}
+
+func mapStage[T, U any](s *Stream[T], f func(context.Context, T) (U, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[U] {
+	st := newStage(s, "map", f == nil, true, opts)
 	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
 		s.attach(env, &mapNode[T, U]{st: st, env: env, f: f, dl: dl, next: down})
 	}}
@@ -200,7 +247,16 @@ func (n *mapNode[In, Out]) flush(ctx context.Context)               { n.next.flu
 // Filter keeps the values for which keep returns true. A dropped value's
 // record is done at once, so the checkpoint may pass it.
 func (s *Stream[T]) Filter(keep func(context.Context, T) (bool, error), opts ...StageOption) *Stream[T] {
-	st, dl := newStage[T](s.p, "filter", keep == nil, opts)
+	return filterStage(s, keep, nil, opts)
+}
+
+// Filter is [Stream.Filter] with the dead-letter handler.
+func (d *DeadLettered[T]) Filter(keep func(context.Context, T) (bool, error), opts ...StageOption) *Stream[T] {
+	return filterStage(d.s, keep, d.handle, opts)
+}
+
+func filterStage[T any](s *Stream[T], keep func(context.Context, T) (bool, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[T] {
+	st := newStage(s, "filter", keep == nil, true, opts)
 	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
 		s.attach(env, &filterNode[T]{st: st, env: env, f: keep, dl: dl, next: down})
 	}}
@@ -233,7 +289,16 @@ func (n *filterNode[T]) flush(ctx context.Context)               { n.next.flush(
 // done when all of its children are (at once, when there are none); if one
 // child fails, the record fails.
 func (s *Stream[T]) FlatMap[U any](f func(context.Context, T) ([]U, error), opts ...StageOption) *Stream[U] {
-	st, dl := newStage[T](s.p, "flatmap", f == nil, opts)
+	return flatMapStage(s, f, nil, opts)
+}
+
+// FlatMap is [Stream.FlatMap] with the dead-letter handler.
+func (d *DeadLettered[T]) FlatMap[U any](f func(context.Context, T) ([]U, error), opts ...StageOption) *Stream[U] {
+	return flatMapStage(d.s, f, d.handle, opts)
+}
+
+func flatMapStage[T, U any](s *Stream[T], f func(context.Context, T) ([]U, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[U] {
+	st := newStage(s, "flatmap", f == nil, true, opts)
 	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
 		s.attach(env, &flatMapNode[T, U]{st: st, env: env, f: f, dl: dl, next: down})
 	}}
@@ -270,11 +335,20 @@ func (n *flatMapNode[In, Out]) flush(ctx context.Context)               { n.next
 // Tap calls f with each value for its side effect and passes the value on
 // unchanged.
 func (s *Stream[T]) Tap(f func(context.Context, T) error, opts ...StageOption) *Stream[T] {
+	return tapStage(s, f, nil, opts)
+}
+
+// Tap is [Stream.Tap] with the dead-letter handler.
+func (d *DeadLettered[T]) Tap(f func(context.Context, T) error, opts ...StageOption) *Stream[T] {
+	return tapStage(d.s, f, d.handle, opts)
+}
+
+func tapStage[T any](s *Stream[T], f func(context.Context, T) error, dl func(context.Context, T, error) error, opts []StageOption) *Stream[T] {
 	var g func(context.Context, T) (struct{}, error)
 	if f != nil {
 		g = func(ctx context.Context, v T) (struct{}, error) { return struct{}{}, f(ctx, v) }
 	}
-	st, dl := newStage[T](s.p, "tap", f == nil, opts)
+	st := newStage(s, "tap", f == nil, true, opts)
 	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
 		s.attach(env, &tapNode[T]{st: st, env: env, f: g, dl: dl, next: down})
 	}}
@@ -303,7 +377,17 @@ func (n *tapNode[T]) flush(ctx context.Context)               { n.next.flush(ctx
 // returned by sink.Write; its failure policy to those and to errors the sink
 // reports through Ack.Done.
 func (s *Stream[T]) Sink(sink Sink[T], opts ...StageOption) *Pipeline {
-	st, dl := newStage[T](s.p, "sink", sink == nil, opts)
+	return sinkStage(s, sink, nil, opts)
+}
+
+// Sink is [Stream.Sink] with the dead-letter handler: it also takes the
+// records the sink fails through their [Ack].
+func (d *DeadLettered[T]) Sink(sink Sink[T], opts ...StageOption) *Pipeline {
+	return sinkStage(d.s, sink, d.handle, opts)
+}
+
+func sinkStage[T any](s *Stream[T], sink Sink[T], dl func(context.Context, T, error) error, opts []StageOption) *Pipeline {
+	st := newStage(s, "sink", sink == nil, true, opts)
 	s.p.loggers = append(s.p.loggers, sink)
 	pl := &Pipeline{p: s.p}
 	pl.attach = func(env *laneEnv) {

@@ -180,18 +180,18 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 		}
 	}
 	err = shardflow.Source(src).
-		Map(decode, shardflow.WithName("decode"), shardflow.WithDeadLetter(
-			func(ctx context.Context, r shardflow.Record, cause error) error {
-				data, _ := json.Marshal(DeadLetter{Shard: r.ShardID, Sequence: r.SequenceNumber, Data: string(r.Data), Error: cause.Error()})
-				if err := deadLetters.Put(ctx, data, r.PartitionKey); err != nil {
-					return err
-				}
-				if err := deadLetters.Flush(ctx); err != nil {
-					return err
-				}
-				count(&dead)
-				return nil
-			})).
+		DeadLetter(func(ctx context.Context, r shardflow.Record, cause error) error {
+			data, _ := json.Marshal(DeadLetter{Shard: r.ShardID, Sequence: r.SequenceNumber, Data: string(r.Data), Error: cause.Error()})
+			if err := deadLetters.Put(ctx, data, r.PartitionKey); err != nil {
+				return err
+			}
+			if err := deadLetters.Flush(ctx); err != nil {
+				return err
+			}
+			count(&dead)
+			return nil
+		}).
+		Map(decode, shardflow.WithName("decode")).
 		Map(enrich).
 		Tap(func(_ context.Context, e enriched) error {
 			if e.Action != "buy" {

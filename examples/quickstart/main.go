@@ -73,13 +73,13 @@ func sample(ctx context.Context) error {
 	var mu sync.Mutex
 	var out, dead []string
 	err := shardflow.Source(src).
-		Map(decode, shardflow.WithName("decode"), shardflow.WithDeadLetter(
-			func(_ context.Context, r shardflow.Record, err error) error {
-				mu.Lock()
-				defer mu.Unlock()
-				dead = append(dead, fmt.Sprintf("%s/%s: %v", r.ShardID, r.SequenceNumber, err))
-				return nil
-			})).
+		DeadLetter(func(_ context.Context, r shardflow.Record, err error) error {
+			mu.Lock()
+			defer mu.Unlock()
+			dead = append(dead, fmt.Sprintf("%s/%s: %v", r.ShardID, r.SequenceNumber, err))
+			return nil
+		}).
+		Map(decode, shardflow.WithName("decode")).
 		Filter(isLarge).
 		Map(summarize).
 		Sink(shardflow.SinkFunc[string](func(_ context.Context, s string) error {

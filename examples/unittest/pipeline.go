@@ -24,7 +24,8 @@ type Order struct {
 func LargeOrders(src shardflow.ShardSource[shardflow.Record], sink shardflow.Sink[kinesissink.Entry],
 	minAmount int, deadLetter func(ctx context.Context, r shardflow.Record, err error) error) *shardflow.Pipeline {
 	return shardflow.Source(src).
-		Map(decode, shardflow.WithName("decode"), shardflow.WithDeadLetter(deadLetter)).
+		DeadLetter(deadLetter).
+		Map(decode, shardflow.WithName("decode")).
 		Filter(func(_ context.Context, o Order) (bool, error) { return o.Amount >= minAmount, nil }).
 		Map(encode).
 		Sink(sink)
