@@ -4,15 +4,6 @@ import (
 	"fmt"
 )
 
-// ConfigError reports a Source built with bad options; New returns it.
-type ConfigError struct {
-	Field, Reason string
-}
-
-func (e *ConfigError) Error() string {
-	return fmt.Sprintf("kinesissource: invalid configuration: %s: %s", e.Field, e.Reason)
-}
-
 // CheckpointExpiredError is returned by Run when Kinesis refuses a shard's
 // checkpoint as a starting point, typically because it is older than the
 // stream's retention period: the records between it and the trim horizon
