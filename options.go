@@ -17,10 +17,15 @@ type Options struct {
 	// ends and when the pipeline stops. Default: 5s. Must not be negative.
 	CheckpointInterval time.Duration
 
-	// DrainTimeout bounds the drain after the context given to Run is
-	// cancelled or the source is exhausted: records still in flight after it
-	// are abandoned (not checkpointed) and Run returns ErrDrainTimeout.
-	// Default: 30s. Must not be negative.
+	// DrainTimeout is the one budget of the drain after the context given
+	// to Run is cancelled or the source is exhausted: the records in flight
+	// finishing, the sink's flush and the final checkpoint saves all fit in
+	// it. Records still in flight when DrainTimeout less a fifth of it (at
+	// most 5s, kept for the final saves) has passed are abandoned (not
+	// checkpointed) and Run returns ErrDrainTimeout; the final saves get
+	// whatever is left of DrainTimeout. Keep it below your platform's grace
+	// period (Kubernetes: 30s by default, less the time the source needs to
+	// stop). Default: 30s. Must not be negative.
 	DrainTimeout time.Duration
 
 	// MaxInFlight caps the records of one shard that were emitted but are not

@@ -64,7 +64,9 @@ type Pipeline struct {
 //
 // Cancelling ctx drains the pipeline: the source stops reading, records
 // already read finish, partial batches and the sink are flushed, and each
-// shard's final checkpoint is saved; all within [Options].DrainTimeout. A
+// shard's final checkpoint is saved; all within [Options].DrainTimeout,
+// counted from the cancel (or from the source's return), so Run returns
+// within DrainTimeout of the cancel once the source returned. A
 // clean drain, like an exhausted source, returns nil. Run returns a
 // [*StageError] when a record failed a stage (it is not checkpointed, nor
 // anything after it in its shard), [ErrDrainTimeout] when the drain ran out of
@@ -131,7 +133,9 @@ func (pl *Pipeline) Run(ctx context.Context) error {
 	stopCheckpoints()
 	<-cpDone
 
-	saveCtx, cancelSave := context.WithTimeout(context.WithoutCancel(ctx), o.DrainTimeout)
+	// The final saves get what is left of the drain's one budget: the whole
+	// Run ends within DrainTimeout of the drain's start.
+	saveCtx, cancelSave := context.WithDeadline(context.WithoutCancel(ctx), r.drainDeadline())
 	defer cancelSave()
 	var errs []error
 	for _, l := range r.openLanes() {
@@ -193,6 +197,7 @@ type run struct {
 
 	drainOnce  sync.Once
 	drainTimer *time.Timer
+	drainEnd   time.Time // when the drain's budget runs out; under mu
 }
 
 // fail records the first failure and stops the pipeline.
@@ -231,12 +236,28 @@ func (r *run) openLanes() []laneHandle {
 	return out
 }
 
+// startDrainClock starts the drain's one budget, DrainTimeout: records in
+// flight get it less the share kept for the final checkpoint saves
+// (saveReserve), the saves get what is left of it.
 func (r *run) startDrainClock() {
 	r.drainOnce.Do(func() {
+		d := r.opts.DrainTimeout
 		r.mu.Lock()
-		r.drainTimer = time.AfterFunc(r.opts.DrainTimeout, func() { r.cancelProc(ErrDrainTimeout) })
+		r.drainEnd = time.Now().Add(d)
+		r.drainTimer = time.AfterFunc(d-saveReserve(d), func() { r.cancelProc(ErrDrainTimeout) })
 		r.mu.Unlock()
 	})
+}
+
+// saveReserve is the share of a drain budget d kept for the final
+// checkpoint saves when records are still in flight: a fifth of d, at most
+// 5s.
+func saveReserve(d time.Duration) time.Duration { return min(d/5, 5*time.Second) }
+
+func (r *run) drainDeadline() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.drainEnd
 }
 
 func (r *run) stopDrainClock() {

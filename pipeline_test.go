@@ -394,8 +394,10 @@ func TestDrainOnCancel(t *testing.T) {
 			if !errors.Is(err, shardflow.ErrDrainTimeout) {
 				t.Fatalf("Run = %v; want ErrDrainTimeout", err)
 			}
-			if waited := time.Since(start); waited != 3*time.Second {
-				t.Errorf("drain took %v; want the 3s DrainTimeout", waited)
+			// The records get the 3s DrainTimeout less the fifth of it kept
+			// for the final saves; the saves (instant here) get the rest.
+			if waited := time.Since(start); waited != 2400*time.Millisecond {
+				t.Errorf("drain took %v; want 2.4s: the 3s DrainTimeout less the final saves' 0.6s", waited)
 			}
 			if cp, _ := store.Checkpoint("s", "a"); cp != seq(2) {
 				t.Errorf("checkpoint = %+v; want %+v, the last of the contiguous finished records", cp, seq(2))
@@ -434,6 +436,53 @@ func TestDrainOnCancel(t *testing.T) {
 			}
 		})
 	})
+}
+
+func TestDrainAndFinalSavesShareOneBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := &blockingStore{}
+		src := shardflowtest.NewSource[int]("s", func(o *shardflowtest.SourceOptions) {
+			o.Store = store
+			o.Follow = true
+		}).AddShard("a", 1)
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := runAsync(ctx, shardflow.Source(src, func(o *shardflow.Options) {
+			o.DrainTimeout = 10 * time.Second
+			o.CheckpointInterval = time.Hour
+		}).Map(func(_ context.Context, n int) (int, error) {
+			time.Sleep(7 * time.Second) // the drain takes most of the budget
+			return n, nil
+		}).Sink(shardflowtest.NewSink[int]()))
+		synctest.Wait() // record 1 is in the handler
+		cancel()
+		start := time.Now()
+		err := <-errc
+		if waited := time.Since(start); waited != 10*time.Second {
+			t.Errorf("Run returned %v after the cancel; want 10s, the DrainTimeout, drain and final saves included", waited)
+		}
+		if got, want := store.deadline.Sub(start), 10*time.Second; got != want {
+			t.Errorf("the final save's deadline is %v after the cancel; want %v (what the 7s drain left of the 10s budget ends there)", got, want)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Run = %v; want the final save's deadline error", err)
+		}
+	})
+}
+
+// blockingStore has no checkpoints, and its Save blocks until its context
+// ends, noting the deadline it was given.
+type blockingStore struct {
+	deadline time.Time
+}
+
+func (s *blockingStore) Load(context.Context, string, string) (shardflow.Checkpoint, bool, error) {
+	return shardflow.Checkpoint{}, false, nil
+}
+
+func (s *blockingStore) Save(ctx context.Context, _, _ string, _ shardflow.Checkpoint) error {
+	s.deadline, _ = ctx.Deadline() // one shard: one caller at a time
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 func TestRecordsOfAShardStayInOrderAcrossConcurrentShards(t *testing.T) {
