@@ -1,11 +1,9 @@
 package dynamostore_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -35,16 +33,7 @@ import (
 // running tests (the re-exec pattern): see TestMain and runRelay.
 const relayEnv = "SHARDFLOW_TEST_RELAY"
 
-func TestMain(m *testing.M) {
-	if os.Getenv(relayEnv) == "1" {
-		if err := runRelay(); err != nil {
-			fmt.Fprintln(os.Stderr, "relay:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { awstest.ChildMain(m, relayEnv, runRelay) }
 
 // runRelay is one instance of a relay pipeline: Kinesis source (leases and
 // checkpoints in DynamoDB) -> Map (tags each record with this instance and
@@ -137,7 +126,7 @@ func (c *countingDDB) DescribeTable(ctx context.Context, in *dynamodb.DescribeTa
 type relay struct {
 	name   string
 	cmd    *exec.Cmd
-	exited chan error
+	exited <-chan error
 }
 
 // fleet starts relay processes and follows their logs: which shards each
@@ -165,67 +154,45 @@ type ddbSample struct {
 
 func (f *fleet) start(name string) *relay {
 	f.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), append(slices.Clone(f.env), relayEnv+"=1", "RELAY_OWNER="+name)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		f.t.Fatal(err)
-	}
-	r := &relay{name: name, cmd: cmd, exited: make(chan error, 1)}
 	f.mu.Lock()
-	f.all = append(f.all, r)
 	f.now[name] = map[string]time.Time{}
 	f.mu.Unlock()
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		f.follow(name, stderr)
-	}()
-	go func() {
-		<-logDone
-		r.exited <- cmd.Wait()
-	}()
-	f.t.Cleanup(func() { _ = cmd.Process.Kill() })
+	c := awstest.StartChild(f.t, relayEnv, append(slices.Clone(f.env), "RELAY_OWNER="+name),
+		func(line string) { f.follow(name, line) })
+	r := &relay{name: name, cmd: c.Cmd, exited: c.Exited()}
+	f.mu.Lock()
+	f.all = append(f.all, r)
+	f.mu.Unlock()
 	return r
 }
 
-// follow parses a relay's JSON log lines.
-func (f *fleet) follow(name string, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var ev struct {
-			Time    time.Time        `json:"time"`
-			Level   string           `json:"level"`
-			Msg     string           `json:"msg"`
-			ShardID string           `json:"shard_id"`
-			Counts  map[string]int64 `json:"counts"`
+// follow parses a line of a relay's JSON log.
+func (f *fleet) follow(name string, line string) {
+	var ev struct {
+		Time    time.Time        `json:"time"`
+		Level   string           `json:"level"`
+		Msg     string           `json:"msg"`
+		ShardID string           `json:"shard_id"`
+		Counts  map[string]int64 `json:"counts"`
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if json.Unmarshal([]byte(line), &ev) != nil {
+		f.errs = append(f.errs, name+": "+line)
+		return
+	}
+	switch {
+	case ev.Msg == "reading shard":
+		f.now[name][ev.ShardID] = ev.Time
+	case strings.HasPrefix(ev.Msg, "stopped reading shard"):
+		if from, ok := f.now[name][ev.ShardID]; ok {
+			f.ivs = append(f.ivs, interval{name, ev.ShardID, from, ev.Time})
+			delete(f.now[name], ev.ShardID)
 		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil {
-			f.mu.Lock()
-			f.errs = append(f.errs, name+": "+sc.Text())
-			f.mu.Unlock()
-			continue
-		}
-		f.mu.Lock()
-		switch {
-		case ev.Msg == "reading shard":
-			f.now[name][ev.ShardID] = ev.Time
-		case strings.HasPrefix(ev.Msg, "stopped reading shard"):
-			if from, ok := f.now[name][ev.ShardID]; ok {
-				f.ivs = append(f.ivs, interval{name, ev.ShardID, from, ev.Time})
-				delete(f.now[name], ev.ShardID)
-			}
-		case ev.Msg == "dynamodb calls":
-			f.ddb[name] = ddbSample{ev.Time, ev.Counts}
-		case ev.Level == "ERROR":
-			f.errs = append(f.errs, name+": "+sc.Text())
-		}
-		f.mu.Unlock()
+	case ev.Msg == "dynamodb calls":
+		f.ddb[name] = ddbSample{ev.Time, ev.Counts}
+	case ev.Level == "ERROR":
+		f.errs = append(f.errs, name+": "+line)
 	}
 }
 

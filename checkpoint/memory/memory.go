@@ -9,6 +9,21 @@
 //	store := memory.New()
 //	// ... run a pipeline whose source uses store ...
 //	cp, ok := store.Checkpoint("orders", "shardId-000000000000")
+//
+// A plain Store does not lease shards: every pipeline using it reads every
+// shard. For tests of coordination without DynamoDB, [Store.Instance] gives
+// each pipeline its own [Instance] of the store, a [shardflow.Leaser] running
+// the DynamoDB store's lease algorithm over a lease table the Store owns:
+//
+//	a, err := store.Instance("a") // and store.Instance("b") for a second pipeline
+//
+// [InstanceOptions] follow the convention of every shardflow package: a zero
+// field means its documented default (the lease timings are the
+// checkpoint.LeaseOptions the DynamoDB store has too), a bad value is a
+// *shardflow.ConfigError, and a nil Logger logs to the pipeline's logger,
+// else to slog.Default(). Leases expire by the time package's clock, so an
+// Instance runs inside a testing/synctest bubble, where lease durations pass
+// at once.
 package memory
 
 import (

@@ -31,16 +31,7 @@ import (
 
 const relayEnv = "SHARDFLOW_RELIABILITY_RELAY"
 
-func TestMain(m *testing.M) {
-	if os.Getenv(relayEnv) == "1" {
-		if err := runRelay(); err != nil {
-			fmt.Fprintln(os.Stderr, "relay:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { awstest.ChildMain(m, relayEnv, runRelay) }
 
 // The fault modes of a relay (RELAY_FAULTS).
 const (
@@ -224,58 +215,31 @@ type relayProc struct {
 	mu          sync.Mutex
 	faults      int
 	leaseLosses int
-	done        chan error
+	done        <-chan error
 }
 
 func startRelay(t *testing.T, env []string, name string, faults string) *relayProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), append(env, relayEnv+"=1", "RELAY_OWNER="+name, "RELAY_FAULTS="+faults)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &relayProc{cmd: cmd, done: make(chan error, 1)}
-	go func() {
-		buf := make([]byte, 64<<10)
-		var rest string
-		for {
-			n, err := stderr.Read(buf)
-			rest += string(buf[:n])
-			for {
-				line, more, ok := strings.Cut(rest, "\n")
-				if !ok {
-					break
-				}
-				rest = more
-				var k int
-				if _, e := fmt.Sscanf(line, "FAULTS %d", &k); e == nil {
-					p.mu.Lock()
-					p.faults = k
-					p.mu.Unlock()
-					continue
-				}
-				if strings.Contains(line, "lease lost") {
-					p.mu.Lock()
-					p.leaseLosses++
-					p.mu.Unlock()
-				}
-				// Retries are expected under faults; show what matters.
-				if strings.Contains(line, "level=ERROR") || strings.Contains(line, "lease") || !strings.Contains(line, "level=") {
-					t.Logf("%s: %s", name, line)
-				}
-			}
-			if err != nil {
-				break
-			}
+	p := &relayProc{}
+	c := awstest.StartChild(t, relayEnv, append(env[:len(env):len(env)], "RELAY_OWNER="+name, "RELAY_FAULTS="+faults), func(line string) {
+		var k int
+		if _, e := fmt.Sscanf(line, "FAULTS %d", &k); e == nil {
+			p.mu.Lock()
+			p.faults = k
+			p.mu.Unlock()
+			return
 		}
-		p.done <- cmd.Wait()
-	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
+		if strings.Contains(line, "lease lost") {
+			p.mu.Lock()
+			p.leaseLosses++
+			p.mu.Unlock()
+		}
+		// Retries are expected under faults; show what matters.
+		if strings.Contains(line, "level=ERROR") || strings.Contains(line, "lease") || !strings.Contains(line, "level=") {
+			t.Logf("%s: %s", name, line)
+		}
+	})
+	p.cmd, p.done = c.Cmd, c.Exited()
 	return p
 }
 
