@@ -147,3 +147,46 @@ func ExampleStream_FlatMap() {
 	// Output:
 	// [a b c] <nil>
 }
+
+// Each turns a source into a for loop, for code that reads like
+// kinesis-python's `for rec in KinesisConsumer(...)`. A record counts as done,
+// and its shard's checkpoint may pass it, once the loop asks for the next one;
+// breaking out saves the final checkpoints, so the next loop over the same
+// store resumes at the record it broke out of.
+func ExampleEach() {
+	store := memory.New()
+	newSource := func() *shardflowtest.Source[shardflow.Record] {
+		return shardflowtest.NewSource[shardflow.Record]("orders", func(o *shardflowtest.SourceOptions) {
+			o.Store = store
+		}).AddShard("shardId-000000000000", shardflowtest.Records("orders", "shardId-000000000000",
+			"o-1", "o-2", "stop", "o-4")...)
+	}
+
+	ctx := context.Background()
+	for rec, err := range shardflow.Each(ctx, newSource()) {
+		if err != nil {
+			fmt.Println("source failed:", err)
+			return
+		}
+		if string(rec.Data) == "stop" {
+			break // "stop" is not done: the next loop starts with it
+		}
+		fmt.Println("first loop:", string(rec.Data))
+	}
+	cp, _ := store.Checkpoint("orders", "shardId-000000000000")
+	fmt.Println("checkpointed at sequence number", cp.SequenceNumber)
+
+	for rec, err := range shardflow.Each(ctx, newSource()) {
+		if err != nil {
+			fmt.Println("source failed:", err)
+			return
+		}
+		fmt.Println("second loop:", string(rec.Data))
+	}
+	// Output:
+	// first loop: o-1
+	// first loop: o-2
+	// checkpointed at sequence number 2
+	// second loop: stop
+	// second loop: o-4
+}

@@ -72,7 +72,16 @@ type Pipeline struct {
 // anything after it in its shard), [ErrDrainTimeout] when the drain ran out of
 // time, a [*ConfigError] when the pipeline was built wrong, and the source's
 // error when it failed. Run may be called once.
-func (pl *Pipeline) Run(ctx context.Context) error {
+func (pl *Pipeline) Run(ctx context.Context) error { return pl.run(ctx, nil) }
+
+// errStopped ends a run that [Each] stopped because its loop ended: the
+// source stops and the lanes stop at once (the records the loop did not
+// finish are not done), then the final checkpoints are saved.
+var errStopped = errors.New("shardflow: the loop over the source ended")
+
+// run is Run; when stop is not nil, its end stops the run as errStopped
+// says, and a run stopped so returns nil unless the final saves failed.
+func (pl *Pipeline) run(ctx, stop context.Context) error {
 	if !pl.ran.CompareAndSwap(false, true) {
 		return ErrAlreadyRun
 	}
@@ -96,6 +105,12 @@ func (pl *Pipeline) Run(ctx context.Context) error {
 	r.procCtx, r.cancelProc = context.WithCancelCause(context.WithoutCancel(ctx))
 	defer r.cancelSrc(nil)
 	defer r.cancelProc(nil)
+	if stop != nil {
+		defer context.AfterFunc(stop, func() {
+			r.cancelSrc(errStopped)
+			r.cancelProc(errStopped)
+		})()
+	}
 
 	cpCtx, stopCheckpoints := context.WithCancel(r.procCtx)
 	cpDone := make(chan struct{})
