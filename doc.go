@@ -10,7 +10,20 @@
 //
 // Every handler has the shape func(context.Context, In) (Out, error); Map and
 // FlatMap are generic methods (Go 1.27), so each stage may change the element
-// type and nothing is erased to any between stages.
+// type and nothing is erased to any between stages. [Batch] groups values
+// into slices; it is a function, Batch(stream, BatchOptions[T]{...}), so the
+// compiler checks its element type. A [Stream] feeds one stage: building two
+// stages from one Stream (branching) is a [*ConfigError].
+//
+// For a plain for loop instead of stages and a sink, [Each] yields a source's
+// records one at a time, with the same checkpoints, leases and drain:
+//
+//	for rec, err := range shardflow.Each(ctx, src) {
+//		if err != nil {
+//			return err
+//		}
+//		handle(rec) // rec is done once the loop asks for the next one
+//	}
 //
 // # Delivery guarantee
 //
@@ -42,17 +55,35 @@
 // it is marked [Permanent]; then the record either stops the pipeline (the
 // default: [Pipeline.Run] returns a [*StageError] naming the stage and the
 // record's shard and position, and nothing at or after that record is
-// checkpointed for its shard) or, with [WithDeadLetter], is handed to a
-// dead-letter handler and the pipeline goes on. A panic in a handler is
-// recovered and becomes a [*PanicError]; it is not retried.
+// checkpointed for its shard) or, with a dead-letter handler set by
+// [Stream.DeadLetter], is handed to the handler and the pipeline goes on:
+//
+//	records.DeadLetter(quarantine).Map(decode) // quarantine takes a Record, as decode does
+//
+// The handler takes the stage's input type, so the compiler checks it. A
+// panic in a handler is recovered and becomes a [*PanicError]; it is not
+// retried. Options a stage cannot honour, like [WithRetry] on a Batch, are a
+// [*ConfigError]: [Pipeline.Run] reports every configuration error before
+// anything runs.
 //
 // # Shutdown
 //
 // Cancelling the context given to [Pipeline.Run] drains the pipeline: the
 // source stops reading, records already read finish their way through the
 // stages, partial batches are flushed, the sink is flushed, and a final
-// checkpoint is written for every shard. The drain is bounded by
-// [Options].DrainTimeout. A clean drain returns nil.
+// checkpoint is written for every shard. All of it fits in one budget,
+// [Options].DrainTimeout, counted from the cancel: records in flight get it
+// less a fifth (at most 5s) kept for the final checkpoint saves, and the
+// saves get what is left. A clean drain returns nil.
+//
+// # Options
+//
+// Pipelines take [Options], stages take [StageOption]s. In every option of
+// this module the zero value means the documented default; where "none" is
+// useful it is spelled with a negative value, documented on the field.
+// Invalid options make Run return a [*ConfigError]. [Options].Logger is set
+// once: Run hands it to the source and the sink ([PipelineLogger]), and it
+// defaults to slog.Default().
 //
 // # Writing sources and sinks
 //

@@ -30,11 +30,12 @@ type Options struct {
 
 	// MaxInFlight caps the records of one shard that were emitted but are not
 	// yet done; the source blocks in Lane.Emit while the cap is reached.
-	// Default: 1000. Must not be negative.
+	// Default: 1000 records. Must not be negative.
 	MaxInFlight int
 
 	// Retry is the retry policy of stages that set none with WithRetry.
-	// Default: the zero RetryPolicy, that is 3 attempts starting at 100ms.
+	// Default: the zero RetryPolicy, that is 3 attempts, waiting 100ms
+	// then 200ms (±50%).
 	Retry RetryPolicy
 
 	// Logger receives lifecycle events (Info) and retried failures (Warn)
@@ -84,21 +85,28 @@ func (o *Options) resolve() error {
 }
 
 // RetryPolicy says how often and how fast a stage retries a failed handler
-// call. Waits grow exponentially with 50% jitter and end early when the
-// pipeline stops. Errors marked with [Permanent], and panics, are not retried.
+// call ([Options].Retry, [WithRetry]), and how a connector retries its AWS
+// calls (the Retry field of each connector's options). Waits grow
+// exponentially with 50% jitter and end early when the pipeline stops. Errors
+// marked with [Permanent], and panics, are not retried. The zero value of
+// each field means its default, which differs only in MaxAttempts and
+// Timeout between stages and AWS calls, as each field says; negative values
+// are a [*ConfigError].
 type RetryPolicy struct {
-	// MaxAttempts is the number of calls including the first. Default (0): 3.
-	// 1 means no retries.
+	// MaxAttempts is the number of calls including the first; 1 means no
+	// retries. Default (0): 3 for stages; no count limit for AWS calls
+	// (Timeout bounds them).
 	MaxAttempts int
-	// InitialInterval is the first wait. Default: 100ms.
+	// InitialInterval is the first wait. Default (0): 100ms.
 	InitialInterval time.Duration
-	// MaxInterval caps each wait. Default: 5s.
+	// MaxInterval caps each wait. Default (0): 5s.
 	MaxInterval time.Duration
-	// Multiplier grows the wait after each attempt. Default: 2.
+	// Multiplier grows the wait after each attempt; at least 1. Default
+	// (0): 2.
 	Multiplier float64
-	// Timeout, when positive, stops the retries once it has passed since
-	// the first failure. Default: none for stages (MaxAttempts bounds
-	// them).
+	// Timeout stops the retries once it has passed since the first
+	// failure. Default (0): none for stages (MaxAttempts bounds them); 5
+	// minutes for AWS calls (the outage budget).
 	Timeout time.Duration
 }
 
