@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/md5"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"testing"
 	"time"
@@ -46,6 +47,9 @@ func (c *discardClient) ListShards(ctx context.Context, in *kinesis.ListShardsIn
 	return c.fake.ListShards(ctx, in, optFns...)
 }
 
+// quiet keeps the producer's lifecycle logs out of the figures.
+func quiet(o *kinesissink.Options) { o.Logger = slog.New(slog.DiscardHandler) }
+
 func benchKeys(n int) []string {
 	keys := make([]string, n)
 	for i := range keys {
@@ -58,7 +62,7 @@ func benchKeys(n int) []string {
 // discard client and reports records/s.
 func benchProducer(b *testing.B, fn func(*kinesissink.Options)) {
 	client := &discardClient{fake: newFake(b, 4)}
-	p, err := kinesissink.NewProducer(client, stream, fn)
+	p, err := kinesissink.NewProducer(client, stream, fn, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -104,7 +108,7 @@ func BenchmarkProducerOrderedAggregated(b *testing.B) {
 func BenchmarkEmulatorProducer(b *testing.B) {
 	client := awstest.KinesisClient(b, awstest.KinesisNoRetries)
 	out := awstest.CreateStream(b, client, 4)
-	p, err := kinesissink.NewProducer(client, out)
+	p, err := kinesissink.NewProducer(client, out, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
