@@ -188,7 +188,8 @@ func (s *Store) warn(what string, attrs ...any) func(int, error, time.Duration) 
 // Owner returns this instance's owner id.
 func (s *Store) Owner() string { return s.opts.Owner }
 
-// Options returns the options with defaults filled in.
+// Options returns the options with the defaults of KeyAttribute, Owner and
+// the lease timings filled in; Retry and Logger are as given.
 func (s *Store) Options() Options { return s.opts }
 
 // Check describes the table and returns a *TableError if it does not exist,
