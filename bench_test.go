@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/shardflow/shardflow/internal/corebench"
+	"github.com/shardflow/shardflow/cmd/shardflow-bench/corebench"
 )
 
 // BenchmarkPipeline measures Source→Map→Filter→Sink over the in-memory source

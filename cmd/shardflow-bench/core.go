@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/shardflow/shardflow/internal/corebench"
+	"github.com/shardflow/shardflow/cmd/shardflow-bench/corebench"
 )
 
 func benchCore(ctx context.Context, t *table, c config) error {

@@ -4,6 +4,10 @@
 // multiples of 3) → counting Sink over the in-memory test source with memory
 // checkpoints, and its floor, a hand-written goroutine+channel loop per shard
 // doing the same work and carrying the same positions.
+//
+// It imports the root package, so it lives above it, next to the program
+// that reports it, and not in the top-level internal/ that the root builds
+// on. It is not an API: nothing outside this module should import it.
 package corebench
 
 import (
