@@ -37,6 +37,7 @@ type LeaseOptions struct {
 	// that another instance asked for, while its source finishes the
 	// records in flight, saves the final checkpoint and releases the lease.
 	// After it the lease expires like an abandoned one. Keep it at least
-	// the source's own HandoffTimeout (30s by default). Default: 40s.
+	// the source's own HandoffTimeout (half of LeaseDuration by default).
+	// Default: 40s.
 	HandoffTimeout time.Duration
 }
