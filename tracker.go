@@ -42,16 +42,25 @@ type tracker struct {
 	onFail func(error)
 
 	// The emitting side.
-	emitMu sync.Mutex
-	closed error         // set once no more records may be emitted; under emitMu
-	tail   atomic.Uint64 // next slot to reserve; written under emitMu
+	_        cacheLinePad
+	emitMu   sync.Mutex
+	closed   error         // set once no more records may be emitted; under emitMu
+	tail     atomic.Uint64 // next slot to reserve; written under emitMu
+	headSeen uint64        // head as the emitter last read it (head only grows); under emitMu
 
-	// The completing side.
+	// The completing side, on a cache line of its own: the emitter and the
+	// completer write their own side once per record, and sharing a line
+	// would move it between their cores at every write.
+	_    cacheLinePad
 	head atomic.Uint64 // oldest slot not retired; written under mu
 	mu   sync.Mutex
 	err  error         // first failure of a record of this shard
 	wake chan struct{} // closed on progress while somebody waits
+	_    cacheLinePad
 }
+
+// cacheLinePad keeps the fields around it on separate cache lines.
+type cacheLinePad [64]byte
 
 type slot struct {
 	pos     Position
@@ -87,7 +96,14 @@ func (t *tracker) beginEmit(ctx, lane context.Context, pos Position) (uint64, er
 			return 0, err
 		}
 		idx = t.tail.Load()
-		if idx-t.head.Load() < t.limit {
+		// Read head, the completer's, only when the head seen last says
+		// the limit is reached: most emits then touch no line the
+		// completer writes.
+		if idx-t.headSeen < t.limit {
+			break
+		}
+		t.headSeen = t.head.Load()
+		if idx-t.headSeen < t.limit {
 			break
 		}
 		// Full: wait for progress. Taking mu before looking again closes the
