@@ -51,12 +51,13 @@ type tracker struct {
 	// The completing side, on a cache line of its own: the emitter and the
 	// completer write their own side once per record, and sharing a line
 	// would move it between their cores at every write.
-	_    cacheLinePad
-	head atomic.Uint64 // oldest slot not retired; written under mu
-	mu   sync.Mutex
-	err  error         // first failure of a record of this shard
-	wake chan struct{} // closed on progress while somebody waits
-	_    cacheLinePad
+	_        cacheLinePad
+	head     atomic.Uint64 // oldest slot not retired; written under mu
+	mu       sync.Mutex
+	tailSeen uint64        // tail as a completer last read it (tail only grows); under mu
+	err      error         // first failure of a record of this shard
+	wake     chan struct{} // closed on progress while somebody waits
+	_        cacheLinePad
 }
 
 // cacheLinePad keeps the fields around it on separate cache lines.
@@ -148,9 +149,17 @@ func (t *tracker) close(err error) {
 }
 
 // live returns the slot of idx if it is still in flight. Called with mu held.
+// It reads tail, the emitter's, only when idx is at or past the tail seen
+// last: every slot a completer touched is below tailSeen.
 func (t *tracker) live(idx uint64) *slot {
-	if idx < t.head.Load() || idx >= t.tail.Load() {
+	if idx < t.head.Load() {
 		return nil
+	}
+	if idx >= t.tailSeen {
+		t.tailSeen = t.tail.Load()
+		if idx >= t.tailSeen {
+			return nil
+		}
 	}
 	s := &t.slots[idx&t.mask]
 	if s.idx != idx {
@@ -187,7 +196,9 @@ func (t *tracker) complete(idx uint64, err error) {
 		return
 	}
 	if head := t.head.Load(); s.pending == 0 && idx == head {
-		tail := t.tail.Load()
+		// Slots at or past tailSeen were never completed (live saw every
+		// completed one below it), so head need not look past it.
+		tail := t.tailSeen
 		for head < tail {
 			h := &t.slots[head&t.mask]
 			if h.pending != 0 || h.failed {
