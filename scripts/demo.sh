@@ -19,6 +19,7 @@ set -a
 set +a
 
 suffix="$(date +%s)-$$"
+# .emulators/env exported AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB,
+# a region and fake credentials: the relay loads its AWS config as any program does.
 go run ./examples/relay -demo \
-	-kinesis-endpoint "$SHARDFLOW_KINESIS_ENDPOINT" -dynamodb-endpoint "$SHARDFLOW_DYNAMODB_ENDPOINT" \
 	-in "demo-in-$suffix" -out "demo-out-$suffix" -table "demo-state-$suffix" "$@"

@@ -13,9 +13,10 @@
 //
 //	relay -in orders -out orders-copy -table relay-state
 //
-// With -kinesis-endpoint and -dynamodb-endpoint it talks to local emulators
-// with fake credentials; without them it uses the default AWS credential
-// chain and region, like the AWS CLI.
+// It loads its AWS settings the SDK's standard way, like the AWS CLI: the
+// default credential chain and region, and the endpoints in
+// AWS_ENDPOINT_URL_KINESIS and AWS_ENDPOINT_URL_DYNAMODB when set (`.
+// .emulators/env` sets them, with fake credentials, for the local emulators).
 //
 // With -demo it first creates both streams and the table, writes -records
 // sample records to the input stream, relays until every one of them is
@@ -39,8 +40,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
@@ -50,19 +49,15 @@ import (
 )
 
 type flags struct {
-	kinesisEndpoint, dynamoEndpoint, region string
-	in, out, table                          string
-	demo                                    bool
-	records, inShards, outShards            int
-	verbose, unordered                      bool
-	shutdownTimeout                         time.Duration
+	in, out, table               string
+	demo                         bool
+	records, inShards, outShards int
+	verbose, unordered           bool
+	shutdownTimeout              time.Duration
 }
 
 func main() {
 	var f flags
-	flag.StringVar(&f.kinesisEndpoint, "kinesis-endpoint", "", "Kinesis endpoint URL (an emulator); default: AWS")
-	flag.StringVar(&f.dynamoEndpoint, "dynamodb-endpoint", "", "DynamoDB endpoint URL (an emulator); default: AWS")
-	flag.StringVar(&f.region, "region", "", "AWS region; default: from the AWS config, or us-east-1 with endpoints")
 	flag.StringVar(&f.in, "in", "relay-in", "stream to read")
 	flag.StringVar(&f.out, "out", "relay-out", "stream to write")
 	flag.StringVar(&f.table, "table", "relay-state", "DynamoDB table of checkpoints and leases")
@@ -103,134 +98,81 @@ func stopOnSignals() context.Context {
 	return ctx
 }
 
-func clients(ctx context.Context, f flags) (*kinesis.Client, *dynamodb.Client, error) {
-	var opts []func(*config.LoadOptions) error
-	if f.kinesisEndpoint != "" || f.dynamoEndpoint != "" {
-		// Emulators: fake static credentials, so nothing needs real ones.
-		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("fake", "fake", "")))
-		if f.region == "" {
-			f.region = "us-east-1"
-		}
-	}
-	if f.region != "" {
-		opts = append(opts, config.WithRegion(f.region))
-	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load AWS config: %w", err)
-	}
-	kc := kinesis.NewFromConfig(cfg, func(o *kinesis.Options) {
-		o.Retryer = aws.NopRetryer{} // the source and sink retry per shard and per entry
-		if f.kinesisEndpoint != "" {
-			o.BaseEndpoint = aws.String(f.kinesisEndpoint)
-		}
-	})
-	dc := dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
-		if f.dynamoEndpoint != "" {
-			o.BaseEndpoint = aws.String(f.dynamoEndpoint)
-		}
-	})
-	return kc, dc, nil
-}
-
+// run is the relay. Its first half is all the wiring a program of your own
+// needs; the demo hooks around it are marked.
 func run(ctx context.Context, f flags) error {
-	kc, dc, err := clients(ctx, f)
+	// The SDK's standard settings: credentials, region, and endpoints from
+	// AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL_DYNAMODB, which
+	// `. .emulators/env` sets for the local emulators.
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return fmt.Errorf("load AWS config: %w", err)
+	}
+	store, err := dynamostore.NewFromConfig(cfg, f.table)
 	if err != nil {
 		return err
 	}
-	level := slog.LevelWarn // retried failures
-	if f.verbose {
-		level = slog.LevelInfo
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	store, err := dynamostore.New(dc, f.table, func(o *dynamostore.Options) { o.Logger = logger })
-	if err != nil {
-		return err
-	}
-	var last map[string]string // demo: the last sequence number written to each input shard
-	if f.demo {
-		if last, err = prepareDemo(ctx, kc, store, f); err != nil {
-			return err
-		}
-	}
-
-	var read, bytes, written atomic.Int64
-	src, err := kinesissource.New(kc, f.in, func(o *kinesissource.Options) {
+	src, err := kinesissource.NewFromConfig(cfg, f.in, func(o *kinesissource.Options) {
 		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
-		o.IdleInterval = 200 * time.Millisecond
-		o.Logger = logger
-		o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) {
-			read.Add(int64(ev.UserRecords))
-			bytes.Add(int64(ev.Bytes))
-		}
 	})
 	if err != nil {
 		return err
 	}
-	sink, err := kinesissink.New(countingPuts{kc, &written}, f.out, func(o *kinesissink.Options) {
-		o.Ordered = !f.unordered // per-partition-key order holds through retries
-		o.Linger = 100 * time.Millisecond
-		o.Logger = logger
-	})
+	sink, err := kinesissink.NewFromConfig(cfg, f.out, func(o *kinesissink.Options) { o.Ordered = !f.unordered })
 	if err != nil {
 		return err
 	}
+	pipeline := shardflow.Source(src, func(o *shardflow.Options) {
+		o.DrainTimeout = f.shutdownTimeout // drain, flush and final checkpoints, all in one budget
+		o.Logger = logger(f.verbose)       // the source, sink and store log through it too
+	}).Map(kinesissink.FromRecord).Sink(sink)
 
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var stopped atomic.Int64 // when the graceful stop began, in Unix nanoseconds
+	context.AfterFunc(runCtx, func() { stopped.Store(time.Now().UnixNano()) })
+	var last map[string]string // demo: the last sequence number written to each input shard
 	if f.demo {
+		if last, err = prepareDemo(ctx, kinesis.NewFromConfig(cfg), store, f); err != nil {
+			return err
+		}
 		go func() {
 			waitCheckpointed(runCtx, store, f.in, last)
-			cancel() // every sample record is written and checkpointed: drain and stop
+			stop() // every sample record is written and checkpointed: drain and stop
 		}()
 	}
 	start := time.Now()
-	var stopping atomic.Int64 // when the graceful stop began, in Unix nanoseconds
-	stopWatch := context.AfterFunc(runCtx, func() { stopping.Store(time.Now().UnixNano()) })
-	err = shardflow.Source(src, func(o *shardflow.Options) {
-		o.CheckpointInterval = time.Second
-		o.DrainTimeout = f.shutdownTimeout
-		o.Logger = logger
-	}).Map(kinesissink.FromRecord, shardflow.WithName("relay")).Sink(sink).Run(runCtx)
-	stopWatch()
+	err = pipeline.Run(runCtx)
 	elapsed := time.Since(start)
-	// After a clean drain the sink holds nothing. After a drain that timed
-	// out, Close gives up on what is left by the shutdown deadline, instead
-	// of waiting for a Kinesis that does not answer.
-	deadline := time.Now().Add(f.shutdownTimeout)
-	if ns := stopping.Load(); ns != 0 {
-		deadline = time.Unix(0, ns).Add(f.shutdownTimeout)
+	// After a clean drain the sink holds nothing. After a drain that ran out
+	// of time, Close gives up on what is left at the end of the shutdown
+	// budget, counting it in its error, instead of waiting for a Kinesis that
+	// does not answer.
+	deadline := time.Now()
+	if ns := stopped.Load(); ns != 0 {
+		deadline = time.Unix(0, ns)
 	}
-	closeCtx, cancelClose := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	closeCtx, cancelClose := context.WithDeadline(context.WithoutCancel(ctx), deadline.Add(f.shutdownTimeout))
 	defer cancelClose()
-	err = errors.Join(err, sink.Close(closeCtx))
-	if unsent := read.Load() - written.Load(); unsent > 0 {
-		err = errors.Join(fmt.Errorf("%d record(s) read but not written; they were not checkpointed, so the next run reads them again", unsent), err)
+	if err = errors.Join(err, sink.Close(closeCtx)); err != nil {
+		return fmt.Errorf("%w (records not written were not checkpointed: the next run reads them again)", err)
 	}
-	if err != nil {
-		return err
-	}
-	fmt.Printf("relayed %s -> %s: %d records (%d bytes) read in %v, %.0f records/s\n",
-		f.in, f.out, read.Load(), bytes.Load(), elapsed.Round(time.Millisecond), float64(read.Load())/elapsed.Seconds())
+	fmt.Printf("relayed %s -> %s in %v\n", f.in, f.out, elapsed.Round(time.Millisecond))
 	if f.demo {
-		return reportDemo(ctx, kc, store, f, last)
+		return reportDemo(ctx, kinesis.NewFromConfig(cfg), store, f, last)
 	}
 	return nil
 }
 
-// countingPuts counts the entries PutRecords reports written.
-type countingPuts struct {
-	kinesissink.API
-	written *atomic.Int64
-}
-
-func (c countingPuts) PutRecords(ctx context.Context, in *kinesis.PutRecordsInput, optFns ...func(*kinesis.Options)) (*kinesis.PutRecordsOutput, error) {
-	out, err := c.API.PutRecords(ctx, in, optFns...)
-	if err == nil {
-		c.written.Add(int64(len(in.Records) - int(aws.ToInt32(out.FailedRecordCount))))
+// logger logs retried failures and errors to stderr, and lifecycle events
+// too when verbose.
+func logger(verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelInfo
 	}
-	return out, err
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // prepareDemo creates the streams and the table and writes the sample
@@ -257,7 +199,7 @@ func prepareDemo(ctx context.Context, kc *kinesis.Client, store *dynamostore.Sto
 
 	// Sample data: orders of 100 customers, each with a per-customer
 	// sequence, so order per key can be checked in the output.
-	p, err := kinesissink.NewProducer(kc, f.in, func(o *kinesissink.Options) { o.Ordered = true })
+	p, err := kinesissink.NewProducer(kc, f.in, func(o *kinesissink.Options) { o.Ordered = true; o.Logger = logger(f.verbose) })
 	if err != nil {
 		return nil, err
 	}
