@@ -5,9 +5,14 @@
 //
 //	etl -in clicks -out purchases -dead-letter clicks-dlq -table etl-state
 //
-// Endpoints and credentials work as in examples/relay. With -demo it creates
-// the streams and table, writes sample events (a few of them broken) and
-// prints what came out.
+// It is wired as examples/relay is: AWS settings the SDK's standard way
+// (config.LoadDefaultConfig: the default credential chain and region, and the
+// endpoints in AWS_ENDPOINT_URL_KINESIS and AWS_ENDPOINT_URL_DYNAMODB when
+// set; `. .emulators/env` sets them, with fake credentials, for the local
+// emulators), the NewFromConfig constructors, and one logger on the pipeline,
+// which the source, sink and store use too. With -demo it creates the streams
+// and table, writes sample events (a few of them broken) and prints what came
+// out.
 package main
 
 import (
@@ -17,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -26,8 +32,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/shardflow/shardflow"
 	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
@@ -97,57 +101,43 @@ func toPurchase(_ context.Context, e enriched) (kinesissink.Entry, error) {
 }
 
 func main() {
-	kinesisEndpoint := flag.String("kinesis-endpoint", "", "Kinesis endpoint URL (an emulator); default: AWS")
-	dynamoEndpoint := flag.String("dynamodb-endpoint", "", "DynamoDB endpoint URL (an emulator); default: AWS")
 	in := flag.String("in", "clicks", "stream of click events")
 	out := flag.String("out", "purchases", "stream of purchases")
 	dlq := flag.String("dead-letter", "clicks-dlq", "stream of records that failed")
 	table := flag.String("table", "etl-state", "DynamoDB table of checkpoints and leases")
 	demo := flag.Bool("demo", false, "create the streams and table, write sample events, run until they are done, report")
+	verbose := flag.Bool("v", false, "log lifecycle events to stderr (default: only retried failures and errors)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if _, _, err := run(ctx, *kinesisEndpoint, *dynamoEndpoint, *in, *out, *dlq, *table, *demo); err != nil {
+	if _, _, err := run(ctx, logger(*verbose), *in, *out, *dlq, *table, *demo); err != nil {
 		log.Fatalf("etl: %v", err)
 	}
 }
 
 // run runs the pipeline and returns how many purchases and dead letters it
 // wrote.
-func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table string, demo bool) (purchasesOut, deadOut int64, err error) {
-	var opts []func(*config.LoadOptions) error
-	if kEndpoint != "" || dEndpoint != "" {
-		opts = append(opts, config.WithRegion("us-east-1"),
-			config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("fake", "fake", "")))
-	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+func run(ctx context.Context, lg *slog.Logger, in, out, dlqStream, table string, demo bool) (purchasesOut, deadOut int64, err error) {
+	// The SDK's standard settings: credentials, region, and endpoints from
+	// AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL_DYNAMODB, which
+	// `. .emulators/env` sets for the local emulators.
+	cfg, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("load AWS config: %w", err)
 	}
-	kc := kinesis.NewFromConfig(cfg, func(o *kinesis.Options) {
-		o.Retryer = aws.NopRetryer{}
-		if kEndpoint != "" {
-			o.BaseEndpoint = aws.String(kEndpoint)
-		}
-	})
-	dc := dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
-		if dEndpoint != "" {
-			o.BaseEndpoint = aws.String(dEndpoint)
-		}
-	})
-	store, err := dynamostore.New(dc, table)
+	store, err := dynamostore.NewFromConfig(cfg, table)
 	if err != nil {
 		return 0, 0, err
 	}
 	var want int
 	if demo {
-		if want, err = prepare(ctx, kc, store, in, out, dlqStream); err != nil {
+		if want, err = prepare(ctx, cfg, store, in, out, dlqStream); err != nil {
 			return 0, 0, err
 		}
 	}
 
-	src, err := kinesissource.New(kc, in, func(o *kinesissource.Options) {
+	src, err := kinesissource.NewFromConfig(cfg, in, func(o *kinesissource.Options) {
 		o.Store = store
 		o.InitialPosition = kinesissource.TrimHorizon()
 		o.IdleInterval = 200 * time.Millisecond
@@ -155,14 +145,15 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 	if err != nil {
 		return 0, 0, err
 	}
-	sink, err := kinesissink.New(kc, out, func(o *kinesissink.Options) { o.Linger = 100 * time.Millisecond })
+	sink, err := kinesissink.NewFromConfig(cfg, out, func(o *kinesissink.Options) { o.Linger = 100 * time.Millisecond })
 	if err != nil {
 		return 0, 0, err
 	}
 	defer sink.Close(context.WithoutCancel(ctx))
 	// The dead-letter stream gets a producer of its own; a record counts as
-	// done once its dead letter is durably written.
-	deadLetters, err := kinesissink.NewProducer(kc, dlqStream)
+	// done once its dead letter is durably written. It is not part of the
+	// pipeline, so it is given the pipeline's logger itself.
+	deadLetters, err := kinesissink.NewProducerFromConfig(cfg, dlqStream, func(o *kinesissink.Options) { o.Logger = lg })
 	if err != nil {
 		return 0, 0, err
 	}
@@ -179,7 +170,9 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 			cancel()
 		}
 	}
-	err = shardflow.Source(src).
+	err = shardflow.Source(src, func(o *shardflow.Options) {
+		o.Logger = lg // the source, sink and store log through it too
+	}).
 		DeadLetter(func(ctx context.Context, r shardflow.Record, cause error) error {
 			data, _ := json.Marshal(DeadLetter{Shard: r.ShardID, Sequence: r.SequenceNumber, Data: string(r.Data), Error: cause.Error()})
 			if err := deadLetters.Put(ctx, data, r.PartitionKey); err != nil {
@@ -211,9 +204,20 @@ func run(ctx context.Context, kEndpoint, dEndpoint, in, out, dlqStream, table st
 	return purchases.Load(), dead.Load(), nil
 }
 
+// logger logs retried failures and errors to stderr, and lifecycle events
+// too when verbose.
+func logger(verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
 // prepare creates the streams and table and writes sample clicks; it
 // returns how many.
-func prepare(ctx context.Context, kc *kinesis.Client, store *dynamostore.Store, streams ...string) (int, error) {
+func prepare(ctx context.Context, cfg aws.Config, store *dynamostore.Store, streams ...string) (int, error) {
+	kc := kinesis.NewFromConfig(cfg)
 	for _, s := range streams {
 		if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(s), ShardCount: aws.Int32(2)}); err != nil {
 			return 0, err
@@ -228,7 +232,7 @@ func prepare(ctx context.Context, kc *kinesis.Client, store *dynamostore.Store, 
 	if err := store.CreateTable(ctx); err != nil {
 		return 0, err
 	}
-	p, err := kinesissink.NewProducer(kc, streams[0])
+	p, err := kinesissink.NewProducerFromConfig(cfg, streams[0])
 	if err != nil {
 		return 0, err
 	}
