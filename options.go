@@ -134,25 +134,12 @@ func (p RetryPolicy) validate(field string) error {
 // policy of their AWS calls.
 func (p RetryPolicy) Validate(field string) error { return p.validate(field) }
 
+// stageRetryDefaults are RetryPolicy's documented defaults for stages.
+var stageRetryDefaults = retry.Policy{MaxAttempts: 3, InitialInterval: 100 * time.Millisecond, MaxInterval: 5 * time.Second, Multiplier: 2}
+
 func (p RetryPolicy) resolve() retry.Policy {
-	r := retry.Policy{MaxAttempts: p.MaxAttempts, InitialInterval: p.InitialInterval,
-		MaxInterval: p.MaxInterval, Multiplier: p.Multiplier, MaxElapsed: p.Timeout}
-	if r.MaxAttempts == 0 {
-		r.MaxAttempts = 3
-	}
-	if r.InitialInterval == 0 {
-		r.InitialInterval = 100 * time.Millisecond
-	}
-	if r.MaxInterval == 0 {
-		r.MaxInterval = 5 * time.Second
-	}
-	if r.MaxInterval < r.InitialInterval {
-		r.MaxInterval = r.InitialInterval
-	}
-	if r.Multiplier == 0 {
-		r.Multiplier = 2
-	}
-	return r
+	return retry.Policy{MaxAttempts: p.MaxAttempts, InitialInterval: p.InitialInterval,
+		MaxInterval: p.MaxInterval, Multiplier: p.Multiplier, MaxElapsed: p.Timeout}.WithDefaults(stageRetryDefaults)
 }
 
 // StageOption configures one stage: [WithName] or [WithRetry]. A stage's

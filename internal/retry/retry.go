@@ -32,29 +32,39 @@ type Policy struct {
 	Multiplier      float64
 }
 
-// ForAWS resolves the zero fields of the retry policy of AWS calls (the
-// Retry option of the Kinesis source and sink and of the stores, a
-// shardflow.RetryPolicy passed field by field) to their documented
-// defaults: no count limit, waits from 100ms doubling up to 5s, and
-// DefaultOutageBudget. The caller validated the fields (none negative).
-func ForAWS(maxAttempts int, initial, maxInterval time.Duration, multiplier float64, timeout time.Duration) Policy {
-	p := Policy{MaxAttempts: maxAttempts, InitialInterval: initial, MaxInterval: maxInterval, Multiplier: multiplier, MaxElapsed: timeout}
-	if p.InitialInterval == 0 {
-		p.InitialInterval = 100 * time.Millisecond
-	}
-	if p.MaxInterval == 0 {
-		p.MaxInterval = 5 * time.Second
-	}
-	if p.MaxInterval < p.InitialInterval {
-		p.MaxInterval = p.InitialInterval
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = 2
+// WithDefaults returns p with its zero fields taken from d, and with
+// MaxInterval at least InitialInterval.
+func (p Policy) WithDefaults(d Policy) Policy {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = d.MaxAttempts
 	}
 	if p.MaxElapsed == 0 {
-		p.MaxElapsed = DefaultOutageBudget
+		p.MaxElapsed = d.MaxElapsed
 	}
+	if p.InitialInterval == 0 {
+		p.InitialInterval = d.InitialInterval
+	}
+	if p.MaxInterval == 0 {
+		p.MaxInterval = d.MaxInterval
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = d.Multiplier
+	}
+	p.MaxInterval = max(p.MaxInterval, p.InitialInterval)
 	return p
+}
+
+// AWSDefaults are the documented defaults of the retry policy of AWS calls
+// (the Retry option of the Kinesis source and sink and of the stores): no
+// count limit, waits from 100ms doubling up to 5s, and DefaultOutageBudget.
+var AWSDefaults = Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 5 * time.Second, Multiplier: 2, MaxElapsed: DefaultOutageBudget}
+
+// ForAWS resolves a shardflow.RetryPolicy, passed field by field, for AWS
+// calls: its zero fields take AWSDefaults. The caller validated the fields
+// (none negative).
+func ForAWS(maxAttempts int, initial, maxInterval time.Duration, multiplier float64, timeout time.Duration) Policy {
+	return Policy{MaxAttempts: maxAttempts, InitialInterval: initial, MaxInterval: maxInterval, Multiplier: multiplier, MaxElapsed: timeout}.
+		WithDefaults(AWSDefaults)
 }
 
 // ErrOutOfTime is wrapped by the error of Do when the operation still failed
