@@ -11,7 +11,7 @@
 //	store, err := dynamostore.NewFromConfig(cfg, "orders-state")
 //	if err != nil { ... }
 //	if err := store.CreateTable(ctx); err != nil { ... } // or create it by hand
-//	src, err := kinesissource.New(kc, "orders", func(o *kinesissource.Options) {
+//	src, err := kinesissource.NewFromConfig(cfg, "orders", func(o *kinesissource.Options) {
 //		o.Store = store // a shardflow.Leaser: the source reads only the shards it holds
 //	})
 //

@@ -22,7 +22,7 @@
 // checkpoint.LeaseOptions the DynamoDB store has too), a bad value is a
 // *shardflow.ConfigError, and a nil Logger logs to the pipeline's logger,
 // else to slog.Default(). Leases expire by the time package's clock, so an
-// Instance runs inside a testing/synctest bubble, where lease durations pass
+// Instance can run inside a testing/synctest bubble, where lease durations pass
 // at once.
 package memory
 

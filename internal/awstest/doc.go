@@ -42,7 +42,7 @@
 // rejects and omits SubscribeToShard's initial-response event; dynalite does not implement
 // TransactWriteItems or ReturnValuesOnConditionCheckFailure. kinesis-local handles about
 // 1,000 PutRecords entries per second, so use a fresh stream per test and keep volumes
-// to a few thousand records. See DESIGN.md section 6.
+// to a few thousand records.
 //
 // All functions are safe for concurrent use by parallel tests.
 package awstest

@@ -13,9 +13,9 @@ import (
 
 // DefaultOutageBudget is how long shardflow keeps retrying an operation, or
 // a record, that fails with transient errors (throttling, server errors,
-// network errors) before it gives up: the default RetryTimeout of the
-// Kinesis source and sink alike, so an outage one of them survives, the
-// other survives too.
+// network errors) before it gives up: the default Retry.Timeout of the
+// Kinesis source, sink and stores alike, so an outage one of them survives,
+// the others survive too.
 const DefaultOutageBudget = 5 * time.Minute
 
 // Policy bounds the retries of one operation. Zero fields take the defaults

@@ -56,8 +56,10 @@
 //     ResourceNotFound, AccessDenied, KMS errors other than throttling) fail
 //     their entries at once, and so do refused or missing credentials, with
 //     an error wrapping shardflow.ErrCredentials. A failed entry gets a
-//     *PutError with Kinesis' per-entry code and message; an entry whose
-//     retries ran out has an *ExhaustedError naming the limit.
+//     *PutError with Kinesis' per-entry code and message; an entry
+//     whose retries ran out wraps ErrAttemptsExhausted, with an
+//     *ExhaustedError naming the limit, and one failed by Close wraps
+//     ErrClosed.
 //   - Backpressure: Options.MaxBufferedRecords and MaxBufferedBytes cap what
 //     is held from acceptance to outcome; Write and Put block (until their
 //     context ends) while full, so memory stays bounded under any overload.

@@ -51,9 +51,8 @@ type Options struct {
 	// errors, timeouts) is sent again, after an exponential backoff with
 	// 50% jitter from InitialInterval (default 100ms), growing by Multiplier
 	// (default 2) up to MaxInterval (default 5s), until Timeout, the outage
-	// budget (default 5 minutes, retry.DefaultOutageBudget, as the
-	// source's), has passed since its first failed attempt; the next failure
-	// then fails it with an *ExhaustedError. MaxAttempts, when positive,
+	// budget (default 5 minutes, as the source's and the stores'), has
+	// passed since its first failed attempt; the next failure then fails it with an *ExhaustedError. MaxAttempts, when positive,
 	// also caps the PutRecords calls that carry one record, the first
 	// included (1: no retry); default (0): no count limit. The shard map
 	// (ListShards, ordered and aggregating modes) is retried with the same

@@ -22,9 +22,10 @@
 // logger (shardflow.Options.Logger), and the source hands that logger on to
 // its store, so a pipeline's logger is set once.
 //
-// The package is named kinesissource so that it and the AWS SDK's kinesis
-// package can be imported side by side without aliases; the sink is
-// kinesissink.
+// The package is named kinesissource, not kinesis like the AWS SDK's
+// package, so the two import side by side; the sink is kinesissink. Its
+// directory is source/kinesis, so goimports writes the import with the alias
+// kinesissource, the name every shardflow document uses.
 //
 // # Delivery
 //
