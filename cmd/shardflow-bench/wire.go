@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -134,7 +135,7 @@ func (w *wireBench) run(ctx context.Context, t *table, c config) error {
 // it: Close returns when every record is written.
 func libProduce(ctx context.Context, client relayAPI, stream string, n int) (sample, error) {
 	cc := newCountingClient(client, n)
-	p, err := kinesissink.NewProducer(cc, stream)
+	p, err := kinesissink.NewProducer(cc, stream, func(o *kinesissink.Options) { o.Logger = slog.New(slog.DiscardHandler) })
 	if err != nil {
 		return sample{}, err
 	}

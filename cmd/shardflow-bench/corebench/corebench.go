@@ -13,6 +13,7 @@ package corebench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 
@@ -47,7 +48,9 @@ func Pipeline(shards, per int) (run func(context.Context) error, check func() er
 		count.Add(1)
 		return nil
 	})
-	pl := shardflow.Source(src).Map(double).Filter(notTriple).Sink(sink)
+	// Logging is not what is measured: the pipeline's lifecycle lines go nowhere.
+	quiet := func(o *shardflow.Options) { o.Logger = slog.New(slog.DiscardHandler) }
+	pl := shardflow.Source(src, quiet).Map(double).Filter(notTriple).Sink(sink)
 	check = func() error {
 		if got, want := count.Load(), int64(kept(per)*shards); got != want {
 			return fmt.Errorf("pipeline core: the sink got %d values; want %d", got, want)
