@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shardflow/shardflow/internal/awsclient"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -111,8 +112,7 @@ var (
 // (see Options.Retry), and a conditional lease write must never be re-sent
 // blindly. Like New, it checks the options and calls no API.
 func NewFromConfig(cfg aws.Config, table string, optFns ...func(*Options)) (*Store, error) {
-	client := dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) { o.Retryer = aws.NopRetryer{} })
-	return New(client, table, optFns...)
+	return New(awsclient.DynamoDB(cfg), table, optFns...)
 }
 
 // New returns a store of checkpoints and leases in table, calling DynamoDB

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/shardflow/shardflow/internal/awsclient"
 	"maps"
 	"net/http"
 	"slices"
@@ -72,15 +73,14 @@ func (a *awsFlags) config(ctx context.Context) (aws.Config, error) {
 	return cfg, nil
 }
 
-// kinesis returns a Kinesis client that leaves retries to shardflow: the
-// source and sink retry per shard and per entry, with backoff.
+// kinesis returns a Kinesis client that leaves retries to shardflow (see
+// internal/awsclient).
 func (a *awsFlags) kinesis(ctx context.Context) (*kinesis.Client, error) {
 	cfg, err := a.config(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return kinesis.NewFromConfig(cfg, func(o *kinesis.Options) {
-		o.Retryer = aws.NopRetryer{}
+	return awsclient.Kinesis(cfg, func(o *kinesis.Options) {
 		if a.endpoint != "" {
 			o.BaseEndpoint = aws.String(a.endpoint)
 		}
@@ -92,7 +92,7 @@ func (a *awsFlags) dynamodb(ctx context.Context) (*dynamodb.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
+	return awsclient.DynamoDB(cfg, func(o *dynamodb.Options) {
 		if a.dynamoEndpoint != "" {
 			o.BaseEndpoint = aws.String(a.dynamoEndpoint)
 		}

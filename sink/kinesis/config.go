@@ -2,7 +2,7 @@ package kinesissink
 
 import (
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/shardflow/shardflow/internal/awsclient"
 )
 
 // NewFromConfig returns a sink writing to stream with a Kinesis client built
@@ -18,16 +18,12 @@ import (
 // honours AWS_ENDPOINT_URL_KINESIS, the way to point the sink at an emulator.
 // Options and errors are those of [New].
 func NewFromConfig(cfg aws.Config, stream string, optFns ...func(*Options)) (*Sink, error) {
-	return New(clientFromConfig(cfg), stream, optFns...)
+	return New(awsclient.Kinesis(cfg), stream, optFns...)
 }
 
 // NewProducerFromConfig returns a producer writing to stream with a Kinesis
 // client built from cfg, as [NewFromConfig] builds it: the easy way to make
 // a producer. Options and errors are those of [NewProducer].
 func NewProducerFromConfig(cfg aws.Config, stream string, optFns ...func(*Options)) (*Producer, error) {
-	return NewProducer(clientFromConfig(cfg), stream, optFns...)
-}
-
-func clientFromConfig(cfg aws.Config) *kinesis.Client {
-	return kinesis.NewFromConfig(cfg, func(o *kinesis.Options) { o.Retryer = aws.NopRetryer{} })
+	return NewProducer(awsclient.Kinesis(cfg), stream, optFns...)
 }

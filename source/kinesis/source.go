@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shardflow/shardflow/internal/awsclient"
 	"log/slog"
 	"slices"
 	"strings"
@@ -213,8 +214,7 @@ const defaultHandoffTimeout = 30 * time.Second
 // AWS_ENDPOINT_URL) for a local emulator. Like New, it checks the options
 // and calls no API.
 func NewFromConfig(cfg aws.Config, stream string, optFns ...func(*Options)) (*Source, error) {
-	client := kinesis.NewFromConfig(cfg, func(o *kinesis.Options) { o.Retryer = aws.NopRetryer{} })
-	return New(client, stream, optFns...)
+	return New(awsclient.Kinesis(cfg), stream, optFns...)
 }
 
 // New returns a source reading stream, given by name or by ARN
