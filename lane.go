@@ -59,7 +59,17 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 		exited: make(chan struct{}),
 		log:    r.log.With("stream", stream, "shard_id", shardID),
 	}
-	l.trk = newTracker(r.opts.MaxInFlight, r.fail)
+	l.trk = newTracker(r.opts.MaxInFlight, func(err error) {
+		// Records of a lane whose lease was lost (or that was abandoned)
+		// fail as their handlers see the lane's context end: that is the
+		// lost lease, not a failure of the pipeline, and the lane's
+		// checkpoint cannot move any more. Its new owner reads them again.
+		if l.lost.Load() {
+			l.log.Debug("record of a lost shard not finished", "err", err)
+			return
+		}
+		r.fail(err)
+	})
 	l.ctx, l.cancel = context.WithCancelCause(r.procCtx)
 	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log}
 	r.attach(l.env)

@@ -92,3 +92,36 @@ func TestLosingALeaseStopsOnlyThatShard(t *testing.T) {
 		}
 	})
 }
+
+// A handler that waits on its context when the shard's lease is lost sees
+// the lane's context end and fails: that is the lost lease, not a failure of
+// the pipeline, which goes on with its other shards.
+func TestAHandlerCutShortByALostLeaseDoesNotFailThePipeline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := losingStore{Store: memory.New(), lose: "b"}
+		src := &slowSource{shards: []string{"a", "b"}, n: 30, store: store}
+		sink := shardflowtest.NewSink[int]()
+		err := shardflow.Source[int](src, func(o *shardflow.Options) {
+			o.CheckpointInterval = time.Second
+			o.Retry = shardflow.NoRetry
+		}).Map(func(ctx context.Context, v int) (int, error) {
+			if v == 5 {
+				// The 5th records (at 0.5s) wait 5s; shard b's is still
+				// waiting when its lease is found lost at the checkpoint
+				// after 1s, and sees its context end.
+				select {
+				case <-ctx.Done():
+					return 0, context.Cause(ctx)
+				case <-time.After(5 * time.Second):
+				}
+			}
+			return v, nil
+		}).Sink(sink).Run(t.Context())
+		if err != nil {
+			t.Fatalf("Run = %v; want nil: a lost lease is not a pipeline failure", err)
+		}
+		if diff := cmp.Diff(map[string]shardflow.Checkpoint{"a": seq(30)}, store.Checkpoints("s")); diff != "" {
+			t.Errorf("checkpoints mismatch (-want +got):\n%s", diff)
+		}
+	})
+}
