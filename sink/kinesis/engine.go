@@ -37,9 +37,13 @@ type record struct {
 	// error was sent; zero before. Touched only by the request goroutine
 	// holding the record.
 	failedSince time.Time
-	epoch       uint64
-	ack         shardflow.Ack // the pipeline's, for the Sink
-	done        func(Result)  // the Producer's, when set
+	// misroutes counts the times the record came back in an aggregate
+	// that landed on a shard not holding all its members. Touched only by
+	// the request goroutine holding the record.
+	misroutes int
+	epoch     uint64
+	ack       shardflow.Ack // the pipeline's, for the Sink
+	done      func(Result)  // the Producer's, when set
 }
 
 // wire is one PutRecords entry: a plain record, or an aggregate of several.

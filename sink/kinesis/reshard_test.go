@@ -1,11 +1,14 @@
 package kinesissink
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
@@ -108,4 +111,74 @@ func TestKCLReaderReadsExactlyTheRecordsReportedWrittenAcrossASplit(t *testing.T
 			})
 		})
 	}
+}
+
+// staleShards answers ListShards with the stream's first shard list for
+// ever, as a lagging control plane might just after a reshard.
+type staleShards struct {
+	API
+	first *kinesis.ListShardsOutput
+}
+
+func (s *staleShards) ListShards(ctx context.Context, in *kinesis.ListShardsInput, optFns ...func(*kinesis.Options)) (*kinesis.ListShardsOutput, error) {
+	if s.first == nil {
+		out, err := s.API.ListShards(ctx, in, optFns...)
+		if err != nil {
+			return nil, err
+		}
+		s.first = out
+	}
+	return s.first, nil
+}
+
+// Re-sending a misrouted aggregate is a retry: when the shard map never
+// catches up with the stream, the records fail at the end of their retry
+// budget instead of being re-sent for ever.
+func TestMisroutedAggregatesAreResentWithinTheRetryBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(t, 1)
+		client := &staleShards{API: f}
+		p, err := NewProducer(client, testStream, func(o *Options) {
+			o.Aggregate = true
+			o.Retry.Timeout = 10 * time.Second
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Put(t.Context(), []byte("warm"), "k"); err != nil { // loads the shard map
+			t.Fatal(err)
+		}
+		if err := p.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.SplitShard(t.Context(), &kinesis.SplitShardInput{StreamName: aws.String(testStream),
+			ShardToSplit: aws.String("shardId-000000000000"), NewStartingHashKey: aws.String("170141183460469231731687303715884105728")}); err != nil { // 2^127
+			t.Fatal(err)
+		}
+		out := newOutcomes()
+		for i := range 200 {
+			if err := p.PutEntry(t.Context(), Entry{Data: []byte(recData(i)), PartitionKey: strconv.Itoa(i)}, out.done); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+		defer cancel()
+		_ = p.Close(ctx)
+		if ctx.Err() != nil {
+			t.Fatal("Close still waiting after an hour: misrouted aggregates re-sent without end")
+		}
+		out.mu.Lock()
+		defer out.mu.Unlock()
+		exhausted := 0
+		for _, rs := range out.results {
+			for _, r := range rs {
+				if _, ok := errors.AsType[*ExhaustedError](r.Err); ok {
+					exhausted++
+				}
+			}
+		}
+		if exhausted == 0 {
+			t.Errorf("no record failed with an *ExhaustedError; want the misrouted ones to spend their budget")
+		}
+	})
 }

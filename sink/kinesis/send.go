@@ -35,7 +35,8 @@ func (e *engine) run(j job) {
 		sentAt := time.Now()
 		out, err := e.putRecords(pending)
 		var retryable []wire
-		var mismatch []int // indexes of entries that landed on an unexpected shard
+		var mismatch []int      // indexes of entries that landed on an unexpected shard
+		var misrouted []*record // members of misrouted aggregates, to send again
 		switch {
 		case err != nil && e.life.Err() != nil:
 			// The call carried these entries: count it before they fail.
@@ -92,10 +93,13 @@ func (e *engine) run(j job) {
 				e.logger().Warn("put records: entries failed; retrying them", "failed", throttled, "records", len(pending))
 			}
 			if len(mismatch) > 0 {
-				comps = e.resolveMismatch(comps, pending, mismatch, out, sentAt)
+				comps, misrouted = e.resolveMismatch(comps, pending, mismatch, out, sentAt)
 			}
 		}
 		e.complete(comps)
+		if len(misrouted) > 0 {
+			e.resend(misrouted)
+		}
 		pending = retryable
 		if len(pending) == 0 {
 			break
@@ -247,7 +251,7 @@ func (e *engine) complete(comps []completion) {
 // newer records of that shard; each member's one outcome is that of the
 // re-send. A reader that does not filter by hash range reads those members
 // twice, which at-least-once delivery allows.
-func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, out *kinesis.PutRecordsOutput, sentAt time.Time) []completion {
+func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, out *kinesis.PutRecordsOutput, sentAt time.Time) ([]completion, []*record) {
 	m, err := e.refreshShardMap(sentAt)
 	if err == nil {
 		// A map loaded while the request was in flight may predate the
@@ -275,15 +279,48 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 			comps = e.succeed(comps, w, shard, seq)
 			continue
 		}
+		// Re-sending is a retry like any other: it spends the records'
+		// retry budget, so a shard map that keeps lagging the stream
+		// cannot make the sink re-send without end.
+		misrouted := fmt.Errorf("aggregate landed on shard %s, which does not hold all its records", shard)
+		if gErr := e.giveUp(w, sentAt, misrouted); gErr != nil {
+			comps = e.fail(comps, w, "", "", gErr)
+			continue
+		}
 		again = append(again, w.many...)
 	}
 	if len(again) > 0 {
 		e.logger().Warn("aggregate landed on a shard that does not hold all its records; re-sending every one of them",
 			"records", len(again))
 		sortByAcceptance(again)
-		e.requeue(again)
 	}
-	return comps
+	return comps, again
+}
+
+// resend queues the members of misrouted aggregates again. The first time,
+// at once: the refreshed shard map routes them right. When a record comes
+// back misrouted again (a shard map lagging the stream), it waits a backoff
+// of the retry policy first, as any retry does.
+func (e *engine) resend(recs []*record) {
+	rounds := 0
+	for _, r := range recs {
+		r.misroutes++
+		rounds = max(rounds, r.misroutes)
+	}
+	if rounds > 1 {
+		b := retry.NewBackOff(e.o.retry)
+		var d time.Duration
+		for range rounds - 1 {
+			d = b.NextBackOff()
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-e.life.Done():
+			t.Stop()
+		}
+	}
+	e.requeue(recs)
 }
 
 // requeue puts records back at the front of their (new) shard queues, in
