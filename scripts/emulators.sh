@@ -30,6 +30,7 @@ STAMP="$ROOT/node_modules/.shardflow-npm-inputs.sha256"
 KINESIS_MAIN="$ROOT/node_modules/kinesis-local/main.js"
 DYNALITE_CLI="$ROOT/node_modules/dynalite/cli.js"
 LOOPBACK_JS="$ROOT/scripts/loopback.cjs"
+ABORT_GUARD_JS="$ROOT/scripts/abort-guard.cjs"
 START_TIMEOUT="${EMULATOR_START_TIMEOUT:-60}"
 NAMES=(kinesis dynamodb)
 
@@ -377,7 +378,7 @@ cmd_start() {
 
   (
     cd "$ROOT"
-    exec nohup node -r "$LOOPBACK_JS" "$DYNALITE_CLI" \
+    exec nohup node -r "$LOOPBACK_JS" -r "$ABORT_GUARD_JS" "$DYNALITE_CLI" \
       --host 127.0.0.1 --port "$dport" \
       --createTableMs 50 --deleteTableMs 50 --updateTableMs 50
   ) </dev/null >"$STATE/dynamodb.log" 2>&1 &

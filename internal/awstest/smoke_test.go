@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"net/url"
 	"slices"
 	"testing"
 
@@ -234,5 +236,33 @@ func TestPartialFailureFailsSomeEntriesAndWritesTheOthers(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, written); diff != "" {
 		t.Errorf("records on the stream mismatch (-entries reported written +read):\n%s", diff)
+	}
+}
+
+// A client that gives up on a request while its body is still being sent
+// (a timeout, a cancelled context) must not take the DynamoDB emulator down:
+// dynalite rethrows the aborted request's error, which scripts/emulators.sh
+// guards against. Every test after such an abort would fail otherwise.
+func TestDynamoDBEmulatorSurvivesAnAbortedRequest(t *testing.T) {
+	endpoint := awstest.DynamoDBEndpoint(t)
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Promise 1,000 bytes of body, send a few, and hang up.
+		fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-amz-json-1.0\r\n"+
+			"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 1000\r\n\r\n{\"Limit\":", u.Host)
+		conn.Close()
+	}
+	client := awstest.DynamoDBClient(t, awstest.DynamoDBNoRetries)
+	for i := range 10 {
+		if _, err := client.ListTables(t.Context(), &dynamodb.ListTablesInput{}); err != nil {
+			t.Fatalf("ListTables #%d after clients aborted requests: %v", i+1, err)
+		}
 	}
 }
