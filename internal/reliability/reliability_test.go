@@ -215,6 +215,7 @@ type relayProc struct {
 	mu          sync.Mutex
 	faults      int
 	leaseLosses int
+	lateHandoff int // hand-overs that ran out of HandoffTimeout (logged)
 	done        <-chan error
 }
 
@@ -232,6 +233,11 @@ func startRelay(t *testing.T, env []string, name string, faults string) *relayPr
 		if strings.Contains(line, "lease lost") {
 			p.mu.Lock()
 			p.leaseLosses++
+			p.mu.Unlock()
+		}
+		if strings.Contains(line, "without its final checkpoint") {
+			p.mu.Lock()
+			p.lateHandoff++
 			p.mu.Unlock()
 		}
 		// Retries are expected under faults; show what matters.
@@ -253,6 +259,12 @@ func (p *relayProc) losses() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.leaseLosses
+}
+
+func (p *relayProc) lateHandoffs() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lateHandoff
 }
 
 // produce writes n records "key-k:i" on 24 keys in bursts, ordered per key.
@@ -448,10 +460,11 @@ func TestReliability(t *testing.T) {
 					t.Errorf("a relay did not stop within a minute of SIGTERM")
 				}
 			}
-			faults, losses := 0, 0
+			faults, losses, late := 0, 0, 0
 			for _, r := range append(gone, relays...) {
 				faults += r.injected()
 				losses += r.losses()
+				late += r.lateHandoffs()
 			}
 			got = readAll(t, kc, out)
 			distinct, dups, violations, missing := check(total, got)
@@ -473,9 +486,16 @@ func TestReliability(t *testing.T) {
 			if limit := (kills+1)*4*1000 + 500*faults/4; dups > limit {
 				t.Errorf("%d duplicates; more than the window allows (%d)", dups, limit)
 			}
+			// Graceful stops repeat nothing, unless a hand-over ran out of
+			// HandoffTimeout (a loaded machine can make it), which the
+			// relay logs: its records since the last checkpoint are read
+			// again, as documented.
 			quiet := rd.kills == 0 && rd.faults == faultsNone && !rd.reset && rd.outage == 0
-			if (quiet || rd.noDups) && dups > 0 {
+			if (quiet || rd.noDups) && dups > 0 && late == 0 {
 				t.Errorf("%d duplicates with only graceful stops and no fault that repeats a write; want none", dups)
+			}
+			if late > 0 {
+				t.Logf("%d hand-overs ran out of HandoffTimeout; %d duplicates", late, dups)
 			}
 			switch {
 			case (rd.faults == faultsLostWrites || rd.faults == faultsSlowLeases) && losses > 0:
