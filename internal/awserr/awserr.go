@@ -110,9 +110,39 @@ func Classify(err error) Class {
 	if err == nil {
 		return Transient
 	}
-	if errors.Is(err, shardflow.ErrCredentials) || noCredentials(err) {
+	if errors.Is(err, shardflow.ErrCredentials) {
 		return Credentials
 	}
+	if noCredentials(err) {
+		// The SDK's identity step failed before the request was sent.
+		// A credentials service that throttled or failed on its side
+		// (STS, SSO: the refresh of rotating credentials) may answer
+		// next time; anything else, no provider found or credentials
+		// refused, needs a person.
+		if c := classifyCall(err); c == Throttled || (c == Transient && serverSide(err)) {
+			return c
+		}
+		return Credentials
+	}
+	return classifyCall(err)
+}
+
+// serverSide reports an error answered by a service: an API error of the
+// server's fault, or an HTTP status of 429 or 5xx.
+func serverSide(err error) bool {
+	if se, ok := errors.AsType[statusError](err); ok {
+		if s := se.HTTPStatusCode(); s == 429 || s >= 500 {
+			return true
+		}
+	}
+	if ae, ok := errors.AsType[smithy.APIError](err); ok {
+		return ae.ErrorFault() == smithy.FaultServer || throttleCodes[ae.ErrorCode()] || transientCodes[ae.ErrorCode()]
+	}
+	return false
+}
+
+// classifyCall is Classify for an error that is not of the identity step.
+func classifyCall(err error) Class {
 	if ae, ok := errors.AsType[smithy.APIError](err); ok {
 		code := ae.ErrorCode()
 		switch {

@@ -87,10 +87,42 @@ func TestClassifyNoCredentials(t *testing.T) {
 		t.Errorf("Classify(%v) = %v; want credentials", err, got)
 	}
 	wrapped := awserr.CredentialsError("list shards", err)
+
 	if !errors.Is(wrapped, shardflow.ErrCredentials) {
 		t.Errorf("CredentialsError(%v) does not match ErrCredentials", wrapped)
 	}
 	if other := errors.New("boom"); awserr.CredentialsError("x", other) != other {
 		t.Error("CredentialsError changed an error of another class")
+	}
+}
+
+// Rotating credentials are refreshed inline by the SDK: a credentials
+// service that throttles or fails on its side may answer next time, so the
+// call is worth retrying; a refresh that finds no credentials is not.
+func TestClassifyACredentialsRefreshThatFailedOnTheServiceSide(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cause error
+		want  awserr.Class
+	}{
+		{"STS throttled", apiErr("Throttling", smithy.FaultClient), awserr.Throttled},
+		{"STS failed", httpErr(503, apiErr("ServiceUnavailable", smithy.FaultServer)), awserr.Transient},
+		{"no provider found", errors.New("no EC2 IMDS role found"), awserr.Credentials},
+		{"refused", apiErr("ExpiredTokenException", smithy.FaultClient), awserr.Credentials},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kc := kinesis.New(kinesis.Options{
+				Region:       "us-east-1",
+				BaseEndpoint: aws.String("http://127.0.0.1:1"), // never reached
+				Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+					return aws.Credentials{}, fmt.Errorf("refresh: %w", tc.cause)
+				}),
+				Retryer: aws.NopRetryer{},
+			})
+			_, err := kc.ListShards(t.Context(), &kinesis.ListShardsInput{StreamName: aws.String("s")})
+			if got := awserr.Classify(err); got != tc.want {
+				t.Errorf("Classify(%v) = %v; want %v", err, got, tc.want)
+			}
+		})
 	}
 }
