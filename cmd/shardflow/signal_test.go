@@ -46,18 +46,26 @@ type lineLog struct {
 	mu     sync.Mutex
 	lines  []string
 	change chan struct{}
+	eof    chan struct{} // closed once the output is read to its end
 }
 
 func newLineLog(r io.Reader) *lineLog {
-	l := &lineLog{change: make(chan struct{})}
+	l := &lineLog{change: make(chan struct{}), eof: make(chan struct{})}
 	go func() {
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			l.mu.Lock()
-			l.lines = append(l.lines, sc.Text())
-			close(l.change)
-			l.change = make(chan struct{})
-			l.mu.Unlock()
+		defer close(l.eof)
+		br := bufio.NewReader(r) // no line length limit, unlike a Scanner
+		for {
+			line, err := br.ReadString('\n')
+			if line = strings.TrimSuffix(line, "\n"); line != "" || err == nil {
+				l.mu.Lock()
+				l.lines = append(l.lines, line)
+				close(l.change)
+				l.change = make(chan struct{})
+				l.mu.Unlock()
+			}
+			if err != nil {
+				return
+			}
 		}
 	}()
 	return l
@@ -130,6 +138,10 @@ func startChild(t *testing.T, args ...string) *child {
 		t.Fatal(err)
 	}
 	go func() {
+		// Wait closes the pipes once the child exits: read them to their
+		// end first, or a loaded machine loses the child's last lines.
+		<-c.stdout.eof
+		<-c.stderr.eof
 		_ = cmd.Wait()
 		close(c.exited)
 	}()
