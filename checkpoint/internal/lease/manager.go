@@ -533,9 +533,15 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 		return nil
 	}
 	h.gone = true
-	l, err := m.write(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
+	l, uncertain, err := m.writeUncertain(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
 		Cond{Owner: m.me, Counter: h.counter}, Change{Owner: ptr(""), Bump: true}, nil)
 	switch {
+	case errors.Is(err, ErrConflict) && uncertain && l.Owner != m.me:
+		// An attempt whose answer was lost freed the lease, and another
+		// instance has taken it since: the release did what it was for.
+		m.logger().Info("lease released", "stream", stream, "shard_id", shard,
+			"taken_since_by", l.Owner, "lease_counter", l.Counter)
+		return nil
 	case errors.Is(err, ErrConflict):
 		m.noteLost(stream, shard, l)
 		return nil
@@ -612,13 +618,25 @@ func (m *Manager) Holds(stream string) []string {
 // On ErrConflict the returned Lease is the item as read (zero if it is
 // gone), for the log.
 func (m *Manager) write(ctx context.Context, stream, shard string, until time.Time, cond Cond, ch Change, sent *time.Time) (Lease, error) {
+	l, _, err := m.writeUncertain(ctx, stream, shard, until, cond, ch, sent)
+	return l, err
+}
+
+// writeUncertain is write that also reports whether an attempt failed with
+// its outcome unknown (a reset, a timeout): such an attempt may have been
+// applied.
+func (m *Manager) writeUncertain(ctx context.Context, stream, shard string, until time.Time, cond Cond, ch Change, sent *time.Time) (Lease, bool, error) {
 	var seen Lease
+	uncertain := false
 	err := m.retryUntil(ctx, until, "lease write of shard "+shard, func(ctx context.Context) error {
 		for adopted := false; ; adopted = true {
 			if sent != nil {
 				*sent = time.Now()
 			}
 			err := m.t.Update(ctx, stream, shard, cond, ch)
+			if err != nil && !errors.Is(err, ErrConflict) {
+				uncertain = true
+			}
 			if !errors.Is(err, ErrConflict) {
 				return err
 			}
@@ -640,9 +658,9 @@ func (m *Manager) write(ctx context.Context, stream, shard string, until time.Ti
 		}
 	})
 	if err != nil {
-		return seen, err
+		return seen, uncertain, err
 	}
-	return after(cond, ch), nil
+	return after(cond, ch), uncertain, nil
 }
 
 // create is Table.Create retried like write.

@@ -458,3 +458,39 @@ func TestAnInstanceThatLostEveryLeaseGetsItsShareBack(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// A release whose answer was lost, of a lease another instance took as soon
+// as it was free, did what it was for: it is logged as released, not lost.
+func TestAReleaseThatLandedUnheardIsNotALostLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tb := newTable()
+		m, log := newLoggedManager(t, tb, "a")
+		if held, err := m.Sync(t.Context(), "st", []string{"s0"}); err != nil || len(held) != 1 {
+			t.Fatalf("first Sync = %v, %v", held, err)
+		}
+		lostOnce := errors.New("connection reset after the request was served")
+		tb.fail = func(op string) (error, bool) {
+			if op != "Update" {
+				return nil, false
+			}
+			tb.fail = nil
+			// The release lands and its answer is lost; b takes the free
+			// lease before a's retry.
+			go func() {
+				tb.mu.Lock()
+				defer tb.mu.Unlock()
+				tb.items["st/s0"].Owner, tb.items["st/s0"].Counter = "b", tb.items["st/s0"].Counter+1
+			}()
+			return lostOnce, true
+		}
+		if err := m.Release(t.Context(), "st", "s0"); err != nil {
+			t.Errorf("Release = %v; want nil", err)
+		}
+		if log.has("lease lost") {
+			t.Errorf("logged \"lease lost\" for a release that landed")
+		}
+		if !log.has("lease released") {
+			t.Errorf("did not log the release; logged %v", log.msgs)
+		}
+	})
+}
