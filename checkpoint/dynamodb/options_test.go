@@ -1,13 +1,13 @@
 package dynamostore_test
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"slices"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/logtest"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -104,41 +104,6 @@ func TestNewFromConfigUsesTheConfigsEndpointAndCredentials(t *testing.T) {
 	}
 }
 
-// capture is a slog.Handler that keeps the messages it is given, with the
-// value of the "component" attribute.
-type capture struct {
-	mu    *sync.Mutex
-	msgs  *[]string
-	attrs []slog.Attr
-}
-
-func newCapture() capture { return capture{mu: &sync.Mutex{}, msgs: new([]string)} }
-
-func (c capture) Enabled(context.Context, slog.Level) bool { return true }
-func (c capture) Handle(_ context.Context, r slog.Record) error {
-	component := ""
-	for _, a := range c.attrs {
-		if a.Key == "component" {
-			component = a.Value.String()
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	*c.msgs = append(*c.msgs, component+": "+r.Message)
-	return nil
-}
-func (c capture) WithAttrs(as []slog.Attr) slog.Handler {
-	c.attrs = append(slices.Clone(c.attrs), as...)
-	return c
-}
-func (c capture) WithGroup(string) slog.Handler { return c }
-
-func (c capture) has(msg string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Contains(*c.msgs, msg)
-}
-
 func TestANilLoggerLogsToThePipelinesLoggerElseSlogDefault(t *testing.T) {
 	const taken = "dynamodb.store: lease taken"
 	syncOne := func(t *testing.T, s *dynamostore.Store) {
@@ -149,31 +114,31 @@ func TestANilLoggerLogsToThePipelinesLoggerElseSlogDefault(t *testing.T) {
 	}
 	t.Run("in a pipeline, the pipeline's logger", func(t *testing.T) {
 		s := newStore(t, &attemptsAPI{}, "t")
-		pipeline := newCapture()
+		pipeline := logtest.NewCapture()
 		s.UsePipelineLogger(slog.New(pipeline))
 		syncOne(t, s)
-		if !pipeline.has(taken) {
-			t.Errorf("the pipeline's logger got %q; want %q", *pipeline.msgs, taken)
+		if !pipeline.Has(taken) {
+			t.Errorf("the pipeline's logger got %q; want %q", pipeline.Messages(), taken)
 		}
 	})
 	t.Run("a logger of its own is kept", func(t *testing.T) {
-		own, pipeline := newCapture(), newCapture()
+		own, pipeline := logtest.NewCapture(), logtest.NewCapture()
 		s := newStore(t, &attemptsAPI{}, "t", func(o *dynamostore.Options) { o.Logger = slog.New(own) })
 		s.UsePipelineLogger(slog.New(pipeline))
 		syncOne(t, s)
-		if !own.has(taken) || len(*pipeline.msgs) != 0 {
-			t.Errorf("own logger got %q, pipeline's %q; want everything in its own", *own.msgs, *pipeline.msgs)
+		if !own.Has(taken) || len(pipeline.Messages()) != 0 {
+			t.Errorf("own logger got %q, pipeline's %q; want everything in its own", own.Messages(), pipeline.Messages())
 		}
 	})
 	t.Run("outside a pipeline, slog.Default()", func(t *testing.T) {
-		def := newCapture()
+		def := logtest.NewCapture()
 		old := slog.Default()
 		slog.SetDefault(slog.New(def))
 		t.Cleanup(func() { slog.SetDefault(old) })
 		s := newStore(t, &attemptsAPI{}, "t")
 		syncOne(t, s)
-		if !def.has(taken) {
-			t.Errorf("slog.Default() got %q; want %q", *def.msgs, taken)
+		if !def.Has(taken) {
+			t.Errorf("slog.Default() got %q; want %q", def.Messages(), taken)
 		}
 	})
 }

@@ -1,14 +1,13 @@
 package memory_test
 
 import (
-	"context"
 	"errors"
 	"log/slog"
-	"slices"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/logtest"
 
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
@@ -80,41 +79,6 @@ func TestBadInstanceOptionsAreConfigErrorsNamingTheField(t *testing.T) {
 	}
 }
 
-// capture is a slog.Handler that keeps the messages it is given, prefixed
-// with the value of the "component" attribute.
-type capture struct {
-	mu    *sync.Mutex
-	msgs  *[]string
-	attrs []slog.Attr
-}
-
-func newCapture() capture { return capture{mu: &sync.Mutex{}, msgs: new([]string)} }
-
-func (c capture) Enabled(context.Context, slog.Level) bool { return true }
-func (c capture) Handle(_ context.Context, r slog.Record) error {
-	component := ""
-	for _, a := range c.attrs {
-		if a.Key == "component" {
-			component = a.Value.String()
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	*c.msgs = append(*c.msgs, component+": "+r.Message)
-	return nil
-}
-func (c capture) WithAttrs(as []slog.Attr) slog.Handler {
-	c.attrs = append(slices.Clone(c.attrs), as...)
-	return c
-}
-func (c capture) WithGroup(string) slog.Handler { return c }
-
-func (c capture) has(msg string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Contains(*c.msgs, msg)
-}
-
 func TestANilInstanceLoggerLogsToThePipelinesLoggerElseSlogDefault(t *testing.T) {
 	const taken = "memory.store: lease taken"
 	syncOne := func(t *testing.T, in *memory.Instance) {
@@ -128,27 +92,27 @@ func TestANilInstanceLoggerLogsToThePipelinesLoggerElseSlogDefault(t *testing.T)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pipeline := newCapture()
+		pipeline := logtest.NewCapture()
 		in.UsePipelineLogger(slog.New(pipeline))
 		syncOne(t, in)
-		if !pipeline.has(taken) {
-			t.Errorf("the pipeline's logger got %q; want %q", *pipeline.msgs, taken)
+		if !pipeline.Has(taken) {
+			t.Errorf("the pipeline's logger got %q; want %q", pipeline.Messages(), taken)
 		}
 	})
 	t.Run("a logger of its own is kept", func(t *testing.T) {
-		own, pipeline := newCapture(), newCapture()
+		own, pipeline := logtest.NewCapture(), logtest.NewCapture()
 		in, err := memory.New().Instance("a", func(o *memory.InstanceOptions) { o.Logger = slog.New(own) })
 		if err != nil {
 			t.Fatal(err)
 		}
 		in.UsePipelineLogger(slog.New(pipeline))
 		syncOne(t, in)
-		if !own.has(taken) || len(*pipeline.msgs) != 0 {
-			t.Errorf("own logger got %q, pipeline's %q; want everything in its own", *own.msgs, *pipeline.msgs)
+		if !own.Has(taken) || len(pipeline.Messages()) != 0 {
+			t.Errorf("own logger got %q, pipeline's %q; want everything in its own", own.Messages(), pipeline.Messages())
 		}
 	})
 	t.Run("outside a pipeline, slog.Default()", func(t *testing.T) {
-		def := newCapture()
+		def := logtest.NewCapture()
 		old := slog.Default()
 		slog.SetDefault(slog.New(def))
 		t.Cleanup(func() { slog.SetDefault(old) })
@@ -157,8 +121,8 @@ func TestANilInstanceLoggerLogsToThePipelinesLoggerElseSlogDefault(t *testing.T)
 			t.Fatal(err)
 		}
 		syncOne(t, in)
-		if !def.has(taken) {
-			t.Errorf("slog.Default() got %q; want %q", *def.msgs, taken)
+		if !def.Has(taken) {
+			t.Errorf("slog.Default() got %q; want %q", def.Messages(), taken)
 		}
 	})
 }

@@ -1,15 +1,15 @@
 package kinesissink
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/logtest"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/shardflow/shardflow"
@@ -166,30 +166,12 @@ func (o *outcomes) count() (written, failed int) {
 	return written, failed
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestSinkLogsThroughThePipelineLoggerUnlessGivenOne(t *testing.T) {
 	t.Parallel()
 	for _, own := range []bool{false, true} {
 		name := map[bool]string{false: "no logger of its own: the pipeline's", true: "a logger of its own: kept"}[own]
 		t.Run(name, func(t *testing.T) {
-			var pipeline, mine syncBuffer
+			var pipeline, mine logtest.Buffer
 			f := newFake(t, 1)
 			s, err := New(f, testStream, func(o *Options) {
 				if own {

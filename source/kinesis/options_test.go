@@ -1,7 +1,6 @@
 package kinesissource_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -9,6 +8,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/logtest"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -129,31 +130,12 @@ func (s *logStore) UsePipelineLogger(l *slog.Logger) {
 	s.mu.Unlock()
 }
 
-// syncBuffer is a bytes.Buffer for a log handler written from many
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestTheLoggerIsSetOnce(t *testing.T) {
 	t.Run("a source given no logger logs through the pipeline's, and hands it to its store", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newStream(t, "in", 1)
 			put(t, f, "in", 0, 3, 1)
-			var buf syncBuffer
+			var buf logtest.Buffer
 			logger := slog.New(slog.NewTextHandler(&buf, nil))
 			store := &logStore{Store: memory.New()}
 			src := newSource(t, f, "in", func(o *kinesissource.Options) {
@@ -179,7 +161,7 @@ func TestTheLoggerIsSetOnce(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newStream(t, "in", 1)
 			put(t, f, "in", 0, 3, 1)
-			var own, pipeline syncBuffer
+			var own, pipeline logtest.Buffer
 			src := newSource(t, f, "in", func(o *kinesissource.Options) {
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.Logger = slog.New(slog.NewTextHandler(&own, nil))
