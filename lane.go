@@ -124,6 +124,7 @@ type Lane[T any] struct {
 	log    *slog.Logger
 
 	lost      atomic.Bool
+	lastRead  atomic.Int64 // run clock of the last Heartbeat; 0: never
 	saveMu    sync.Mutex
 	savedHead uint64
 }
@@ -167,6 +168,14 @@ func (l *Lane[T]) Skip(ctx context.Context, pos Position) error {
 	l.trk.complete(idx, nil)
 	return nil
 }
+
+// Heartbeat records that the source's reader of this shard made a
+// successful read call, whether or not it returned records. A source that
+// calls it is watched by the stall watchdog: a shard whose reader made no
+// successful call for [Options].StallTimeout is reported stalled at stage
+// "source". It is cheap, safe for concurrent use, and meant once per call,
+// not per record.
+func (l *Lane[T]) Heartbeat() { l.lastRead.Store(l.r.now()) }
 
 // wakeLocked wakes the lane's goroutine if it sleeps. Called with qmu held.
 func (l *Lane[T]) wakeLocked() {

@@ -4,6 +4,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -43,6 +46,41 @@ type Options struct {
 	// they were given no logger of their own (see [PipelineLogger]).
 	// Default: slog.Default(). Record payloads are never logged.
 	Logger *slog.Logger
+
+	// MeterProvider records the pipeline's metrics, and those of its
+	// source, sink and checkpoint store when they were given no provider of
+	// their own (see [PipelineMeterProvider]). The README's Operations
+	// section lists every instrument. Default: nil, which means the global
+	// provider, otel.GetMeterProvider(): a no-op unless the application
+	// installs one. Metrics never carry record data or partition keys.
+	MeterProvider metric.MeterProvider
+
+	// StallTimeout is how long a shard may go without progress before the
+	// watchdog reports it stalled: its oldest unfinished record has not
+	// finished for StallTimeout, or its source made no successful read for
+	// StallTimeout (sources that call [Lane.Heartbeat]). A report is a WARN
+	// log naming the shard, the stage holding the record and for how long,
+	// the shardflow.shard.stalled metric, and OnStall. A stall is reported
+	// within 1.25 × StallTimeout of the last progress. Default: 2 minutes.
+	// Negative: no watchdog.
+	StallTimeout time.Duration
+
+	// OnStall, if set, is called with each stall report when the shard is
+	// first found stalled, and again with Recovered set once it moves. It
+	// is called from the watchdog's goroutine and must not block. Default:
+	// nil, none.
+	OnStall func(StallReport)
+}
+
+// PipelineMeterProvider is implemented by sources, sinks and checkpoint
+// stores that record metrics. Before it starts anything, [Pipeline.Run]
+// hands the source and the sink the pipeline's meter provider
+// ([Options].MeterProvider, or the global one); a component given no
+// provider of its own records through it from then on (and a source hands
+// it on to its checkpoint store the same way), as [PipelineLogger] does for
+// the logger.
+type PipelineMeterProvider interface {
+	UsePipelineMeterProvider(metric.MeterProvider)
 }
 
 // PipelineLogger is implemented by sources, sinks and checkpoint stores
@@ -80,6 +118,12 @@ func (o *Options) resolve() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.MeterProvider == nil {
+		o.MeterProvider = otel.GetMeterProvider()
+	}
+	if o.StallTimeout == 0 {
+		o.StallTimeout = 2 * time.Minute
 	}
 	return nil
 }

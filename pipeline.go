@@ -57,6 +57,7 @@ type Pipeline struct {
 	attach func(env *laneEnv)
 	flush  func(ctx context.Context) error
 	ran    atomic.Bool
+	cur    atomic.Pointer[run] // the run in progress, for Status
 }
 
 // Run runs the pipeline until the source is exhausted, ctx is cancelled, or a
@@ -95,6 +96,7 @@ func (pl *Pipeline) run(ctx, stop context.Context) error {
 		}
 	}
 	r := &run{
+		start:  time.Now(),
 		opts:   o,
 		attach: pl.attach,
 		flush:  pl.flush,
@@ -210,10 +212,15 @@ type run struct {
 	err     error
 	wg      sync.WaitGroup // lane goroutines
 
+	start time.Time // Run's start: the run clock counts from it
+
 	drainOnce  sync.Once
 	drainTimer *time.Timer
 	drainEnd   time.Time // when the drain's budget runs out; under mu
 }
+
+// now is the run clock: nanoseconds since Run started, at least 1.
+func (r *run) now() int64 { return max(int64(time.Since(r.start)), 1) }
 
 // fail records the first failure and stops the pipeline.
 func (r *run) fail(err error) {

@@ -1,0 +1,66 @@
+package shardflow
+
+import "time"
+
+// StallReport describes a shard the watchdog found stalled (see
+// [Options].StallTimeout), or one that moved again.
+type StallReport struct {
+	// Stream and ShardID name the shard.
+	Stream, ShardID string
+	// Stage is where the shard is held: the name of the stage holding its
+	// oldest unfinished record (as in [StageError]), "queue" when the record
+	// waits for the shard's goroutine, or "source" when the source made no
+	// successful read.
+	Stage string
+	// Detail says what the stage is doing, for the log: the function a
+	// blocked handler is in, or that the sink has not acknowledged.
+	Detail string
+	// Position is the oldest unfinished record's (zero for a stalled source).
+	Position Position
+	// InFlight is the number of the shard's records read and not finished.
+	InFlight int
+	// For is how long the shard has gone without progress.
+	For time.Duration
+	// Recovered is set on the report that the shard moves again.
+	Recovered bool
+}
+
+// Status is a snapshot of a pipeline, for health checks and status pages.
+type Status struct {
+	// Running is set from the start of [Pipeline.Run] until it returns.
+	Running bool
+	// Draining is set once the pipeline stops reading and drains.
+	Draining bool
+	// Shards are the shards with an open lane, by stream and shard id.
+	Shards []ShardStatus
+}
+
+// ShardStatus is the state of one shard of a running pipeline.
+type ShardStatus struct {
+	Stream, ShardID string
+	// InFlight is the number of records read and not finished.
+	InFlight int
+	// CheckpointLag is how long the oldest unfinished record has been in
+	// the pipeline (0 when none is): the age of the work the checkpoint
+	// waits for.
+	CheckpointLag time.Duration
+	// Checkpoint is the position up to which every record is finished (it
+	// may not be saved yet).
+	Checkpoint Position
+	// Stall is the watchdog's report while the shard is stalled, else nil.
+	Stall *StallReport
+}
+
+// Status returns a snapshot of the pipeline. It is safe to call at any
+// time from any goroutine; before Run and after it returned, Running is
+// false and Shards is empty.
+func (pl *Pipeline) Status() Status {
+	r := pl.cur.Load()
+	if r == nil {
+		return Status{}
+	}
+	return r.status()
+}
+
+// status is Status of a run in progress. (Filled in below.)
+func (r *run) status() Status { return Status{} }
