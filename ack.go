@@ -24,11 +24,19 @@ type Ack struct {
 // the pipeline). Sinks retry on their own before giving up: the stage's retry
 // policy only applies to errors returned by Sink.Write.
 func (a Ack) Done(err error) {
-	if err != nil && a.h != nil {
+	switch {
+	case err != nil && a.h != nil:
 		a.h.ackFailed(a.tok, err)
-		return
+	case err == nil && a.tok.g != nil:
+		if len(a.tok.g.toks) > 0 && a.tok.g.toks[0].t != nil {
+			a.tok.g.toks[0].t.addAcked()
+		}
+		a.tok.g.done(nil)
+	case err == nil && a.tok.t != nil:
+		a.tok.t.completeAcked(a.tok.idx, nil, true)
+	default:
+		a.tok.done(err)
 	}
-	a.tok.done(err)
 }
 
 // ackFailer turns a sink's asynchronous failure into the stage's policy.

@@ -73,7 +73,7 @@ func Batch[T any](s *Stream[T], o BatchOptions[T], opts ...StageOption) *Stream[
 		if err != nil {
 			panic(err) // the policy was resolved above
 		}
-		s.attach(env, &batchNode[T]{env: env, b: b, size: size, next: down})
+		s.attach(env, &batchNode[T]{env: env, c: env.addStage(st, true), b: b, size: size, next: down})
 	}}
 }
 
@@ -82,6 +82,7 @@ func Batch[T any](s *Stream[T], o BatchOptions[T], opts ...StageOption) *Stream[
 // linger.
 type batchNode[T any] struct {
 	env  *laneEnv
+	c    *nodeStats
 	b    *batcher.Batcher[item[T]]
 	size func(T) int
 	next node[[]T]
@@ -100,6 +101,7 @@ func (n *batchNode[T]) push(ctx context.Context, it item[T]) {
 		return
 	}
 	if n.b.Len() == 1 { // the first value starts the linger
+		n.c.held.Store(firstIndex(it.tok) + 1)
 		d, _ := n.b.UntilNext()
 		n.env.schedule(time.Now().Add(d))
 	}
@@ -128,6 +130,8 @@ func (n *batchNode[T]) emit(ctx context.Context) {
 	if len(its) == 0 {
 		return
 	}
+	n.c.held.Store(0)
+	n.c.batches++
 	vals := make([]T, len(its))
 	for i := range its {
 		vals[i] = its[i].v
@@ -141,4 +145,12 @@ func (n *batchNode[T]) emit(ctx context.Context) {
 		tok = token{g: newGroup(toks)}
 	}
 	n.next.push(ctx, item[[]T]{v: vals, tok: tok})
+}
+
+// firstIndex returns the tracker index of a token's (first) record.
+func firstIndex(k token) uint64 {
+	for k.g != nil && len(k.g.toks) > 0 {
+		k = k.g.toks[0]
+	}
+	return k.idx
 }

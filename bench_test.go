@@ -6,16 +6,37 @@ import (
 	"runtime"
 	"testing"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/shardflow/shardflow"
+
 	"github.com/shardflow/shardflow/cmd/shardflow-bench/corebench"
 )
 
 // BenchmarkPipeline measures Source→Map→Filter→Sink over the in-memory source
-// with checkpoint tracking on (memory store): ns and allocs per record.
-func BenchmarkPipeline(b *testing.B) {
+// with checkpoint tracking on (memory store): ns and allocs per record,
+// with the default meter provider (the global one, a no-op here).
+func BenchmarkPipeline(b *testing.B) { benchPipeline(b) }
+
+// BenchmarkPipelineMetrics is BenchmarkPipeline recording its metrics
+// through the OpenTelemetry SDK (a manual reader, collected once at the
+// end): the cost of metrics enabled.
+func BenchmarkPipelineMetrics(b *testing.B) {
+	r := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
+	benchPipeline(b, func(o *shardflow.Options) { o.MeterProvider = mp })
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(context.Background(), &rm); err != nil || len(rm.ScopeMetrics) == 0 {
+		b.Fatalf("no metrics recorded: %v", err)
+	}
+}
+
+func benchPipeline(b *testing.B, optFns ...func(*shardflow.Options)) {
 	for _, shards := range []int{1, 4} {
 		b.Run(fmt.Sprintf("shards=%d", shards), func(b *testing.B) {
 			per := b.N/shards + 1
-			run, check := corebench.Pipeline(shards, per)
+			run, check := corebench.Pipeline(shards, per, optFns...)
 			runtime.GC() // settle the setup's garbage before timing
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -6,9 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/shardflow/shardflow/internal/telemetry"
 )
 
 // ShardSource delivers the records of a sharded stream to a pipeline. It is
@@ -59,7 +65,7 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 		exited: make(chan struct{}),
 		log:    r.log.With("stream", stream, "shard_id", shardID),
 	}
-	l.trk = newTracker(r.opts.MaxInFlight, func(err error) {
+	l.trk = newTracker(r.opts.MaxInFlight, &r.clock, func(err error) {
 		// Records of a lane whose lease was lost (or that was abandoned)
 		// fail as their handlers see the lane's context end: that is the
 		// lost lease, not a failure of the pipeline, and the lane's
@@ -71,8 +77,10 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 		r.fail(err)
 	})
 	l.ctx, l.cancel = context.WithCancelCause(r.procCtx)
-	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log}
+	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log, metrics: r.metrics,
+		shardAttrs: telemetry.Shard(stream, shardID), streamOpt: metric.WithAttributeSet(telemetry.Stream(stream))}
 	r.attach(l.env)
+	slices.Reverse(l.env.stages) // attach registered them from the sink up
 	l.entry = l.env.entry.(node[T])
 	r.lanes[key] = l
 	r.wg.Add(1)
@@ -123,10 +131,54 @@ type Lane[T any] struct {
 	entry  node[T]
 	log    *slog.Logger
 
-	lost      atomic.Bool
-	lastRead  atomic.Int64 // run clock of the last Heartbeat; 0: never
+	lost     atomic.Bool
+	lastRead atomic.Int64 // run clock of the last Heartbeat; 0: never
+
+	// For the watchdog, under qmu: when the goroutine took the batch of
+	// records it is on (0: it is not on one), and the index after the
+	// last record it took.
+	busySince int64
+	taken     uint64
+	gid       uint64 // the lane goroutine's id, to find its stack
+
+	// The goroutine's own counts for the metrics (see publish).
+	pushed    uint64 // records taken from the queue into the first stage
+	pubTick   int64  // run clock of the last publish
 	saveMu    sync.Mutex
 	savedHead uint64
+}
+
+// stageNames returns the names of the lane's stages, first to last.
+func (l *Lane[T]) stageNames() []string {
+	names := make([]string, len(l.env.stages))
+	for i, c := range l.env.stages {
+		names[i] = c.st.name
+	}
+	return names
+}
+
+// blockedIn returns the stage the lane's goroutine is in, and what it is
+// blocked on, from its stack.
+func (l *Lane[T]) blockedIn() (stage, detail string, ok bool) {
+	l.qmu.Lock()
+	gid := l.gid
+	l.qmu.Unlock()
+	depth, where, ok := blockedStage(gid)
+	if !ok || depth > len(l.env.stages) {
+		return "", "", false
+	}
+	return l.env.stages[depth-1].st.name, where, true
+}
+
+// heldInBatch returns the Batch stage holding the record at idx, if one
+// does.
+func (l *Lane[T]) heldInBatch(idx uint64) (string, bool) {
+	for _, c := range l.env.stages {
+		if h := c.held.Load(); c.batch && h != 0 && h-1 <= idx {
+			return c.st.name, true
+		}
+	}
+	return "", false
 }
 
 // Stream returns the name of the lane's stream.
@@ -276,6 +328,9 @@ func (l *Lane[T]) saveProgress(ctx context.Context, end bool) error {
 		return nil
 	}
 	err := l.store.Save(ctx, l.stream, l.shard, Checkpoint{Position: last, ShardEnd: end})
+	if err != nil && !errors.Is(err, ErrLeaseLost) && ctx.Err() == nil {
+		l.r.metrics.saveFailures.Add(context.Background(), 1, l.env.streamAttrs())
+	}
 	if err != nil {
 		if errors.Is(err, ErrLeaseLost) {
 			l.log.Warn("lease lost: stopping the shard's lane", "err", err)
@@ -287,6 +342,7 @@ func (l *Lane[T]) saveProgress(ctx context.Context, end bool) error {
 		return fmt.Errorf("save checkpoint of shard %s/%s: %w", l.stream, l.shard, err)
 	}
 	l.savedHead = head
+	l.r.metrics.saves.Add(context.Background(), 1, l.env.streamAttrs())
 	l.log.Debug("checkpoint saved", "sequence_number", last.SequenceNumber,
 		"sub_sequence_number", last.SubSequenceNumber, "shard_end", end)
 	return nil
@@ -298,6 +354,10 @@ func (l *Lane[T]) saveProgress(ctx context.Context, end bool) error {
 func (l *Lane[T]) loop() {
 	defer l.r.wg.Done()
 	defer close(l.exited)
+	defer l.publish()
+	l.qmu.Lock()
+	l.gid = goroutineID()
+	l.qmu.Unlock()
 	env := l.env
 	done := l.ctx.Done()
 	defer func() {
@@ -326,6 +386,13 @@ func (l *Lane[T]) loop() {
 		if len(batch) == 0 && !closed {
 			l.idle = true
 		}
+		if len(batch) > 0 {
+			l.busySince = l.r.clock.Load()
+			l.taken = batch[len(batch)-1].tok.idx + 1
+			l.pushed += uint64(len(batch))
+		} else {
+			l.busySince = 0
+		}
 		l.qmu.Unlock()
 
 		for i := range batch {
@@ -340,8 +407,12 @@ func (l *Lane[T]) loop() {
 		l.spare = batch[:0]
 		if len(batch) > 0 {
 			l.tickIfDue()
+			if l.r.clock.Load() != l.pubTick {
+				l.publish()
+			}
 			continue
 		}
+		l.publish() // going idle: the counts are exact now
 		if closed {
 			select {
 			case <-done:
@@ -358,11 +429,24 @@ func (l *Lane[T]) loop() {
 		case <-l.notify:
 		case now := <-timer:
 			env.next = time.Time{}
+			l.markBusy(true)
 			l.entry.tick(l.ctx, now)
+			l.markBusy(false)
 		case <-done:
 			return
 		}
 	}
+}
+
+// markBusy tells the watchdog that the goroutine works outside a batch of
+// records (a linger tick), or stopped.
+func (l *Lane[T]) markBusy(busy bool) {
+	l.qmu.Lock()
+	l.busySince = 0
+	if busy {
+		l.busySince = l.r.clock.Load()
+	}
+	l.qmu.Unlock()
 }
 
 // tickIfDue fires a due linger timer while the lane is busy.
@@ -387,7 +471,15 @@ type laneEnv struct {
 
 	timer *time.Timer
 	next  time.Time
+
+	metrics    *pipelineMetrics
+	shardAttrs attribute.Set
+	stages     []*nodeStats // the lane's stages, first to last (the sink)
+	streamOpt  metric.MeasurementOption
 }
+
+// streamAttrs is the {stream} attribute option of the lane's metrics.
+func (e *laneEnv) streamAttrs() metric.MeasurementOption { return e.streamOpt }
 
 // schedule asks for a tick at or soon after at. Called on the lane's
 // goroutine only.

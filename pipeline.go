@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/shardflow/shardflow/internal/telemetry"
 )
 
 // Source starts a pipeline that reads from src. optFns adjust the pipeline's
@@ -94,15 +96,47 @@ func (pl *Pipeline) run(ctx, stop context.Context) error {
 		if lu, ok := c.(PipelineLogger); ok {
 			lu.UsePipelineLogger(o.Logger)
 		}
+		if mu, ok := c.(PipelineMeterProvider); ok {
+			mu.UsePipelineMeterProvider(o.MeterProvider)
+		}
+	}
+	metrics, err := newPipelineMetrics(o.MeterProvider)
+	if err != nil {
+		return &ConfigError{Field: "Options.MeterProvider", Reason: err.Error()}
 	}
 	r := &run{
-		start:  time.Now(),
-		opts:   o,
-		attach: pl.attach,
-		flush:  pl.flush,
-		lanes:  make(map[string]laneHandle),
-		log:    o.Logger.With("component", "shardflow.pipeline"),
+		start:   time.Now(),
+		opts:    o,
+		attach:  pl.attach,
+		flush:   pl.flush,
+		lanes:   make(map[string]laneHandle),
+		log:     o.Logger.With("component", "shardflow.pipeline"),
+		metrics: metrics,
+		stalls:  make(map[laneHandle]*stallState),
 	}
+	r.clock.Store(r.now())
+	if reg, err := telemetry.Meter(o.MeterProvider).RegisterCallback(r.observe,
+		metrics.inFlight, metrics.lagSeconds, metrics.stalled); err == nil {
+		defer func() { _ = reg.Unregister() }()
+	} else {
+		r.log.Warn("pipeline gauges not registered", "err", err)
+	}
+	pl.cur.Store(r)
+	defer func() {
+		r.mu.Lock()
+		r.finished = true
+		r.mu.Unlock()
+	}()
+	monCtx, stopMonitor := context.WithCancel(context.Background())
+	monDone := make(chan struct{})
+	go func() {
+		defer close(monDone)
+		r.monitor(monCtx)
+	}()
+	defer func() {
+		stopMonitor()
+		<-monDone
+	}()
 	r.srcCtx, r.cancelSrc = context.WithCancelCause(ctx)
 	r.procCtx, r.cancelProc = context.WithCancelCause(context.WithoutCancel(ctx))
 	defer r.cancelSrc(nil)
@@ -159,6 +193,7 @@ func (pl *Pipeline) run(ctx, stop context.Context) error {
 		if err := l.saveProgress(saveCtx, false); err != nil && !errors.Is(err, ErrLeaseLost) {
 			errs = append(errs, err)
 		}
+		l.publishAcks()
 	}
 
 	r.mu.Lock()
@@ -187,7 +222,17 @@ type laneHandle interface {
 	waitIdle(ctx context.Context) error
 	saveProgress(ctx context.Context, end bool) error
 	laneKey() string
+
+	// For metrics, the watchdog and Status.
+	publishAcks()
+	watch(now int64) laneWatch
+	progress() (head, tail uint64, last Position, err error)
+	stageNames() []string
+	blockedIn() (stage, detail string, ok bool)
+	heldInBatch(idx uint64) (string, bool)
 }
+
+func (l *Lane[T]) progress() (head, tail uint64, last Position, err error) { return l.trk.progress() }
 
 func (l *Lane[T]) laneKey() string { return l.key }
 
@@ -212,7 +257,11 @@ type run struct {
 	err     error
 	wg      sync.WaitGroup // lane goroutines
 
-	start time.Time // Run's start: the run clock counts from it
+	start    time.Time    // Run's start: the run clock counts from it
+	clock    atomic.Int64 // the run clock, coarse: updated each clockTick
+	metrics  *pipelineMetrics
+	stalls   map[laneHandle]*stallState // the watchdog's, by lane; under mu
+	finished bool                       // Run returned; under mu
 
 	drainOnce  sync.Once
 	drainTimer *time.Timer
@@ -240,6 +289,7 @@ func (r *run) fail(err error) {
 }
 
 func (r *run) removeLane(l laneHandle) {
+	l.publishAcks()
 	r.mu.Lock()
 	if cur, ok := r.lanes[l.laneKey()]; ok && cur == l {
 		delete(r.lanes, l.laneKey())

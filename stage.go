@@ -168,7 +168,11 @@ func protect[In, Out any](ctx context.Context, f func(context.Context, In) (Out,
 
 // invoke calls f with v under the stage's retry policy. Panics are not
 // retried.
-func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, f func(context.Context, In) (Out, error), v In) (Out, error) {
+func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, f func(context.Context, In) (Out, error), v In) (Out, error) {
+	if c.sample() {
+		start := time.Now()
+		defer c.timed(ctx, env.metrics, start)
+	}
 	out, err := protect(ctx, f, v)
 	if err == nil {
 		return out, nil
@@ -184,6 +188,7 @@ func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, f func(co
 		}
 		return e
 	}, func(attempt int, err error, wait time.Duration) {
+		env.metrics.retries.Add(context.Background(), 1, c.attrs)
 		env.log.Warn("handler failed; retrying", "stage", st.name, "attempt", attempt, "wait", wait, "err", err)
 	})
 	return out, err
@@ -192,16 +197,27 @@ func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, f func(co
 // settleFailure applies the stage's failure policy to a value that failed
 // for good: the dead-letter handler when there is one, else the failure of
 // its record(s), which stops the pipeline.
-func settleFailure[In any](ctx context.Context, st *stage, env *laneEnv, dl func(context.Context, In, error) error, v In, tok token, err error) {
+//
+// c counts the outcome; onLane says whether this runs on the lane's
+// goroutine (which alone may touch c's plain counts).
+func settleFailure[In any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, onLane bool, dl func(context.Context, In, error) error, v In, tok token, err error) {
 	if dl != nil {
 		_, dlErr := protect(ctx, func(ctx context.Context, v In) (struct{}, error) { return struct{}{}, dl(ctx, v, err) }, v)
 		if dlErr == nil {
 			env.log.Warn("record sent to the dead-letter handler", "stage", st.name,
 				"sequence_number", tok.position().SequenceNumber, "err", err)
+			env.metrics.recordsDeadLettered.Add(context.Background(), 1, c.attrs)
+			if onLane {
+				c.failedOnLane(true)
+			}
 			tok.done(nil)
 			return
 		}
 		err = fmt.Errorf("%w; dead-letter handler failed too: %w", err, dlErr)
+	}
+	env.metrics.recordsFailed.Add(context.Background(), 1, c.attrs)
+	if onLane {
+		c.failedOnLane(false)
 	}
 	tok.done(&StageError{Stage: st.name, Stream: env.stream, ShardID: env.shard, Position: tok.position(), Err: err})
 }
@@ -220,22 +236,23 @@ func (d *DeadLettered[T]) Map[U any](f func(context.Context, T) (U, error), opts
 func mapStage[T, U any](s *Stream[T], f func(context.Context, T) (U, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[U] {
 	st := newStage(s, "map", f == nil, true, opts)
 	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
-		s.attach(env, &mapNode[T, U]{st: st, env: env, f: f, dl: dl, next: down})
+		s.attach(env, &mapNode[T, U]{st: st, env: env, c: env.addStage(st, false), f: f, dl: dl, next: down})
 	}}
 }
 
 type mapNode[In, Out any] struct {
 	st   *stage
 	env  *laneEnv
+	c    *nodeStats
 	f    func(context.Context, In) (Out, error)
 	dl   func(context.Context, In, error) error
 	next node[Out]
 }
 
 func (n *mapNode[In, Out]) push(ctx context.Context, it item[In]) {
-	out, err := invoke(ctx, n.st, n.env, n.f, it.v)
+	out, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v)
 	if err != nil {
-		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
 		return
 	}
 	n.next.push(ctx, item[Out]{v: out, tok: it.tok})
@@ -258,26 +275,28 @@ func (d *DeadLettered[T]) Filter(keep func(context.Context, T) (bool, error), op
 func filterStage[T any](s *Stream[T], keep func(context.Context, T) (bool, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[T] {
 	st := newStage(s, "filter", keep == nil, true, opts)
 	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
-		s.attach(env, &filterNode[T]{st: st, env: env, f: keep, dl: dl, next: down})
+		s.attach(env, &filterNode[T]{st: st, env: env, c: env.addStage(st, false), f: keep, dl: dl, next: down})
 	}}
 }
 
 type filterNode[T any] struct {
 	st   *stage
 	env  *laneEnv
+	c    *nodeStats
 	f    func(context.Context, T) (bool, error)
 	dl   func(context.Context, T, error) error
 	next node[T]
 }
 
 func (n *filterNode[T]) push(ctx context.Context, it item[T]) {
-	keep, err := invoke(ctx, n.st, n.env, n.f, it.v)
+	keep, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v)
 	switch {
 	case err != nil:
-		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
 	case keep:
 		n.next.push(ctx, it)
 	default:
+		n.c.dropped++
 		it.tok.done(nil)
 	}
 }
@@ -300,24 +319,26 @@ func (d *DeadLettered[T]) FlatMap[U any](f func(context.Context, T) ([]U, error)
 func flatMapStage[T, U any](s *Stream[T], f func(context.Context, T) ([]U, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[U] {
 	st := newStage(s, "flatmap", f == nil, true, opts)
 	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
-		s.attach(env, &flatMapNode[T, U]{st: st, env: env, f: f, dl: dl, next: down})
+		s.attach(env, &flatMapNode[T, U]{st: st, env: env, c: env.addStage(st, false), f: f, dl: dl, next: down})
 	}}
 }
 
 type flatMapNode[In, Out any] struct {
 	st   *stage
 	env  *laneEnv
+	c    *nodeStats
 	f    func(context.Context, In) ([]Out, error)
 	dl   func(context.Context, In, error) error
 	next node[Out]
 }
 
 func (n *flatMapNode[In, Out]) push(ctx context.Context, it item[In]) {
-	outs, err := invoke(ctx, n.st, n.env, n.f, it.v)
+	outs, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v)
 	if err != nil {
-		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
 		return
 	}
+	n.c.grown += int64(len(outs)) - 1
 	if len(outs) == 0 {
 		it.tok.done(nil)
 		return
@@ -350,21 +371,22 @@ func tapStage[T any](s *Stream[T], f func(context.Context, T) error, dl func(con
 	}
 	st := newStage(s, "tap", f == nil, true, opts)
 	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
-		s.attach(env, &tapNode[T]{st: st, env: env, f: g, dl: dl, next: down})
+		s.attach(env, &tapNode[T]{st: st, env: env, c: env.addStage(st, false), f: g, dl: dl, next: down})
 	}}
 }
 
 type tapNode[T any] struct {
 	st   *stage
 	env  *laneEnv
+	c    *nodeStats
 	f    func(context.Context, T) (struct{}, error)
 	dl   func(context.Context, T, error) error
 	next node[T]
 }
 
 func (n *tapNode[T]) push(ctx context.Context, it item[T]) {
-	if _, err := invoke(ctx, n.st, n.env, n.f, it.v); err != nil {
-		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+	if _, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v); err != nil {
+		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
 		return
 	}
 	n.next.push(ctx, it)
@@ -391,7 +413,7 @@ func sinkStage[T any](s *Stream[T], sink Sink[T], dl func(context.Context, T, er
 	s.p.loggers = append(s.p.loggers, sink)
 	pl := &Pipeline{p: s.p}
 	pl.attach = func(env *laneEnv) {
-		s.attach(env, &sinkNode[T]{st: st, env: env, sink: sink, dl: dl})
+		s.attach(env, &sinkNode[T]{st: st, env: env, c: env.addStage(st, false), sink: sink, dl: dl})
 	}
 	pl.flush = func(ctx context.Context) error {
 		if err := sink.Flush(ctx); err != nil {
@@ -405,6 +427,7 @@ func sinkStage[T any](s *Stream[T], sink Sink[T], dl func(context.Context, T, er
 type sinkNode[T any] struct {
 	st   *stage
 	env  *laneEnv
+	c    *nodeStats
 	sink Sink[T]
 	dl   func(context.Context, T, error) error
 }
@@ -415,6 +438,10 @@ func (n *sinkNode[T]) push(ctx context.Context, it item[T]) {
 		// The dead-letter handler of a record the sink fails later needs
 		// the value: the one allocation per record this option costs.
 		ack.h = &sinkLetter[T]{n: n, v: it.v, ctx: ctx}
+	}
+	if n.c.sample() {
+		start := time.Now()
+		defer n.c.timed(ctx, n.env.metrics, start)
 	}
 	err := n.write(ctx, it.v, ack)
 	if err == nil {
@@ -430,11 +457,12 @@ func (n *sinkNode[T]) push(ctx context.Context, it item[T]) {
 			}
 			return nil
 		}, func(attempt int, err error, wait time.Duration) {
+			n.env.metrics.retries.Add(context.Background(), 1, n.c.attrs)
 			n.env.log.Warn("sink write failed; retrying", "stage", n.st.name, "attempt", attempt, "wait", wait, "err", err)
 		})
 	}
 	if err != nil {
-		settleFailure(ctx, n.st, n.env, n.dl, it.v, it.tok, err)
+		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
 	}
 }
 
@@ -452,6 +480,7 @@ func (n *sinkNode[T]) tick(context.Context, time.Time) {}
 func (n *sinkNode[T]) flush(context.Context)           {}
 
 func (n *sinkNode[T]) ackFailed(tok token, err error) {
+	n.env.metrics.recordsFailed.Add(context.Background(), 1, n.c.attrs)
 	tok.done(&StageError{Stage: n.st.name, Stream: n.env.stream, ShardID: n.env.shard, Position: tok.position(), Err: err})
 }
 
@@ -463,5 +492,5 @@ type sinkLetter[T any] struct {
 }
 
 func (s *sinkLetter[T]) ackFailed(tok token, err error) {
-	settleFailure(s.ctx, s.n.st, s.n.env, s.n.dl, s.v, tok, err)
+	settleFailure(s.ctx, s.n.st, s.n.env, s.n.c, false, s.n.dl, s.v, tok, err)
 }

@@ -61,6 +61,3 @@ func (pl *Pipeline) Status() Status {
 	}
 	return r.status()
 }
-
-// status is Status of a run in progress. (Filled in below.)
-func (r *run) status() Status { return Status{} }

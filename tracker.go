@@ -40,6 +40,7 @@ type tracker struct {
 	mask   uint64
 	limit  uint64
 	onFail func(error)
+	clock  *atomic.Int64 // the run's coarse clock, stamped on each slot
 
 	// The emitting side.
 	_        cacheLinePad
@@ -56,6 +57,8 @@ type tracker struct {
 	mu       sync.Mutex
 	tailSeen uint64        // tail as a completer last read it (tail only grows); under mu
 	err      error         // first failure of a record of this shard
+	acked    uint64        // values the sink acknowledged; under mu
+	pubAcked uint64        // acked as last published; under mu
 	wake     chan struct{} // closed on progress while somebody waits
 	_        cacheLinePad
 }
@@ -66,11 +69,12 @@ type cacheLinePad [64]byte
 type slot struct {
 	pos     Position
 	idx     uint64
+	readAt  int64 // run clock when it was emitted
 	pending int32
 	failed  bool
 }
 
-func newTracker(limit int, onFail func(error)) *tracker {
+func newTracker(limit int, clock *atomic.Int64, onFail func(error)) *tracker {
 	// One slot more than the limit keeps the last retired slot, whose
 	// position is the checkpoint candidate, from being reused while head
 	// stays where it is.
@@ -78,7 +82,7 @@ func newTracker(limit int, onFail func(error)) *tracker {
 	for n < limit+1 {
 		n <<= 1
 	}
-	return &tracker{slots: make([]slot, n), mask: uint64(n - 1), limit: uint64(limit), onFail: onFail}
+	return &tracker{slots: make([]slot, n), mask: uint64(n - 1), limit: uint64(limit), clock: clock, onFail: onFail}
 }
 
 // beginEmit reserves the slot of the next record, at pos, waiting while
@@ -126,7 +130,7 @@ func (t *tracker) beginEmit(ctx, lane context.Context, pos Position) (uint64, er
 		}
 		t.emitMu.Lock()
 	}
-	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, pending: 1}
+	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, readAt: t.clock.Load(), pending: 1}
 	t.tail.Store(idx + 1)
 	return idx, nil
 }
@@ -176,8 +180,14 @@ func (t *tracker) addRef(idx uint64, n int32) {
 	t.mu.Unlock()
 }
 
-func (t *tracker) complete(idx uint64, err error) {
+func (t *tracker) complete(idx uint64, err error) { t.completeAcked(idx, err, false) }
+
+// completeAcked is complete; acked counts a value the sink acknowledged.
+func (t *tracker) completeAcked(idx uint64, err error, acked bool) {
 	t.mu.Lock()
+	if acked {
+		t.acked++
+	}
 	s := t.live(idx)
 	if s == nil || s.pending <= 0 {
 		t.mu.Unlock()
@@ -270,6 +280,36 @@ func (t *tracker) waitIdle(ctx, lane context.Context) error {
 			return context.Cause(lane)
 		}
 	}
+}
+
+// addAcked counts a value the sink acknowledged (a batch's, whose records
+// complete through their group).
+func (t *tracker) addAcked() {
+	t.mu.Lock()
+	t.acked++
+	t.mu.Unlock()
+}
+
+// takeAcked returns the values acknowledged since its last call.
+func (t *tracker) takeAcked() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := t.acked - t.pubAcked
+	t.pubAcked = t.acked
+	return d
+}
+
+// oldest returns the retired and emitted counts, and the position of the
+// oldest unfinished record and when it was emitted (zero when none is).
+func (t *tracker) oldest() (head, tail uint64, pos Position, readAt int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	head, tail = t.head.Load(), t.tail.Load()
+	if head < tail {
+		s := &t.slots[head&t.mask]
+		pos, readAt = s.pos, s.readAt
+	}
+	return head, tail, pos, readAt
 }
 
 // progress returns the retired count, the emitted count, the position of the

@@ -33,7 +33,10 @@ func shardName(i int) string { return "shard-" + strconv.Itoa(i) }
 // Pipeline builds the pipeline over shards shards of per records each. run
 // is the part to time; check then verifies the count and that every shard
 // was checkpointed at its last record.
-func Pipeline(shards, per int) (run func(context.Context) error, check func() error) {
+//
+// optFns adjust the pipeline's options after the benchmark's own (a quiet
+// logger), e.g. to give it a meter provider.
+func Pipeline(shards, per int, optFns ...func(*shardflow.Options)) (run func(context.Context) error, check func() error) {
 	vals := make([]int, per)
 	for i := range vals {
 		vals[i] = i + 1
@@ -50,7 +53,7 @@ func Pipeline(shards, per int) (run func(context.Context) error, check func() er
 	})
 	// Logging is not what is measured: the pipeline's lifecycle lines go nowhere.
 	quiet := func(o *shardflow.Options) { o.Logger = slog.New(slog.DiscardHandler) }
-	pl := shardflow.Source(src, quiet).Map(double).Filter(notTriple).Sink(sink)
+	pl := shardflow.Source(src, append([]func(*shardflow.Options){quiet}, optFns...)...).Map(double).Filter(notTriple).Sink(sink)
 	check = func() error {
 		if got, want := count.Load(), int64(kept(per)*shards); got != want {
 			return fmt.Errorf("pipeline core: the sink got %d values; want %d", got, want)
