@@ -297,6 +297,9 @@ func (r *run) status() Status {
 	r.mu.Lock()
 	st := Status{Running: !r.finished, Draining: r.closing || !r.drainEnd.IsZero()}
 	r.mu.Unlock()
+	if !st.Running {
+		return Status{}
+	}
 	now := r.now()
 	for _, l := range r.openLanes() {
 		w := l.watch(now)

@@ -123,9 +123,17 @@ func TestWatchdogReportsABlockedHandlerAndItsStage(t *testing.T) {
 		if err := sink.WaitFor(ctx, 9); err != nil {
 			t.Fatal(err)
 		}
+		synctest.Wait() // the last acknowledgement follows the value into the sink
+		if st := pl.Status(); !st.Running || st.Draining || len(st.Shards) != 1 || st.Shards[0].Stall != nil ||
+			st.Shards[0].InFlight != 0 || st.Shards[0].Checkpoint.SequenceNumber != "9" {
+			t.Errorf("status once every record is done = %+v; want running, shard-1 at 9, nothing in flight, no stall", st)
+		}
 		cancel()
 		if err := <-errc; err != nil {
 			t.Fatalf("Run: %v", err)
+		}
+		if st := pl.Status(); st.Running || len(st.Shards) != 0 {
+			t.Errorf("status after Run = %+v; want not running, no shards", st)
 		}
 	})
 }
