@@ -85,11 +85,33 @@
 // once: Run hands it to the source and the sink ([PipelineLogger]), and it
 // defaults to slog.Default().
 //
+// # Metrics, stalls and status
+//
+// The pipeline, its source, sink and checkpoint store record metrics through
+// the OpenTelemetry metric API: set [Options].MeterProvider once (default:
+// the global provider, a no-op until the application installs one) and the
+// components inherit it ([PipelineMeterProvider]). The pipeline's own
+// instruments are shardflow.stage.records.{in,out,dropped,failed,dead_lettered}
+// and shardflow.stage.retries by stage, shardflow.stage.handler.duration (one
+// call in 64 timed), shardflow.shard.in_flight, shardflow.shard.checkpoint_lag
+// and shardflow.shard.stalled by shard, shardflow.checkpoint.saves and
+// .failures, and shardflow.stalls. Attributes are stream, shard, stage and
+// error_code: never record data or partition keys.
+//
+// A watchdog reports a shard whose oldest unfinished record has not
+// finished for [Options].StallTimeout (default 2 minutes), or whose source
+// made no successful read for that long: a WARN log line, the
+// shardflow.shard.stalled gauge and [Options].OnStall name the shard, the
+// stage holding the record (for a blocked handler, the function it is
+// blocked in) and for how long. [Pipeline.Status] returns the same view on
+// demand, for health checks.
+//
 // # Writing sources and sinks
 //
 // A source implements [ShardSource]: for each shard it reads, it opens a
 // [Lane], emits records with their positions, and ends the lane when the shard
-// is closed. A sink implements [Sink]: it acknowledges every accepted record
+// is closed; it calls [Lane.Heartbeat] after each successful read, so that a
+// reader that stops succeeding is reported. A sink implements [Sink]: it acknowledges every accepted record
 // exactly once through its [Ack]. Package shardflowtest has in-memory versions
 // of both for unit tests, and package checkpoint/memory an in-memory store.
 package shardflow

@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
 	"github.com/shardflow/shardflow/shardflowtest"
@@ -189,4 +192,38 @@ func ExampleEach() {
 	// checkpointed at sequence number 2
 	// second loop: stop
 	// second loop: o-4
+}
+
+// Metrics go through the OpenTelemetry metric API: give the pipeline a
+// MeterProvider (here the SDK's, with a reader that is read by hand; a
+// service would use an exporter such as Prometheus's) and its source, sink
+// and checkpoint store record through it too.
+func ExampleOptions_meterProvider() {
+	reader := sdkmetric.NewManualReader()
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+
+	src := shardflowtest.NewSource[int]("numbers").AddShard("shard-1", 1, 2, 3, 4, 5, 6)
+	even := func(_ context.Context, n int) (bool, error) { return n%2 == 0, nil }
+	pl := shardflow.Source(src, func(o *shardflow.Options) { o.MeterProvider = provider }).
+		Filter(even, shardflow.WithName("even")).
+		Sink(shardflowtest.NewSink[int]())
+	if err := pl.Run(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	var rm metricdata.ResourceMetrics
+	_ = reader.Collect(context.Background(), &rm)
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "shardflow.stage.records.dropped" {
+				continue
+			}
+			for _, p := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				stage, _ := p.Attributes.Value("stage")
+				fmt.Printf("%s dropped %d\n", stage.AsString(), p.Value)
+			}
+		}
+	}
+	// Output: even dropped 3
 }
