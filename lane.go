@@ -159,11 +159,11 @@ func (l *Lane[T]) stageNames() []string {
 
 // blockedIn returns the stage the lane's goroutine is in, and what it is
 // blocked on, from its stack.
-func (l *Lane[T]) blockedIn() (stage, detail string, ok bool) {
+func (l *Lane[T]) blockedIn(stacks *stackDump) (stage, detail string, ok bool) {
 	l.qmu.Lock()
 	gid := l.gid
 	l.qmu.Unlock()
-	depth, where, ok := blockedStage(gid)
+	depth, where, ok := blockedStage(stacks, gid)
 	if !ok || depth > len(l.env.stages) {
 		return "", "", false
 	}

@@ -228,7 +228,7 @@ type laneHandle interface {
 	watch(now int64) laneWatch
 	progress() (head, tail uint64, last Position, err error)
 	stageNames() []string
-	blockedIn() (stage, detail string, ok bool)
+	blockedIn(stacks *stackDump) (stage, detail string, ok bool)
 	heldInBatch(idx uint64) (string, bool)
 }
 

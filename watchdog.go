@@ -103,6 +103,7 @@ func (r *run) scan(now int64) {
 	draining := r.closing // the source returned: it reads no more
 	r.mu.Unlock()
 	lanes := r.openLanes()
+	var stacks stackDump
 	seen := make(map[laneHandle]bool, len(lanes))
 	for _, l := range lanes {
 		seen[l] = true
@@ -120,7 +121,7 @@ func (r *run) scan(now int64) {
 		var rep *StallReport
 		switch {
 		case w.head < w.tail && now-max(ss.movedAt, w.readAt) >= timeout:
-			rep = r.attribute(l, w, now)
+			rep = r.attribute(l, w, now, &stacks)
 			rep.For = time.Duration(now - max(ss.movedAt, w.readAt))
 		case w.lastRead != 0 && !w.closed && !draining && now-w.lastRead >= timeout:
 			rep = &StallReport{Stage: "source", Detail: "the source made no successful read",
@@ -184,12 +185,12 @@ func (r *run) stallOf(l laneHandle) *StallReport {
 // attribute finds where the oldest unfinished record of a stalled lane is
 // held: in a handler the lane's goroutine is blocked in, in a Batch stage,
 // waiting in the lane's queue, or in the sink, not acknowledged.
-func (r *run) attribute(l laneHandle, w laneWatch, now int64) *StallReport {
+func (r *run) attribute(l laneHandle, w laneWatch, now int64, stacks *stackDump) *StallReport {
 	stages := l.stageNames()
 	if w.busySince != 0 && time.Duration(now-w.busySince) >= r.opts.StallTimeout/2 {
 		// The lane's goroutine has been on one batch of records since
 		// before the stall: it is blocked in a stage's call.
-		if stage, detail, ok := l.blockedIn(); ok {
+		if stage, detail, ok := l.blockedIn(stacks); ok {
 			return &StallReport{Stage: stage, Detail: detail}
 		}
 	}
@@ -219,6 +220,25 @@ func goroutineID() uint64 {
 	return 0
 }
 
+// stackDump is every goroutine's stack, taken once per scan, when the
+// first stalled lane needs it.
+type stackDump struct{ buf []byte }
+
+func (d *stackDump) get() []byte {
+	if d.buf != nil {
+		return d.buf
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			d.buf = buf[:n]
+			return d.buf
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
 // nodeFrame tells whether a stack frame's function is a stage node's
 // method: each node on the lane's stack is one stage deeper.
 func nodeFrame(fn string) bool {
@@ -240,16 +260,8 @@ func nodeFrame(fn string) bool {
 // returns the depth of the stage node it is in (1: the first stage), and
 // the innermost function outside the runtime and this package, with its
 // wait state: what the handler is blocked on.
-func blockedStage(id uint64) (depth int, where string, ok bool) {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
+func blockedStage(stacks *stackDump, id uint64) (depth int, where string, ok bool) {
+	buf := stacks.get()
 	header := []byte("goroutine " + strconv.FormatUint(id, 10) + " [")
 	start := bytes.Index(buf, header)
 	if start < 0 {
