@@ -31,7 +31,10 @@ type Resetter interface {
 
 // NewInstance returns a new instance named owner of the store the subtest
 // shares between its instances. Instances must use LeaseDuration and a
-// HandoffTimeout of a few lease durations.
+// HandoffTimeout of a few lease durations, and no meter provider of their
+// own: the suite checks the lease metrics (shardflow.lease.*) of an
+// instance by handing it a provider through
+// [shardflow.PipelineMeterProvider], as a source hands it the pipeline's.
 type NewInstance func(t *testing.T, owner string) LeaseStore
 
 // LeaseDuration is the lease duration stores must give the instances of
@@ -48,7 +51,7 @@ const LeaseDuration = 1500 * time.Millisecond
 // subtest's unique stream names keep apart).
 func RunLeases(t *testing.T, newStore func(t *testing.T) NewInstance) {
 	t.Helper()
-	for _, tc := range leaseCases {
+	for _, tc := range slices.Concat(leaseCases, metricCases) {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.run(t, newStore(t), streamName(t))
 		})
@@ -62,7 +65,7 @@ func RunLeases(t *testing.T, newStore func(t *testing.T) NewInstance) {
 // bubble; the store must start no goroutine that outlives the subtest.
 func RunLeasesSynctest(t *testing.T, newStore func(t *testing.T) NewInstance) {
 	t.Helper()
-	for _, tc := range leaseCases {
+	for _, tc := range slices.Concat(leaseCases, metricCases) {
 		t.Run(tc.name, func(t *testing.T) {
 			stream := streamName(t)
 			synctest.Test(t, func(t *testing.T) {

@@ -104,4 +104,22 @@
 // at each discovery (every 10s by default), the checkpoint of each closed
 // shard not yet known to be finished, to tell whether its children may be
 // read. Open shards cost no discovery read.
+//
+// # Metrics
+//
+// The store records its lease metrics through the OpenTelemetry metric API:
+// with Options.MeterProvider, else the provider of the pipeline whose
+// source uses the store (handed over like the logger), else the global
+// provider. Each has the attribute stream, never a key or a checkpoint:
+//
+//	shardflow.lease.held            gauge    {lease}  leases held and renewed, those being handed over included
+//	shardflow.lease.taken           counter  {lease}  free or expired leases taken
+//	shardflow.lease.stolen          counter  {lease}  leases taken from a live owner that handed them over on request (balancing)
+//	shardflow.lease.handed_over     counter  {lease}  leases handed over to another instance that asked
+//	shardflow.lease.lost            counter  {lease}  leases lost without a hand-over: taken, freed or reset by another, or not renewed for LeaseDuration
+//	shardflow.lease.renew_failures  counter  {call}   renewals due that failed: the table could not be read or written in time
+//
+// A steady lost count, or renew_failures, means an instance cannot keep its
+// leases (an overloaded process, or DynamoDB throttling); taken and stolen
+// rise when instances come and go.
 package dynamostore

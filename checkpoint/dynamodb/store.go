@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/shardflow/shardflow/internal/awsclient"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -14,9 +13,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint"
 	"github.com/shardflow/shardflow/checkpoint/internal/lease"
+	"github.com/shardflow/shardflow/internal/awsclient"
 	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/retry"
 )
@@ -74,6 +76,13 @@ type Options struct {
 	// Default: the pipeline's logger when the store serves a pipeline's
 	// source (see [shardflow.PipelineLogger]), else slog.Default().
 	Logger *slog.Logger
+
+	// MeterProvider records the store's lease metrics (see the package
+	// documentation). Default: nil, which means the pipeline's provider
+	// when the store serves a pipeline's source (see
+	// [shardflow.PipelineMeterProvider]), else the global provider,
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
 }
 
 // Store keeps checkpoints and shard leases in a DynamoDB table. Create it
@@ -97,6 +106,8 @@ var (
 	_ shardflow.CheckpointStore = (*Store)(nil)
 	_ shardflow.Leaser          = (*Store)(nil)
 	_ shardflow.PipelineLogger  = (*Store)(nil)
+
+	_ shardflow.PipelineMeterProvider = (*Store)(nil)
 )
 
 // NewFromConfig returns a store of checkpoints and leases in table, with a
@@ -151,7 +162,8 @@ func New(client API, table string, optFns ...func(*Options)) (*Store, error) {
 		log = slog.Default()
 	}
 	s.log.Store(s.scope(log))
-	m, err := lease.New(leaseTable{s}, lease.Options{Owner: o.Owner, LeaseOptions: o.LeaseOptions, Logger: s.logger()})
+	m, err := lease.New(leaseTable{s}, lease.Options{Owner: o.Owner, LeaseOptions: o.LeaseOptions, Logger: s.logger(),
+		MeterProvider: o.MeterProvider})
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +189,17 @@ func (s *Store) UsePipelineLogger(l *slog.Logger) {
 	s.m.SetLogger(l)
 }
 
+// UsePipelineMeterProvider makes mp the provider of the store's lease
+// metrics if Options.MeterProvider was nil. A Kinesis source calls it with
+// its pipeline's provider before it starts; see
+// [shardflow.PipelineMeterProvider]. It is safe to call at any time.
+func (s *Store) UsePipelineMeterProvider(mp metric.MeterProvider) {
+	if s.opts.MeterProvider != nil || mp == nil {
+		return
+	}
+	s.m.SetMeterProvider(mp)
+}
+
 // warn returns the notify function of retry.Do that logs each retry of
 // what at Warn, with attrs.
 func (s *Store) warn(what string, attrs ...any) func(int, error, time.Duration) {
@@ -189,7 +212,8 @@ func (s *Store) warn(what string, attrs ...any) func(int, error, time.Duration) 
 func (s *Store) Owner() string { return s.opts.Owner }
 
 // Options returns the options with the defaults of KeyAttribute, Owner and
-// the lease timings filled in; Retry and Logger are as given.
+// the lease timings filled in; Retry, Logger and MeterProvider are as
+// given.
 func (s *Store) Options() Options { return s.opts }
 
 // Check describes the table and returns a *TableError if it does not exist,

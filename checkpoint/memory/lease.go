@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint"
 	"github.com/shardflow/shardflow/checkpoint/internal/lease"
@@ -23,6 +25,13 @@ type InstanceOptions struct {
 	// the pipeline's logger when the Instance serves a pipeline's source
 	// (see [shardflow.PipelineLogger]), else slog.Default().
 	Logger *slog.Logger
+
+	// MeterProvider records the instance's lease metrics (see the package
+	// documentation). Default: nil, which means the pipeline's provider
+	// when the Instance serves a pipeline's source (see
+	// [shardflow.PipelineMeterProvider]), else the global provider,
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
 }
 
 // Instance is one pipeline instance's view of a shared Store: a
@@ -39,12 +48,15 @@ type Instance struct {
 	s      *Store
 	m      *lease.Manager
 	ownLog bool // InstanceOptions.Logger was set: keep it
+	ownMP  bool // InstanceOptions.MeterProvider was set: keep it
 }
 
 var (
 	_ shardflow.CheckpointStore = (*Instance)(nil)
 	_ shardflow.Leaser          = (*Instance)(nil)
 	_ shardflow.PipelineLogger  = (*Instance)(nil)
+
+	_ shardflow.PipelineMeterProvider = (*Instance)(nil)
 )
 
 // Instance returns a new instance view of s named owner (a unique id is made
@@ -65,11 +77,12 @@ func (s *Store) Instance(owner string, optFns ...func(*InstanceOptions)) (*Insta
 	if log == nil {
 		log = slog.Default()
 	}
-	m, err := lease.New(memTable{s}, lease.Options{Owner: owner, LeaseOptions: o.LeaseOptions, Logger: scope(log, owner)})
+	m, err := lease.New(memTable{s}, lease.Options{Owner: owner, LeaseOptions: o.LeaseOptions, Logger: scope(log, owner),
+		MeterProvider: o.MeterProvider})
 	if err != nil {
 		return nil, err
 	}
-	return &Instance{s: s, m: m, ownLog: o.Logger != nil}, nil
+	return &Instance{s: s, m: m, ownLog: o.Logger != nil, ownMP: o.MeterProvider != nil}, nil
 }
 
 func scope(l *slog.Logger, owner string) *slog.Logger {
@@ -84,6 +97,17 @@ func (in *Instance) UsePipelineLogger(l *slog.Logger) {
 		return
 	}
 	in.m.SetLogger(scope(l, in.m.Owner()))
+}
+
+// UsePipelineMeterProvider makes mp the provider of the instance's lease
+// metrics if InstanceOptions.MeterProvider was nil. A Kinesis source calls
+// it with its pipeline's provider before it starts; see
+// [shardflow.PipelineMeterProvider]. It is safe to call at any time.
+func (in *Instance) UsePipelineMeterProvider(mp metric.MeterProvider) {
+	if in.ownMP || mp == nil {
+		return
+	}
+	in.m.SetMeterProvider(mp)
 }
 
 // Owner returns the instance's owner name.

@@ -36,6 +36,10 @@ type Manager struct {
 	// checkpoint was reset, or another instance read on) before a new
 	// reader starts from the table's checkpoint.
 	lost map[key]bool
+	// attrs are the metric attributes of each stream synced, made once.
+	attrs map[string]streamAttrs
+
+	meters meters // the lease metrics; has its own lock
 }
 
 type key struct{ stream, shard string }
@@ -67,6 +71,14 @@ type held struct {
 	// while the lease is read.
 	givingUp time.Time
 	noRenew  bool // let it expire: not renewed any more
+	// handingOver is set once another instance asked for the lease and
+	// this one started to hand it over (counted as handed over); then a
+	// later loss is not counted as lost.
+	handingOver bool
+	lossCounted bool // counted as lost: count it once
+	// renewing is !gone && !noRenew, for the held gauge, which must not
+	// wait for io (a write may hold it for a while).
+	renewing atomic.Bool
 }
 
 // New returns the Manager of one instance. It fills in the defaults of o
@@ -81,7 +93,9 @@ func New(t Table, o Options) (*Manager, error) {
 		seen:  make(map[key]seen),
 		wants: make(map[string]want),
 		lost:  make(map[key]bool),
+		attrs: make(map[string]streamAttrs),
 	}
+	m.meters.mp = o.MeterProvider
 	m.log.Store(o.Logger)
 	return m, nil
 }
@@ -118,6 +132,10 @@ func (m *Manager) LeaseDuration() time.Duration { return m.o.LeaseDuration }
 func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([]string, error) {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
+	m.mu.Lock()
+	m.attrsLocked(stream) // the held gauge reports every stream synced
+	m.mu.Unlock()
+	m.metrics()
 
 	eligible = slices.Compact(slices.Sorted(slices.Values(eligible)))
 	isEligible := make(map[string]bool, len(eligible))
@@ -142,6 +160,7 @@ func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([
 		}
 		h.io.Unlock()
 	}
+	due := m.due(mine) // renewals this sync must make
 	var leases []Lease
 	err := m.retryUntil(ctx, until, "read leases", func(ctx context.Context) error {
 		var err error
@@ -149,7 +168,10 @@ func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([
 		return err
 	})
 	if err != nil {
-		if ctx.Err() == nil && m.lapse(stream, mine, time.Now()) > 0 {
+		if ctx.Err() == nil {
+			m.count(ctx, stream, cRenewFailures, int64(due))
+		}
+		if ctx.Err() == nil && m.lapse(ctx, stream, mine, time.Now()) > 0 {
 			m.logger().Warn("cannot read leases; giving up those not renewed for the lease duration",
 				"stream", stream, "err", err)
 			return m.active(mine, isEligible), nil
@@ -162,11 +184,11 @@ func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([
 		byShard[l.ShardID] = l
 	}
 	m.observe(stream, byShard, now)
-	m.reconcile(stream, mine, byShard, isEligible, now)
+	m.reconcile(ctx, stream, mine, byShard, isEligible, now)
 	if err := m.renew(ctx, stream, mine); err != nil {
 		return nil, err
 	}
-	m.lapse(stream, mine, time.Now())
+	m.lapse(ctx, stream, mine, time.Now())
 	if err := m.balance(ctx, stream, eligible, byShard, m.takeLost(stream)); err != nil {
 		return nil, err
 	}
@@ -237,7 +259,7 @@ func (m *Manager) expired(stream, shard string, now time.Time) bool {
 // reconcile compares the held leases with the table: a lease now owned by
 // someone else was lost; a lease another instance asked for, or whose shard
 // is no longer eligible, is given up.
-func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[string]Lease, eligible map[string]bool, now time.Time) {
+func (m *Manager) reconcile(ctx context.Context, stream string, mine map[string]*held, byShard map[string]Lease, eligible map[string]bool, now time.Time) {
 	for id, h := range mine {
 		h.io.Lock()
 		l, ok := byShard[id]
@@ -245,7 +267,8 @@ func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[st
 		case h.gone:
 		case !ok || l.Owner != m.me || l.Counter < h.counter:
 			h.gone = true
-			m.noteLost(stream, id, l)
+			h.renewing.Store(false)
+			m.noteLost(ctx, stream, id, l, h)
 		default:
 			// A write of ours whose answer was lost did land.
 			h.counter = l.Counter
@@ -254,6 +277,8 @@ func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[st
 			}
 			if l.Want != "" && l.Want != m.me {
 				h.givingUp = now
+				h.handingOver = true
+				m.count(ctx, stream, cHandedOver, 1)
 				m.logger().Info("handing lease over", "stream", stream, "shard_id", id, "to", l.Want)
 			} else if !eligible[id] {
 				h.givingUp = now
@@ -261,9 +286,11 @@ func (m *Manager) reconcile(stream string, mine map[string]*held, byShard map[st
 		}
 		if !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout {
 			h.noRenew = true // let it expire
+			h.renewing.Store(false)
 		}
 		if !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout+m.o.LeaseDuration {
 			h.gone = true // the caller is long done with it
+			h.renewing.Store(false)
 		}
 		gone := h.gone
 		h.io.Unlock()
@@ -285,9 +312,8 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 	g.SetLimit(renewLimit)
 	var mu sync.Mutex
 	var errs []error
-	// Renew on every other sync; a sync run in between (the source also
-	// syncs after each shard discovery) renews only if a tick is late.
-	due := m.o.RenewInterval - m.SyncInterval()/4
+	failed := 0 // renewals that failed with an error, not a conflict
+	due := m.renewDue()
 	for id, h := range mine {
 		g.Go(func() error {
 			h.io.Lock()
@@ -304,18 +330,24 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 				h.renewed = sent
 			case errors.Is(err, ErrConflict):
 				h.gone = true
-				m.noteLost(stream, id, l)
+				h.renewing.Store(false)
+				m.noteLost(ctx, stream, id, l, h)
 			case retry.IsPermanent(err):
 				mu.Lock()
+				failed++
 				errs = append(errs, fmt.Errorf("renew lease of shard %s: %w", id, err))
 				mu.Unlock()
 			default:
+				mu.Lock()
+				failed++
+				mu.Unlock()
 				m.logger().Warn("lease not renewed; retrying at the next sync", "stream", stream, "shard_id", id, "err", err)
 			}
 			return nil
 		})
 	}
 	_ = g.Wait()
+	m.count(ctx, stream, cRenewFailures, int64(failed))
 	for id, h := range mine {
 		h.io.Lock()
 		gone := h.gone
@@ -328,22 +360,47 @@ func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*hel
 	return errors.Join(errs...)
 }
 
-// lapse gives up the held leases not renewed for LeaseDuration: others may
-// have taken them. It returns how many it gave up now.
-func (m *Manager) lapse(stream string, mine map[string]*held, now time.Time) int {
+// renewDue is how long after its last renewal a lease is renewed: on every
+// other sync; a sync run in between (the source also syncs after each shard
+// discovery) renews only if a tick is late.
+func (m *Manager) renewDue() time.Duration { return m.o.RenewInterval - m.SyncInterval()/4 }
+
+// due returns how many of the held leases are due for a renewal.
+func (m *Manager) due(mine map[string]*held) int {
 	n := 0
+	for _, h := range mine {
+		h.io.Lock()
+		if !h.gone && !h.noRenew && time.Since(h.renewed) >= m.renewDue() {
+			n++
+		}
+		h.io.Unlock()
+	}
+	return n
+}
+
+// lapse gives up the held leases not renewed for LeaseDuration: others may
+// have taken them. It returns how many it gave up now, and counts them
+// lost unless they were being handed over.
+func (m *Manager) lapse(ctx context.Context, stream string, mine map[string]*held, now time.Time) int {
+	n, lostNow := 0, 0
 	for id, h := range mine {
 		h.io.Lock()
 		if !h.gone && !h.noRenew && now.Sub(h.renewed) >= m.o.LeaseDuration {
 			h.noRenew = true
+			h.renewing.Store(false)
 			if h.givingUp.IsZero() {
 				h.givingUp = now
 			}
 			n++
+			if !h.handingOver && !h.lossCounted {
+				h.lossCounted = true
+				lostNow++
+			}
 			m.logger().Warn("lease not renewed for the lease duration; giving it up", "stream", stream, "shard_id", id)
 		}
 		h.io.Unlock()
 	}
+	m.count(ctx, stream, cLost, int64(lostNow))
 	return n
 }
 
@@ -505,8 +562,15 @@ func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, e
 		return false, fmt.Errorf("take lease of shard %s: %w", c.shard, err)
 	}
 	m.mu.Lock()
-	m.held[key{stream, c.shard}] = &held{counter: l.Counter, renewed: sent}
+	h := &held{counter: l.Counter, renewed: sent}
+	h.renewing.Store(true)
+	m.held[key{stream, c.shard}] = h
 	m.mu.Unlock()
+	if c.exists && c.lease.Owner == "" && c.lease.Want == m.me {
+		m.count(ctx, stream, cStolen, 1) // handed to this instance, which asked
+	} else {
+		m.count(ctx, stream, cTaken, 1)
+	}
 	from := "nobody"
 	if c.lease.Owner != "" {
 		from = c.lease.Owner + " (expired)"
@@ -533,6 +597,7 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 		return nil
 	}
 	h.gone = true
+	h.renewing.Store(false)
 	l, uncertain, err := m.writeUncertain(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
 		Cond{Owner: m.me, Counter: h.counter}, Change{Owner: ptr(""), Bump: true}, nil)
 	switch {
@@ -543,7 +608,7 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 			"taken_since_by", l.Owner, "lease_counter", l.Counter)
 		return nil
 	case errors.Is(err, ErrConflict):
-		m.noteLost(stream, shard, l)
+		m.noteLost(ctx, stream, shard, l, h)
 		return nil
 	case err != nil:
 		return fmt.Errorf("release lease of shard %s of stream %q: %w", shard, stream, err)
@@ -573,8 +638,9 @@ func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shard
 	switch {
 	case errors.Is(err, ErrConflict):
 		h.gone = true
+		h.renewing.Store(false)
 		m.drop(stream, shard, h)
-		m.noteLost(stream, shard, l)
+		m.noteLost(ctx, stream, shard, l, h)
 		return fmt.Errorf("shard %s of stream %q is no longer leased by %s: %w", shard, stream, m.me, shardflow.ErrLeaseLost)
 	case err == nil:
 		h.counter = l.Counter
@@ -582,13 +648,18 @@ func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shard
 	return err
 }
 
-// noteLost logs the loss of a lease, with what the table holds instead (l,
-// the zero Lease when the item is gone), and keeps the next Sync from
-// taking it back.
-func (m *Manager) noteLost(stream, shard string, l Lease) {
+// noteLost logs the loss of lease h, with what the table holds instead (l,
+// the zero Lease when the item is gone), counts it lost unless it was being
+// handed over (or was counted already), and keeps the next Sync from taking
+// it back. Called with h.io held.
+func (m *Manager) noteLost(ctx context.Context, stream, shard string, l Lease, h *held) {
 	m.mu.Lock()
 	m.lost[key{stream, shard}] = true
 	m.mu.Unlock()
+	if !h.handingOver && !h.lossCounted {
+		h.lossCounted = true
+		m.count(ctx, stream, cLost, 1)
+	}
 	m.logger().Info("lease lost", "stream", stream, "shard_id", shard, "owner", l.Owner, "lease_counter", l.Counter)
 }
 

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint"
 )
@@ -28,6 +30,10 @@ type Options struct {
 	// store scopes it. Default: slog.Default(); [Manager.SetLogger]
 	// replaces it.
 	Logger *slog.Logger
+	// MeterProvider records the lease metrics (see the package
+	// documentation). Default: nil, the global provider;
+	// [Manager.SetMeterProvider] replaces it.
+	MeterProvider metric.MeterProvider
 }
 
 // Resolve fills in the defaults of o's lease timings and checks them. field

@@ -41,6 +41,22 @@
 //     answer was lost landed; if it names this instance with a later
 //     counter, a write of its own landed unseen (a renewal cancelled at
 //     shutdown), and the write is made again from that counter.
+//
+// # Metrics
+//
+// A Manager records, through Options.MeterProvider (or the provider
+// [Manager.SetMeterProvider] sets), with the attribute stream: the gauge
+// shardflow.lease.held {lease} (leases held and renewed, those being
+// handed over included) and the counters shardflow.lease.taken (free or
+// expired leases taken), shardflow.lease.stolen (taken from a live owner
+// that handed them over on request), shardflow.lease.handed_over (handed
+// to another instance that asked), shardflow.lease.lost (lost without a
+// hand-over: found taken, freed or reset, or not renewed for the lease
+// duration), all {lease}, and shardflow.lease.renew_failures {call}
+// (renewals due that could not be made: the table could not be read or
+// written within the lease's retry window; a renewal refused because
+// another instance holds the lease counts as lost instead). Each lease
+// change is counted once, where the algorithm decides it.
 package lease
 
 import (
