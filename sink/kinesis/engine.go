@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow"
 )
 
@@ -120,7 +122,10 @@ type completion struct {
 //
 // Locking: mu guards the engine's fields and the scheduler, whose methods
 // are all called with mu held. Acks and callbacks run with mu released
-// (complete); mapSem is taken before mu, never while holding it.
+// (complete); mapSem is taken before mu, never while holding it. Metrics
+// are recorded with mu released too: the buffered gauges' callback takes mu
+// while the meter provider collects, holding its own lock, so the order is
+// meterMu, then the provider's lock, then mu.
 type engine struct {
 	client API
 	stream string
@@ -130,6 +135,14 @@ type engine struct {
 	log       atomic.Pointer[slog.Logger]
 	component string
 	ownLogger bool // Options.Logger was set: the pipeline's is not used
+
+	// met holds the instruments once made (see metrics). meterMu guards
+	// making them, mp and metricsStopped.
+	met            atomic.Pointer[metrics]
+	meterMu        sync.Mutex
+	mp             metric.MeterProvider // Options.MeterProvider or the pipeline's; nil: the global one
+	ownMeter       bool                 // Options.MeterProvider was set: the pipeline's is not used
+	metricsStopped bool                 // Close is done: no buffered gauges any more
 
 	// life bounds the requests and retry waits of the request goroutines,
 	// which belong to the engine, not to any caller: Close cancels it when
@@ -193,6 +206,7 @@ func newEngine(client API, stream, component string, optFns []func(*Options)) (*
 		log = slog.Default()
 	}
 	e.setLogger(log)
+	e.mp, e.ownMeter = o.MeterProvider, o.MeterProvider != nil
 	if e.sched, err = newScheduler(e); err != nil {
 		return nil, err
 	}
@@ -245,6 +259,7 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 			return &ValidationError{Field: "Data", Reason: fmt.Sprintf("begins with the KPL magic bytes, so it is sent inside an aggregate, of %d bytes with the partition key, more than the record limit of %d", n, e.o.MaxRecordBytes)}
 		}
 	}
+	e.metrics() // the buffered gauges report from the first record on
 	if e.sched.routed() {
 		if err := e.loadShardMapOnce(ctx); err != nil {
 			return err

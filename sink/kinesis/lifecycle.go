@@ -88,7 +88,8 @@ func (e *engine) close(ctx context.Context) error {
 	}
 	e.mu.Unlock()
 	e.complete(comps)
-	e.wg.Wait() // the request goroutines fail what they hold and stop
+	e.wg.Wait()     // the request goroutines fail what they hold and stop
+	e.stopMetrics() // no record is left: the buffered gauges end
 	e.mu.Lock()
 	if e.timer != nil {
 		e.timer.Stop()

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/retry"
 )
@@ -92,6 +94,15 @@ type Options struct {
 	// pipeline (see shardflow.PipelineLogger), else slog.Default(). Record
 	// payloads are never logged.
 	Logger *slog.Logger
+
+	// MeterProvider records the metrics listed in the package doc's
+	// Metrics section. Default (nil): the pipeline's provider when a Sink
+	// runs in a pipeline (see shardflow.PipelineMeterProvider), else the
+	// global one, otel.GetMeterProvider(), a no-op unless the application
+	// installs one. A Producer uses this provider or the global one.
+	// Metrics carry the stream name and AWS error codes only, never record
+	// data or partition keys.
+	MeterProvider metric.MeterProvider
 }
 
 // settings are Options resolved: every default filled in, and "none"

@@ -22,24 +22,36 @@ import (
 // codes are Kinesis' own (retryableEntry). Ordered schedulers keep the job's
 // shard busy meanwhile, so its retries go before any newer record of the
 // shard.
+//
+// Metrics are recorded here, per call: the call's latency and entries, its
+// failure or its refused entries, and the entries it sends again; complete
+// records the records' outcomes.
 func (e *engine) run(j job) {
 	pending := j.wires
+	m := e.metrics()
 	var b interface{ NextBackOff() time.Duration }
-	for len(pending) > 0 {
+	for round := 0; len(pending) > 0; round++ {
 		var comps []completion
 		if cause := e.life.Err(); cause != nil {
 			comps = e.failAll(comps, pending, "", "", closedCause(e.life))
 			e.complete(comps)
 			break
 		}
+		if round > 0 {
+			m.resent(len(pending))
+		}
 		sentAt := time.Now()
 		out, err := e.putRecords(pending)
+		took := time.Since(sentAt).Seconds()
 		var retryable []wire
 		var mismatch []int      // indexes of entries that landed on an unexpected shard
 		var misrouted []*record // members of misrouted aggregates, to send again
+		var aggregates int      // the misrouted aggregates they came in
 		switch {
 		case err != nil && e.life.Err() != nil:
 			// The call carried these entries: count it before they fail.
+			// It failed because Close gave up, not as a PutRecords error.
+			m.call(len(pending), took, nil)
 			for i := range pending {
 				pending[i].attempts++
 			}
@@ -47,11 +59,13 @@ func (e *engine) run(j job) {
 		case retry.IsPermanent(err):
 			// Refused credentials (wrapping shardflow.ErrCredentials) and
 			// bad requests: no retry can fix them.
+			m.call(len(pending), took, err)
 			for i := range pending {
 				pending[i].attempts++
 			}
 			comps = e.failAll(comps, pending, "", "", err)
 		case err != nil:
+			m.call(len(pending), took, err)
 			e.logger().Warn("put records failed; retrying", "records", len(pending), "err", err)
 			for _, w := range pending {
 				w.attempts++
@@ -62,7 +76,9 @@ func (e *engine) run(j job) {
 				}
 			}
 		default:
+			m.call(len(pending), took, nil)
 			throttled := 0
+			var refused []codeCount
 			for i, w := range pending {
 				w.attempts++
 				res := out.Records[i]
@@ -78,6 +94,7 @@ func (e *engine) run(j job) {
 					comps = e.succeed(comps, &w, shard, aws.ToString(res.SequenceNumber))
 				case retryableEntry(code):
 					throttled++
+					refused = addCode(refused, code)
 					ee := &EntryError{Code: code, Message: aws.ToString(res.ErrorMessage)}
 					if gave := e.giveUp(&w, sentAt, ee); gave != nil {
 						comps = e.fail(comps, &w, code, ee.Message, gave)
@@ -85,20 +102,22 @@ func (e *engine) run(j job) {
 						retryable = append(retryable, w)
 					}
 				default:
+					refused = addCode(refused, code)
 					ee := &EntryError{Code: code, Message: aws.ToString(res.ErrorMessage)}
 					comps = e.fail(comps, &w, code, ee.Message, ee)
 				}
 			}
+			m.refused(refused)
 			if throttled > 0 {
 				e.logger().Warn("put records: entries failed; retrying them", "failed", throttled, "records", len(pending))
 			}
 			if len(mismatch) > 0 {
-				comps, misrouted = e.resolveMismatch(comps, pending, mismatch, out, sentAt)
+				comps, misrouted, aggregates = e.resolveMismatch(comps, pending, mismatch, out, sentAt)
 			}
 		}
 		e.complete(comps)
-		if len(misrouted) > 0 {
-			e.resend(misrouted)
+		if len(misrouted) > 0 && e.resend(misrouted) {
+			m.resent(aggregates)
 		}
 		pending = retryable
 		if len(pending) == 0 {
@@ -214,19 +233,29 @@ func (e *engine) failAll(comps []completion, ws []wire, code, msg string, err er
 	return comps
 }
 
-// complete reports outcomes, then frees their buffer space. Callbacks run
-// before a Flush waiting for these records returns.
+// complete reports outcomes, counts them in the metrics, then frees their
+// buffer space. Callbacks and metrics come before a Flush waiting for these
+// records returns.
 func (e *engine) complete(comps []completion) {
 	if len(comps) == 0 {
 		return
 	}
+	written, bytes := 0, 0
+	var lost []codeCount
 	for _, c := range comps {
+		if c.res.Err == nil {
+			written++
+			bytes += c.r.size
+		} else {
+			lost = addCode(lost, givenUpCode(c.res.Err))
+		}
 		if c.r.done != nil {
 			c.r.done(c.res)
 		} else {
 			c.r.ack.Done(c.res.Err)
 		}
 	}
+	e.metrics().settled(written, bytes, lost)
 	e.mu.Lock()
 	for _, c := range comps {
 		e.bufRecords--
@@ -251,7 +280,7 @@ func (e *engine) complete(comps []completion) {
 // newer records of that shard; each member's one outcome is that of the
 // re-send. A reader that does not filter by hash range reads those members
 // twice, which at-least-once delivery allows.
-func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, out *kinesis.PutRecordsOutput, sentAt time.Time) ([]completion, []*record) {
+func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, out *kinesis.PutRecordsOutput, sentAt time.Time) (_ []completion, again []*record, aggregates int) {
 	m, err := e.refreshShardMap(sentAt)
 	if err == nil {
 		// A map loaded while the request was in flight may predate the
@@ -263,7 +292,6 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 			}
 		}
 	}
-	var again []*record
 	for _, i := range idx {
 		w := &pending[i]
 		shard, seq := aws.ToString(out.Records[i].ShardId), aws.ToString(out.Records[i].SequenceNumber)
@@ -288,20 +316,22 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 			continue
 		}
 		again = append(again, w.many...)
+		aggregates++
 	}
 	if len(again) > 0 {
 		e.logger().Warn("aggregate landed on a shard that does not hold all its records; re-sending every one of them",
 			"records", len(again))
 		sortByAcceptance(again)
 	}
-	return comps, again
+	return comps, again, aggregates
 }
 
 // resend queues the members of misrouted aggregates again. The first time,
 // at once: the refreshed shard map routes them right. When a record comes
 // back misrouted again (a shard map lagging the stream), it waits a backoff
-// of the retry policy first, as any retry does.
-func (e *engine) resend(recs []*record) {
+// of the retry policy first, as any retry does. It reports whether they were
+// queued (else Close gave up, and failed them).
+func (e *engine) resend(recs []*record) bool {
 	rounds := 0
 	for _, r := range recs {
 		r.misroutes++
@@ -320,12 +350,13 @@ func (e *engine) resend(recs []*record) {
 			t.Stop()
 		}
 	}
-	e.requeue(recs)
+	return e.requeue(recs)
 }
 
 // requeue puts records back at the front of their (new) shard queues, in
-// order, ahead of newer records; once Close gave up, it fails them.
-func (e *engine) requeue(recs []*record) {
+// order, ahead of newer records, and reports true; once Close gave up, it
+// fails them and reports false.
+func (e *engine) requeue(recs []*record) bool {
 	e.mu.Lock()
 	if e.aborted != nil {
 		// Close gave up: nothing is sent any more.
@@ -336,11 +367,12 @@ func (e *engine) requeue(recs []*record) {
 			comps[i] = completion{r: r, res: Result{Entry: r.e, Err: &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause}}}
 		}
 		e.complete(comps)
-		return
+		return false
 	}
 	defer e.mu.Unlock()
 	e.sched.requeue(recs)
 	e.kickLocked()
+	return true
 }
 
 // retryableEntry reports whether a per-entry PutRecords error code is worth

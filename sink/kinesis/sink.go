@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/retry"
 )
@@ -29,8 +31,9 @@ type Sink struct {
 }
 
 var (
-	_ shardflow.Sink[Entry]    = (*Sink)(nil)
-	_ shardflow.PipelineLogger = (*Sink)(nil)
+	_ shardflow.Sink[Entry]           = (*Sink)(nil)
+	_ shardflow.PipelineLogger        = (*Sink)(nil)
+	_ shardflow.PipelineMeterProvider = (*Sink)(nil)
 )
 
 // New returns a sink writing to stream (a name, or an ARN) through client, a
@@ -98,3 +101,11 @@ func (s *Sink) Close(ctx context.Context) error { return s.e.close(ctx) }
 // sink given a logger of its own keeps it. It is safe to call while the
 // sink runs.
 func (s *Sink) UsePipelineLogger(l *slog.Logger) { s.e.usePipelineLogger(l) }
+
+// UsePipelineMeterProvider makes a sink given no Options.MeterProvider
+// record its metrics through mp, the pipeline's provider:
+// [shardflow.Pipeline.Run] calls it before it starts. A sink given a
+// provider of its own keeps it; a nil mp changes nothing. It is safe to call
+// while the sink runs: what was recorded before stays with the former
+// provider.
+func (s *Sink) UsePipelineMeterProvider(mp metric.MeterProvider) { s.e.usePipelineMeterProvider(mp) }
