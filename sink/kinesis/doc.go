@@ -30,7 +30,9 @@
 // (Linger: -1 sends without lingering, RequestTimeout: -1 sets no timeout).
 // Options.Retry is the [shardflow.RetryPolicy] of the sink's AWS calls, as
 // for the Kinesis source and the stores. A Sink given no Options.Logger logs
-// through the pipeline's logger, else slog.Default().
+// through the pipeline's logger, else slog.Default(); given no
+// Options.MeterProvider, it records its metrics (see Metrics) through the
+// pipeline's provider, else the global one.
 //
 // # What it does with each record
 //
@@ -103,6 +105,52 @@
 // or NewProducer should not retry on top against the SDK's shared retry
 // quota ("retry quota exceeded" under throttling, aws-sdk-go-v2#1665): use
 // aws.NopRetryer{}, or retry.NewStandard with RateLimiter: ratelimit.None.
+//
+// # Metrics
+//
+// The sink records these instruments through the OpenTelemetry metric API,
+// from Options.MeterProvider (default: the pipeline's provider for a Sink in
+// a pipeline, else the global one, a no-op unless the application installs
+// one). Every one carries the attribute stream, the destination stream as
+// given to New; some also error_code, Kinesis' or AWS' error code ("other"
+// when there is none: a network error, or the sink was closed). They never
+// carry record data or partition keys. They are recorded per PutRecords
+// call and per batch of outcomes, never per record; the Prometheus exporter
+// writes the dots as underscores and adds _total or unit suffixes.
+//
+//   - shardflow.sink.records ({record}): records written and acknowledged.
+//   - shardflow.sink.bytes (By): their data plus partition key bytes, what
+//     Kinesis counts against a shard's limits.
+//   - shardflow.sink.records.given_up ({record}; stream, error_code):
+//     records accepted by Write, Put or PutEntry but never written: refused with a
+//     non-retryable code, out of retries (the code of the last failure),
+//     or failed by Close. Entries refused by validation are not counted:
+//     Write and Put return their error at once.
+//   - shardflow.sink.failed_entries ({record}; stream, error_code): entries
+//     a PutRecords answer refused, retried or not
+//     (ProvisionedThroughputExceededException, InternalFailure, ...).
+//   - shardflow.sink.retries ({retry}): entries sent again after a refusal
+//     or a failed call; an aggregate that landed on a shard not holding all
+//     its records, whose records are sent again, counts once.
+//   - shardflow.sink.putrecords.errors ({call}; stream, error_code): calls
+//     that failed as a whole: throttled, 5xx, reset, timed out, refused.
+//     A call cut short because Close gave up is not counted.
+//   - shardflow.sink.putrecords.duration (s): histogram of the latency of
+//     PutRecords calls, failed ones included (buckets from 5 ms to 30 s).
+//   - shardflow.sink.putrecords.entries ({record}): histogram of the entries
+//     per call (buckets up to 499, and 500: full requests).
+//   - shardflow.sink.buffered.records ({record}) and
+//     shardflow.sink.buffered.bytes (By): records held from acceptance until
+//     their outcome is known, and their bytes, against
+//     Options.MaxBufferedRecords and MaxBufferedBytes. They are observed
+//     when the provider collects, summed over the sinks and producers of a
+//     stream (asynchronous up-down counters, gauges in Prometheus), and
+//     stop being reported once Close returns.
+//
+// With Options.Aggregate, records, bytes and given_up count the records put
+// (bytes: theirs, not the aggregates'), while failed_entries, retries and
+// the putrecords instruments count Kinesis entries, where an aggregate is
+// one: the putrecords.entries sum is then below the records written.
 //
 // # Goroutines and shutdown
 //
