@@ -33,11 +33,13 @@ func cmdCheckpoints(ctx context.Context, args []string, _ io.Reader, stdout, std
 	if *table == "" || *stream == "" {
 		return usagef("--table and --stream are required")
 	}
+	log := logger()
+	a.health.log = log
 	dc, err := a.dynamodb(ctx)
 	if err != nil {
 		return err
 	}
-	store, err := dynamostore.New(dc, *table, func(o *dynamostore.Options) { o.Logger = logger() })
+	store, err := dynamostore.New(dc, *table, func(o *dynamostore.Options) { o.Logger = log })
 	if err != nil {
 		return err
 	}

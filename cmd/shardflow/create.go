@@ -70,11 +70,13 @@ func cmdCreateTable(ctx context.Context, args []string, _ io.Reader, stdout, std
 		return usagef("want one table name, got %d arguments", len(positional))
 	}
 	name := positional[0]
+	log := logger()
+	a.health.log = log
 	dc, err := a.dynamodb(ctx)
 	if err != nil {
 		return err
 	}
-	store, err := dynamostore.New(dc, name, func(o *dynamostore.Options) { o.Logger = logger() })
+	store, err := dynamostore.New(dc, name, func(o *dynamostore.Options) { o.Logger = log })
 	if err != nil {
 		return err
 	}

@@ -13,11 +13,14 @@
 // CLI (environment, shared config and credentials files, --profile, ...).
 // --endpoint-url and --dynamodb-endpoint-url point at other endpoints, such
 // as local emulators. Records go to stdout; progress, logs (--log-level,
-// default warn: retried failures) and errors to stderr.
+// default warn: retried failures and calls waiting long for an answer) and
+// errors to stderr.
 //
 // Exit status: 0 on success, and when tail or relay stopped cleanly on a
-// signal; 1 on failure, including a stop while AWS calls were failing and
-// records left unwritten when --shutdown-timeout ran out; 2 on bad usage;
+// signal; 1 on failure, including a stop while AWS calls were failing (or
+// one had no answer for 5s, which is also logged at WARN), a stop before
+// any read of the stream succeeded, and records left unwritten when
+// --shutdown-timeout ran out; 2 on bad usage;
 // 128+N when signal N arrived a second time (the process exits at once) or
 // stopped put before the end of its input.
 package main

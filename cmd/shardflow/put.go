@@ -54,6 +54,8 @@ func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 			inputs = append(inputs, f)
 		}
 	}
+	log := logger()
+	a.health.log = log
 	kc, err := a.kinesis(ctx)
 	if err != nil {
 		return err
@@ -61,7 +63,7 @@ func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	p, err := kinesissink.NewProducer(kc, *stream, func(o *kinesissink.Options) {
 		o.Ordered = *ordered
 		o.Aggregate = *aggregate
-		o.Logger = logger()
+		o.Logger = log
 	})
 	if err != nil {
 		return err

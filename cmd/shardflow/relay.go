@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,8 +27,10 @@ the last checkpoint, and several relays share the shards. Delivery is at-least-o
 
 SIGINT or SIGTERM stops it gracefully: records in flight are written and checkpointed and
 leases released, within --shutdown-timeout. Records read but not written by then are
-counted and the exit status is 1 (with --table they are read again by the next run). A
-second signal exits at once.`
+counted and the exit status is 1 (with --table they are read again by the next run). The
+exit status is 1 too when AWS calls were failing at the stop (failed calls are retried and
+logged at WARN, as are calls with no answer for 5s), or when, without --table, no read
+of --from had succeeded. A second signal exits at once.`
 
 // relayConfig is what the relay flags say.
 type relayConfig struct {
@@ -87,7 +90,8 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	stopWatch := context.AfterFunc(ctx, c.aws.health.freeze)
+	c.aws.health.log = c.logger
+	stopWatch := c.aws.health.watch(ctx)
 	defer stopWatch()
 	kc, err := c.aws.kinesis(ctx)
 	if err != nil {
@@ -104,6 +108,9 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 			return err
 		}
 		if err := s.Check(ctx); err != nil {
+			if ctx.Err() != nil {
+				return cmp.Or(c.aws.health.stopError(true, c.from), err)
+			}
 			return err
 		}
 		store = s
@@ -127,9 +134,9 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return errors.Join(fmt.Errorf("stopped with %d record(s) read but not written (%s)", unsent, next), err)
 	}
 	if err == nil {
-		if herr := c.aws.health.failing(); herr != nil {
-			return fmt.Errorf("stopped while retrying: %w", herr)
-		}
+		// Without --table the relay reads every shard: not having read
+		// one is a failure. With it, other relays may hold every lease.
+		return c.aws.health.stopError(store == nil, c.from)
 	}
 	return err
 }

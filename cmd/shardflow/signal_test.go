@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,6 +373,54 @@ func TestAStopWhileRetryingADeadEndpointExitsOneWithTheError(t *testing.T) {
 				t.Errorf("exit status %d; want 1; stderr:\n%s", code, c.stderr)
 			}
 			c.stderr.waitFor(t, "shardflow "+tc.name+": stopped while retrying: ListShards was failing", "connection refused")
+		})
+	}
+}
+
+// TestAStopAtAnEndpointThatNeverAnswersExitsOne starts tail and relay at
+// an endpoint that accepts connections and never answers (a hung proxy, a
+// wrong port behind a firewall that drops packets): a user must see WARN
+// lines while the first call waits, and a Ctrl-C must end the command with
+// status 1 and say it never read the stream, not exit 0 as if it had.
+func TestAStopAtAnEndpointThatNeverAnswersExitsOne(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		// waitForWarn: signal after the WARN about the waiting call, not
+		// as soon as the first request arrived.
+		waitForWarn bool
+		want        []string // in stderr, on one line
+	}{
+		{"tail stopped at once", []string{"tail", "--stream", "s"}, false,
+			[]string{`shardflow tail: stopped before reading stream "s": ListShards had no answer for`}},
+		{"tail stopped after the warning", []string{"tail", "--stream", "s"}, true,
+			[]string{`shardflow tail: stopped before reading stream "s": ListShards had no answer for`}},
+		{"relay stopped at once", []string{"relay", "--from", "a", "--to", "b"}, false,
+			[]string{`shardflow relay: stopped before reading stream "a": ListShards had no answer for`}},
+		{"relay with a table stopped after the warning", []string{"relay", "--from", "a", "--to", "b", "--table", "TABLE"}, true,
+			[]string{"shardflow relay: stopped while waiting for AWS: ListShards had no answer for"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			endpoint, got := blackHole(t)
+			args := append(slices.Clone(tc.args), "--endpoint-url", endpoint)
+			if i := slices.Index(args, "TABLE"); i >= 0 {
+				// A table that answers, so that the relay gets to
+				// Kinesis: other relays may hold every lease, so not
+				// having read is no failure, but the unanswered call is.
+				emulatorEnv(t)
+				args[i] = awstest.CreateTable(t, awstest.DynamoDBClient(t))
+				args = append(args, "--dynamodb-endpoint-url", awstest.DynamoDBEndpoint(t))
+			}
+			c := startChild(t, args...)
+			waitFor(t, got, "a request")
+			if tc.waitForWarn {
+				c.stderr.waitFor(t, "level=WARN", "no answer yet")
+			}
+			c.signal(t, syscall.SIGINT)
+			if code := c.exitCode(t); code != 1 {
+				t.Errorf("exit status %d; want 1; stderr:\n%s", code, c.stderr)
+			}
+			c.stderr.waitFor(t, tc.want...)
 		})
 	}
 }

@@ -20,8 +20,9 @@ json format prints one object per record with its shard, sequence and sub-sequen
 numbers, partition key, explicit hash key, arrival time and data (as text, or
 data_base64 when it is not UTF-8).
 
-Failed calls are retried (logged at WARN); SIGINT or SIGTERM stops it, with exit status 0
-when the stream was being read and 1 when its calls were failing.`
+Failed calls are retried, and logged at WARN, as are calls with no answer for 5s.
+SIGINT or SIGTERM stops it, with exit status 0 when the stream was being read, and 1 when
+its calls were failing or no read of the stream had succeeded yet.`
 
 // tailRecord is a record as `tail --format json` prints it.
 type tailRecord struct {
@@ -77,13 +78,14 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	if *format != "text" && *format != "json" {
 		return usagef("--format %q: want text or json", *format)
 	}
-	stopWatch := context.AfterFunc(ctx, a.health.freeze)
+	log := logger()
+	a.health.log = log
+	stopWatch := a.health.watch(ctx)
 	defer stopWatch()
 	kc, err := a.kinesis(ctx)
 	if err != nil {
 		return err
 	}
-	log := logger()
 	src, err := kinesissource.New(kc, *stream, func(o *kinesissource.Options) {
 		o.InitialPosition = start
 		o.IdleInterval = 250 * time.Millisecond
@@ -135,9 +137,7 @@ func cmdTail(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 		}).Sink(shardflow.SinkFunc[shardflow.Record](write)).Run(runCtx)
 	})
 	if err == nil && ctx.Err() != nil {
-		if herr := a.health.failing(); herr != nil {
-			return fmt.Errorf("stopped while retrying: %w", herr)
-		}
+		return a.health.stopError(true, *stream)
 	}
 	return err
 }
