@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
 	"github.com/shardflow/shardflow/internal/awstest"
 	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
 	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
@@ -60,9 +62,9 @@ func benchKeys(n int) []string {
 
 // benchProducer puts b.N 100-byte records through a Producer into the
 // discard client and reports records/s.
-func benchProducer(b *testing.B, fn func(*kinesissink.Options)) {
+func benchProducer(b *testing.B, fns ...func(*kinesissink.Options)) {
 	client := &discardClient{fake: newFake(b, 4)}
-	p, err := kinesissink.NewProducer(client, stream, fn, quiet)
+	p, err := kinesissink.NewProducer(client, stream, append(fns, quiet)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,6 +101,27 @@ func BenchmarkProducerAggregated(b *testing.B) {
 // BenchmarkProducerOrderedAggregated adds ordered mode.
 func BenchmarkProducerOrderedAggregated(b *testing.B) {
 	benchProducer(b, func(o *kinesissink.Options) { o.Aggregate = true; o.Ordered = true })
+}
+
+// BenchmarkProducerSDKMetrics is the three benchmarks above with the
+// sink's metrics recorded by an OpenTelemetry SDK provider (with a manual
+// reader, never collected), where they use the global provider, a no-op.
+// The difference is the cost of the metrics per record.
+func BenchmarkProducerSDKMetrics(b *testing.B) {
+	modes := []struct {
+		name string
+		fn   func(*kinesissink.Options)
+	}{
+		{"plain", func(*kinesissink.Options) {}},
+		{"aggregated", func(o *kinesissink.Options) { o.Aggregate = true }},
+		{"ordered-aggregated", func(o *kinesissink.Options) { o.Aggregate = true; o.Ordered = true }},
+	}
+	for _, mode := range modes {
+		b.Run(mode.name, func(b *testing.B) {
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+			benchProducer(b, mode.fn, func(o *kinesissink.Options) { o.MeterProvider = mp })
+		})
+	}
 }
 
 // The emulator benchmarks write b.N records of 100 bytes to kinesis-local:
