@@ -7,8 +7,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/kinesis"
-	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
 )
 
 const checkpointsDoc = `Lists each shard of --stream with its lease owner, lease counter, checkpoint and state,
@@ -35,11 +33,7 @@ func cmdCheckpoints(ctx context.Context, args []string, _ io.Reader, stdout, std
 	}
 	log := logger()
 	a.health.log = log
-	dc, err := a.dynamodb(ctx)
-	if err != nil {
-		return err
-	}
-	store, err := dynamostore.New(dc, *table, func(o *dynamostore.Options) { o.Logger = log })
+	kc, store, err := openShardTable(ctx, &a, *table, log)
 	if err != nil {
 		return err
 	}
@@ -50,32 +44,13 @@ func cmdCheckpoints(ctx context.Context, args []string, _ io.Reader, stdout, std
 		fmt.Fprintf(stderr, "reset the checkpoint of %s/%s\n", *stream, *reset)
 		return nil
 	}
-	kc, err := a.kinesis(ctx)
+	shards, byID, err := readShards(ctx, kc, store, *stream, log)
 	if err != nil {
 		return err
 	}
-	var ids []string
-	in := &kinesis.ListShardsInput{StreamName: aws.String(*stream)}
-	for {
-		out, err := kc.ListShards(ctx, in)
-		if err != nil {
-			return fmt.Errorf("list shards of %q: %w", *stream, err)
-		}
-		for _, sh := range out.Shards {
-			ids = append(ids, aws.ToString(sh.ShardId))
-		}
-		if aws.ToString(out.NextToken) == "" {
-			break
-		}
-		in = &kinesis.ListShardsInput{NextToken: out.NextToken}
-	}
-	states, err := store.Shards(ctx, *stream, ids)
-	if err != nil {
-		return err
-	}
-	byID := make(map[string]dynamostore.ShardState, len(states))
-	for _, st := range states {
-		byID[st.ShardID] = st
+	ids := make([]string, len(shards))
+	for i, sh := range shards {
+		ids[i] = aws.ToString(sh.ShardId)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SHARD\tOWNER\tCOUNTER\tCHECKPOINT\tSTATE")

@@ -4,6 +4,7 @@
 //	shardflow put    --stream S [--partition-key K] [--ordered] [--aggregate] [FILE...]
 //	shardflow tail   --stream S [--from latest|trim-horizon|RFC3339-time] [--format text|json] [--max N]
 //	shardflow relay  --from S --to S [--table T] [--start trim-horizon|latest] [--unordered]
+//	shardflow status --stream S --table T [--json]
 //	shardflow checkpoints --table T --stream S [--reset SHARD_ID]
 //	shardflow create-stream NAME [--shards N]
 //	shardflow create-table NAME
@@ -46,6 +47,7 @@ var commands = []command{
 	{"put", "write lines of stdin or files as records, through the batching producer", cmdPut},
 	{"tail", "print the records of a stream as text or JSON lines, de-aggregating KPL records", cmdTail},
 	{"relay", "copy a stream to another, in order per partition key, with optional DynamoDB checkpoints and leases", cmdRelay},
+	{"status", "show each shard's state, lease, checkpoint and lag behind the newest record; read-only", cmdStatus},
 	{"checkpoints", "list the shard owners and checkpoints in a DynamoDB table; reset one", cmdCheckpoints},
 	{"create-stream", "create a stream and wait until it is ACTIVE", cmdCreateStream},
 	{"create-table", "create a DynamoDB table of checkpoints and leases and wait until it is ACTIVE", cmdCreateTable},

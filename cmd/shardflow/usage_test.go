@@ -20,6 +20,7 @@ func TestHelpPrintsUsageAndExitsZero(t *testing.T) {
 		{[]string{"put", "--help"}, []string{"usage: shardflow put --stream S"}},
 		{[]string{"relay", "-h"}, []string{"usage: shardflow relay", "-unordered", "-table"}},
 		{[]string{"help", "create-stream"}, []string{"usage: shardflow create-stream NAME", "-shards"}},
+		{[]string{"help", "status"}, []string{"usage: shardflow status --stream S --table T", "-json", "millis_behind_latest"}},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -48,6 +49,7 @@ func TestEachCommandsUsageListsOnlyItsFlags(t *testing.T) {
 		{"tail", append([]string{"format", "from", "log-level", "max", "shutdown-timeout", "stream"}, awsK...)},
 		{"relay", append([]string{"from", "log-level", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
 		{"checkpoints", append([]string{"log-level", "reset", "stream", "table"}, awsKD...)},
+		{"status", append([]string{"json", "log-level", "stream", "table"}, awsKD...)},
 		{"create-stream", append([]string{"shards", "wait"}, awsK...)},
 		{"create-table", append([]string{"log-level"}, awsD...)},
 	}
@@ -92,6 +94,8 @@ func TestUsageErrorsExitTwoWithTheReason(t *testing.T) {
 		{[]string{"relay", "--from", "a", "--to", "b", "stray"}, `unexpected argument "stray"`},
 		{[]string{"relay", "--from", "a", "--to", "b", "--ordered"}, "flag provided but not defined: -ordered"},
 		{[]string{"checkpoints", "--table", "t", "--stream", "s", "x"}, `unexpected argument "x"`},
+		{[]string{"status", "--stream", "s"}, "--table and --stream are required"},
+		{[]string{"status", "--table", "t", "--stream", "s", "x"}, `unexpected argument "x"`},
 		{[]string{"create-stream"}, "want one stream name"},
 		{[]string{"create-stream", "a", "b"}, "want one stream name"},
 		{[]string{"create-stream", "a", "--shards", "0"}, "--shards 0"},
