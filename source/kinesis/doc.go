@@ -74,4 +74,27 @@
 // so HandoffTimeout must be below the store's LeaseDuration (by default it
 // is half of it); and on shutdown the hand-over also ends with the
 // pipeline's DrainTimeout.
+//
+// # Metrics
+//
+// The source records its metrics through the OpenTelemetry metric API:
+// with Options.MeterProvider, else the pipeline's provider
+// (shardflow.Options.MeterProvider, handed on to the store too), else the
+// global provider. Counts are recorded once per GetRecords call, never per
+// record:
+//
+//	shardflow.source.records               counter  {record}  user records handed to the pipeline (after KPL de-aggregation)
+//	shardflow.source.bytes                 counter  By        data bytes of the Kinesis records read (before de-aggregation)
+//	shardflow.source.getrecords.calls      counter  {call}    GetRecords calls, failed ones included
+//	shardflow.source.getrecords.throttles  counter  {call}    calls refused for rate (ProvisionedThroughputExceeded, LimitExceeded)
+//	shardflow.source.getrecords.errors     counter  {call}    other failed calls, by error_code (not those cut short by shutdown)
+//	shardflow.source.millis_behind_latest  gauge    ms        how far the shard's reader is behind the tip, as of its last call
+//	shardflow.source.shards.held           gauge    {shard}   shards the source reads now
+//
+// Each has the attributes stream and shard, except shards.held (stream
+// only); errors add error_code, the AWS error code. Record data and keys
+// are never attributes.
+//
+// The gauges report the shards read now only. A store that leases shards
+// records the shardflow.lease.* metrics (see package checkpoint/dynamodb).
 package kinesissource

@@ -39,6 +39,7 @@ type reader struct {
 	shardID string
 	start   startSpec
 	log     *slog.Logger
+	met     shardMetrics
 
 	stop     chan struct{} // closed to ask for a hand-over
 	stopOnce sync.Once
@@ -122,11 +123,11 @@ func (r *reader) run(ctx context.Context) error {
 		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
 		for i := range out.Records {
 			if err := r.emit(ctx, lane, &out.Records[i], &ev); err != nil {
-				r.notify(ev)
+				r.report(ctx, ev)
 				return r.exit(ctx, lane, err)
 			}
 		}
-		r.notify(ev)
+		r.report(ctx, ev)
 		if out.NextShardIterator == nil {
 			return r.end(ctx, lane, out.ChildShards)
 		}
@@ -321,15 +322,15 @@ func (r *reader) notify(ev GetRecordsEvent) {
 }
 
 // getRecords makes one GetRecords call, noting its start in *lastCall,
-// and reports a failed one to OnGetRecords (the caller reports a success
-// once it counted its records).
+// and reports a failed one to the metrics and OnGetRecords (the caller
+// reports a success once it counted its records).
 func (r *reader) getRecords(ctx context.Context, iter string, lastCall *time.Time) (*kinesis.GetRecordsOutput, time.Duration, error) {
 	s := r.src
 	*lastCall = time.Now()
 	out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: s.streamARN()})
 	took := time.Since(*lastCall)
 	if err != nil {
-		r.notify(GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: took,
+		r.report(ctx, GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: took,
 			Throttled: awserr.Classify(err) == awserr.Throttled})
 	}
 	return out, took, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/shardflow/shardflow/internal/awsclient"
 	"log/slog"
 	"slices"
 	"strings"
@@ -14,9 +13,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
-	"github.com/shardflow/shardflow"
-	"github.com/shardflow/shardflow/internal/retry"
+	"go.opentelemetry.io/otel/metric"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/awsclient"
+	"github.com/shardflow/shardflow/internal/retry"
 )
 
 // API is the part of the Kinesis API the source calls, with the exact
@@ -146,7 +148,17 @@ type Options struct {
 	// shard, from the shard's goroutine: the hook for metrics such as lag
 	// (MillisBehindLatest), records and bytes read, calls and throttles.
 	// It must be quick and safe for concurrent use. Default: nil, none.
+	// The source's metrics (see MeterProvider) count the same calls.
 	OnGetRecords func(GetRecordsEvent)
+
+	// MeterProvider records the source's metrics, listed in the package
+	// documentation. Default: nil, which means the pipeline's provider
+	// (shardflow.Options.MeterProvider) once the source runs in a
+	// pipeline, and the global provider, otel.GetMeterProvider(), until
+	// then. The source hands the pipeline's provider on to its store, as
+	// it does the logger. Metrics carry stream names, shard ids and AWS
+	// error codes only.
+	MeterProvider metric.MeterProvider
 
 	// Logger receives lifecycle events (Info) and retried failures (Warn).
 	// Default: nil, which means the pipeline's logger
@@ -186,14 +198,16 @@ type Source struct {
 	stream string // the name, also for ARN-addressed streams
 	arn    string // set when addressed by ARN
 	opts   Options
-	leaser shardflow.Leaser // opts.Store as a Leaser, or nil
-	policy retry.Policy     // opts.Retry resolved
-	log    *slog.Logger     // set before Run, read by its goroutines
+	leaser shardflow.Leaser     // opts.Store as a Leaser, or nil
+	policy retry.Policy         // opts.Retry resolved
+	log    *slog.Logger         // set before Run, read by its goroutines
+	mp     metric.MeterProvider // set before Run; nil: the global provider
 }
 
 var (
 	_ shardflow.ShardSource[shardflow.Record] = (*Source)(nil)
 	_ shardflow.PipelineLogger                = (*Source)(nil)
+	_ shardflow.PipelineMeterProvider         = (*Source)(nil)
 )
 
 // defaultHandoffTimeout is HandoffTimeout with a Leaser whose lease
@@ -291,6 +305,7 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 	s.policy = retry.ForAWS(o.Retry.MaxAttempts, o.Retry.InitialInterval, o.Retry.MaxInterval, o.Retry.Multiplier, o.Retry.Timeout)
 	s.opts = o
 	s.setLogger(o.Logger)
+	s.mp = o.MeterProvider
 	return s, nil
 }
 
@@ -368,6 +383,11 @@ func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Rec
 		leaseWake: make(chan struct{}, 1),
 	}
 	c.leaser = s.leaser
+	var reg metric.Registration
+	c.met, reg = s.newMetrics(c)
+	if reg != nil {
+		defer func() { _ = reg.Unregister() }() // an error would change nothing now
+	}
 	g.Go(func() error { return c.discoverLoop(gctx, g) })
 	if c.leaser != nil {
 		g.Go(func() error { return c.leaseLoop(gctx, g) })
@@ -384,6 +404,8 @@ type coordinator struct {
 	src    *Source
 	shards *shardflow.Shards[shardflow.Record]
 	leaser shardflow.Leaser // nil: read every eligible shard
+
+	met *sourceMetrics
 
 	mu        sync.Mutex
 	readers   map[string]*reader   // running
@@ -502,6 +524,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 func (c *coordinator) startLocked(ctx context.Context, g *errgroup.Group, id string, start startSpec) {
 	r := &reader{src: c.src, c: c, shardID: id, start: start, stop: make(chan struct{}),
 		log: c.src.log.With("shard_id", id)}
+	r.met.init(c.met, c.src.stream, id)
 	c.readers[id] = r
 	c.consumed[id] = true
 	g.Go(func() error { return r.run(ctx) })
