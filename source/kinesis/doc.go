@@ -75,7 +75,7 @@
 // is half of it); and on shutdown the hand-over also ends with the
 // pipeline's DrainTimeout.
 //
-// # Metrics
+// # Metrics and stalls
 //
 // The source records its metrics through the OpenTelemetry metric API:
 // with Options.MeterProvider, else the pipeline's provider
@@ -97,4 +97,9 @@
 //
 // The gauges report the shards read now only. A store that leases shards
 // records the shardflow.lease.* metrics (see package checkpoint/dynamodb).
+//
+// Each shard's reader calls shardflow.Lane.Heartbeat once it has its first
+// iterator and after every successful GetRecords call, records or not, so
+// the pipeline's stall watchdog (shardflow.Options.StallTimeout) reports a
+// shard whose reader gets no answer, at stage "source".
 package kinesissource

@@ -84,6 +84,8 @@ func (r *reader) run(ctx context.Context) error {
 	if err != nil {
 		return r.exit(ctx, lane, err)
 	}
+	// The watchdog watches the reader from now on (see Lane.Heartbeat).
+	lane.Heartbeat()
 	r.log.Info("reading shard", "from", r.describeStart())
 	var lastCall time.Time
 	for {
@@ -93,6 +95,9 @@ func (r *reader) run(ctx context.Context) error {
 			}
 		}
 		out, took, err := r.getRecords(ctx, iter, &lastCall)
+		if err != nil && ctx.Err() != nil {
+			return r.exit(ctx, lane, nil) // stopping cut the call short: no retry, no warning
+		}
 		if err != nil && !isExpired(err) {
 			// Throttling and transient errors are retried per shard,
 			// within the outage budget; a hand-over request ends the
@@ -118,6 +123,7 @@ func (r *reader) run(ctx context.Context) error {
 		if err != nil {
 			return r.exit(ctx, lane, err)
 		}
+		lane.Heartbeat() // a successful call, records or not
 		ev := GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Duration: took}
 		ev.Records = len(out.Records)
 		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
