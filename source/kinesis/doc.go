@@ -75,7 +75,7 @@
 // is half of it); and on shutdown the hand-over also ends with the
 // pipeline's DrainTimeout.
 //
-// # Metrics and stalls
+// # Metrics, stalls and readiness
 //
 // The source records its metrics through the OpenTelemetry metric API:
 // with Options.MeterProvider, else the pipeline's provider
@@ -101,5 +101,7 @@
 // Each shard's reader calls shardflow.Lane.Heartbeat once it has its first
 // iterator and after every successful GetRecords call, records or not, so
 // the pipeline's stall watchdog (shardflow.Options.StallTimeout) reports a
-// shard whose reader gets no answer, at stage "source".
+// shard whose reader gets no answer, at stage "source". [Source.Ready]
+// tells a readiness probe whether the source runs, has listed its shards,
+// keeps its leases and reads every shard it holds.
 package kinesissource

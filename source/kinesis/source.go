@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -202,6 +203,8 @@ type Source struct {
 	policy retry.Policy         // opts.Retry resolved
 	log    *slog.Logger         // set before Run, read by its goroutines
 	mp     metric.MeterProvider // set before Run; nil: the global provider
+
+	cur atomic.Pointer[coordinator] // the Run in progress, for Ready
 }
 
 var (
@@ -381,6 +384,7 @@ func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Rec
 		eligible:  make(map[string]startSpec),
 		wake:      make(chan struct{}, 1),
 		leaseWake: make(chan struct{}, 1),
+		done:      gctx.Done(),
 	}
 	c.leaser = s.leaser
 	var reg metric.Registration
@@ -388,6 +392,8 @@ func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Rec
 	if reg != nil {
 		defer func() { _ = reg.Unregister() }() // an error would change nothing now
 	}
+	s.cur.Store(c)
+	defer s.cur.CompareAndSwap(c, nil)
 	g.Go(func() error { return c.discoverLoop(gctx, g) })
 	if c.leaser != nil {
 		g.Go(func() error { return c.leaseLoop(gctx, g) })
@@ -405,13 +411,17 @@ type coordinator struct {
 	shards *shardflow.Shards[shardflow.Record]
 	leaser shardflow.Leaser // nil: read every eligible shard
 
-	met *sourceMetrics
+	met    *sourceMetrics
+	done   <-chan struct{} // closed once Run stops
+	listed atomic.Bool     // a ListShards round succeeded
 
 	mu        sync.Mutex
 	readers   map[string]*reader   // running
 	finished  map[string]bool      // SHARD_END known
 	consumed  map[string]bool      // read by us, or checkpointed: its children start at TRIM_HORIZON
 	eligible  map[string]startSpec // may be read now: unfinished, parents finished
+	held      []string             // the shards this instance should read, as last decided
+	synced    time.Time            // when the last lease sync succeeded; zero: none did
 	wake      chan struct{}
 	leaseWake chan struct{}
 }
@@ -448,6 +458,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
+	c.listed.Store(true)
 	known := make(map[string]bool, len(list))
 	for _, sh := range list {
 		known[sh.id] = true
@@ -512,7 +523,9 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.held = c.held[:0]
 	for id, start := range c.eligible {
+		c.held = append(c.held, id)
 		if c.readers[id] == nil {
 			c.startLocked(ctx, g, id, start)
 		}
@@ -577,6 +590,7 @@ func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
 			holds[id] = true
 		}
 		c.mu.Lock()
+		c.synced, c.held = time.Now(), held
 		for _, id := range held {
 			if start, ok := c.eligible[id]; ok && c.readers[id] == nil {
 				c.startLocked(ctx, g, id, start)
