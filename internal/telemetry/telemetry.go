@@ -1,7 +1,8 @@
 // Package telemetry holds what every shardflow package shares to record
 // metrics through the OpenTelemetry metric API: the meter lookup with its
-// default, the attribute keys, and the instrument names of every package, so
-// that the documented table in the README has one source.
+// default, the attribute keys and sets, and the error code of an AWS error.
+// Each package names its own instruments (shardflow.<package>.<what>); the
+// README's Operations section lists them all.
 //
 // Instruments never carry record data, partition keys or credentials: only
 // stream names, shard ids, stage names and AWS error codes.
