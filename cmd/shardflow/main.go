@@ -3,7 +3,7 @@
 //
 //	shardflow put    --stream S [--partition-key K] [--ordered] [--aggregate] [FILE...]
 //	shardflow tail   --stream S [--from latest|trim-horizon|RFC3339-time] [--format text|json] [--max N]
-//	shardflow relay  --from S --to S [--table T] [--start trim-horizon|latest] [--unordered]
+//	shardflow relay  --from S --to S [--table T] [--start trim-horizon|latest] [--unordered] [--metrics-addr 127.0.0.1:9464]
 //	shardflow status --stream S --table T [--json]
 //	shardflow checkpoints --table T --stream S [--reset SHARD_ID]
 //	shardflow create-stream NAME [--shards N]

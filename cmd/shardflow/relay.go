@@ -16,6 +16,7 @@ import (
 	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
 	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
+	"go.opentelemetry.io/otel/metric"
 )
 
 const relayDoc = `Copies every record of --from to --to, with its partition key and explicit hash key,
@@ -30,7 +31,16 @@ leases released, within --shutdown-timeout. Records read but not written by then
 counted and the exit status is 1 (with --table they are read again by the next run). The
 exit status is 1 too when AWS calls were failing at the stop (failed calls are retried and
 logged at WARN, as are calls with no answer for 5s), or when, without --table, no read
-of --from had succeeded. A second signal exits at once.`
+of --from had succeeded. A second signal exits at once.
+
+With --metrics-addr (say 127.0.0.1:9464) it serves, until it exits:
+  /metrics  the shardflow.* metrics of its source, sink, checkpoint store and pipeline, in
+            the Prometheus text format (shardflow_source_records_total, ...)
+  /healthz  200 "ok" while the process runs
+  /readyz   200 "ok" while the pipeline runs, no shard is stalled and the source reads
+            every shard it holds; else 503 with one line per reason
+There is no authentication: keep it on loopback, or on a network you trust, since it
+shows stream and shard names and health.`
 
 // relayConfig is what the relay flags say.
 type relayConfig struct {
@@ -40,7 +50,11 @@ type relayConfig struct {
 	start           kinesissource.StartingPosition
 	unordered       bool
 	shutdownTimeout time.Duration
+	metricsAddr     string
 	logger          *slog.Logger
+	// meterProvider is the pipeline's (its source, sink and store inherit
+	// it): the --metrics-addr exporter's, or a test's. Nil: the global one.
+	meterProvider metric.MeterProvider
 }
 
 func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, error) {
@@ -54,6 +68,7 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, err
 	fs.BoolVar(&c.unordered, "unordered", false,
 		"let retried records fall behind newer ones of their partition key, for throughput "+
 			"(1.9x the records/s on kinesis-local with 100 keys); default: per-key order is kept")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", metricsAddrUsage)
 	timeout := registerShutdownTimeout(fs)
 	logger := registerLogLevel(fs, stderr)
 	positional, err := fs.parse(args, stdout)
@@ -85,7 +100,7 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, err
 	return c, nil
 }
 
-func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) (err error) {
 	c, err := parseRelayFlags(args, stdout, stderr)
 	if err != nil {
 		return err
@@ -93,6 +108,19 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	c.aws.health.log = c.logger
 	stopWatch := c.aws.health.watch(ctx)
 	defer stopWatch()
+	var ops *opsServer
+	if c.metricsAddr != "" {
+		mp, reg, err := promMeterProvider()
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, mp.Shutdown(context.WithoutCancel(ctx))) }()
+		c.meterProvider = mp
+		if ops, err = startOps(c.metricsAddr, reg, c.logger); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, ops.shutdown(ctx)) }()
+	}
 	kc, err := c.aws.kinesis(ctx)
 	if err != nil {
 		return err
@@ -116,10 +144,17 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		store = s
 	}
 	var stats relayStats
+	r, err := newRelay(kc, store, c, &stats)
+	if err != nil {
+		return err
+	}
+	if ops != nil {
+		ops.setReady(r.notReady)
+	}
 	stop := startProgress(ctx, stderr, "relay", &stats.read)
 	defer stop()
 	begin := time.Now()
-	err = runBounded(ctx, c.shutdownTimeout, func() error { return runRelay(ctx, kc, store, c, &stats) })
+	err = runBounded(ctx, c.shutdownTimeout, func() error { return r.run(ctx, c) })
 	stop()
 	read, written := stats.read.Load(), stats.written.Load()
 	fmt.Fprintf(stderr, "relay %s -> %s: %d records read, %d written in %v\n", c.from, c.to, read, written, time.Since(begin).Round(time.Millisecond))
@@ -154,9 +189,16 @@ type relayStats struct {
 	written atomic.Int64 // reported written by PutRecords
 }
 
-// runRelay copies c.from to c.to until ctx ends, and stops within
-// c.shutdownTimeout of that.
-func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore, c *relayConfig, stats *relayStats) error {
+// relay is a relay's pipeline, built and not yet run.
+type relay struct {
+	src      *kinesissource.Source
+	sink     *kinesissink.Sink
+	pipeline *shardflow.Pipeline
+}
+
+// newRelay builds the pipeline that copies c.from to c.to, counting in
+// stats, and recording metrics through c.meterProvider.
+func newRelay(kc relayAPI, store shardflow.CheckpointStore, c *relayConfig, stats *relayStats) (*relay, error) {
 	src, err := kinesissource.New(kc, c.from, func(o *kinesissource.Options) {
 		o.Store = store
 		o.InitialPosition = c.start
@@ -164,7 +206,7 @@ func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore,
 		o.OnGetRecords = func(ev kinesissource.GetRecordsEvent) { stats.read.Add(int64(ev.UserRecords)) }
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sink, err := kinesissink.New(countingPuts{kc, &stats.written}, c.to, func(o *kinesissink.Options) {
 		o.Ordered = !c.unordered
@@ -172,17 +214,58 @@ func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore,
 		o.Logger = c.logger
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	err = shardflow.Source(src, func(o *shardflow.Options) {
+	pl := shardflow.Source(src, func(o *shardflow.Options) {
 		o.DrainTimeout = c.shutdownTimeout
 		o.Logger = c.logger
-	}).Map(kinesissink.FromRecord).Sink(sink).Run(ctx)
+		o.MeterProvider = c.meterProvider // the source, sink and store inherit it
+	}).Map(kinesissink.FromRecord).Sink(sink)
+	return &relay{src: src, sink: sink, pipeline: pl}, nil
+}
+
+// run copies until ctx ends, and stops within c.shutdownTimeout of that.
+func (r *relay) run(ctx context.Context, c *relayConfig) error {
+	err := r.pipeline.Run(ctx)
 	// After a clean run the sink holds nothing; after a drain that timed
 	// out, Close gives up on what is left by the shutdown deadline.
 	closeCtx, cancel := shutdownContext(ctx, c.shutdownTimeout)
 	defer cancel()
-	return errors.Join(err, sink.Close(closeCtx))
+	return errors.Join(err, r.sink.Close(closeCtx))
+}
+
+// notReady returns why the relay is not ready to serve (for /readyz): the
+// pipeline is not running or drains, a shard is stalled, or the source is
+// not reading every shard it should. None when it is ready.
+func (r *relay) notReady() []string {
+	var reasons []string
+	st := r.pipeline.Status()
+	switch {
+	case !st.Running:
+		reasons = append(reasons, "the pipeline is not running")
+	case st.Draining:
+		reasons = append(reasons, "the pipeline is draining")
+	}
+	for _, sh := range st.Shards {
+		if s := sh.Stall; s != nil {
+			reasons = append(reasons, fmt.Sprintf("shard %s of stream %q is stalled at stage %s for %v",
+				sh.ShardID, sh.Stream, s.Stage, s.For.Round(time.Second)))
+		}
+	}
+	if err := r.src.Ready(); err != nil {
+		reasons = append(reasons, err.Error())
+	}
+	return reasons
+}
+
+// runRelay copies c.from to c.to until ctx ends, and stops within
+// c.shutdownTimeout of that.
+func runRelay(ctx context.Context, kc relayAPI, store shardflow.CheckpointStore, c *relayConfig, stats *relayStats) error {
+	r, err := newRelay(kc, store, c, stats)
+	if err != nil {
+		return err
+	}
+	return r.run(ctx, c)
 }
 
 // countingPuts counts the entries PutRecords reports written.

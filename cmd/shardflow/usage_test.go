@@ -18,7 +18,7 @@ func TestHelpPrintsUsageAndExitsZero(t *testing.T) {
 		{[]string{"--help"}, []string{"usage: shardflow <command>"}},
 		{[]string{"help", "put"}, []string{"usage: shardflow put --stream S", "-partition-key", "-shutdown-timeout"}},
 		{[]string{"put", "--help"}, []string{"usage: shardflow put --stream S"}},
-		{[]string{"relay", "-h"}, []string{"usage: shardflow relay", "-unordered", "-table"}},
+		{[]string{"relay", "-h"}, []string{"usage: shardflow relay", "-unordered", "-table", "-metrics-addr", "127.0.0.1:9464", "no authentication"}},
 		{[]string{"help", "create-stream"}, []string{"usage: shardflow create-stream NAME", "-shards"}},
 		{[]string{"help", "status"}, []string{"usage: shardflow status --stream S --table T", "-json", "millis_behind_latest"}},
 	}
@@ -47,7 +47,7 @@ func TestEachCommandsUsageListsOnlyItsFlags(t *testing.T) {
 	}{
 		{"put", append([]string{"aggregate", "log-level", "ordered", "partition-key", "shutdown-timeout", "stream"}, awsK...)},
 		{"tail", append([]string{"format", "from", "log-level", "max", "shutdown-timeout", "stream"}, awsK...)},
-		{"relay", append([]string{"from", "log-level", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
+		{"relay", append([]string{"from", "log-level", "metrics-addr", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
 		{"checkpoints", append([]string{"log-level", "reset", "stream", "table"}, awsKD...)},
 		{"status", append([]string{"json", "log-level", "stream", "table"}, awsKD...)},
 		{"create-stream", append([]string{"shards", "wait"}, awsK...)},
