@@ -18,6 +18,10 @@
 // AWS_ENDPOINT_URL_KINESIS and AWS_ENDPOINT_URL_DYNAMODB when set (`.
 // .emulators/env` sets them, with fake credentials, for the local emulators).
 //
+// With -metrics-addr 127.0.0.1:9464 it serves Prometheus /metrics, /healthz
+// and /readyz on that address (see serveOps; no authentication, so keep it
+// on loopback or a trusted network).
+//
 // With -demo it first creates both streams and the table, writes -records
 // sample records to the input stream, relays until every one of them is
 // checkpointed, then reads the output stream back and prints what happened.
@@ -31,6 +35,8 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -46,10 +52,16 @@ import (
 	dynamostore "github.com/shardflow/shardflow/checkpoint/dynamodb"
 	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 type flags struct {
-	in, out, table               string
+	in, out, table, metricsAddr  string
 	demo                         bool
 	records, inShards, outShards int
 	verbose, unordered           bool
@@ -68,6 +80,8 @@ func main() {
 	flag.BoolVar(&f.unordered, "unordered", false, "let retried records fall behind newer ones of their partition key, for throughput")
 	flag.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second,
 		"after SIGINT or SIGTERM, how long the graceful stop may take (below Kubernetes' 30s grace period)")
+	flag.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address, like 127.0.0.1:9464 "+
+		"(default: off). No authentication: a non-loopback address shows stream and shard names and health to that network")
 	flag.BoolVar(&f.verbose, "v", false, "log lifecycle events to stderr (default: only retried failures and errors)")
 	flag.Parse()
 	if f.shutdownTimeout <= 0 {
@@ -123,10 +137,29 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
+	var mp metric.MeterProvider // nil: the global provider, a no-op unless installed
+	var reg *prometheus.Registry
+	if f.metricsAddr != "" {
+		sdk, r, err := prometheusMeterProvider()
+		if err != nil {
+			return err
+		}
+		defer sdk.Shutdown(context.WithoutCancel(ctx))
+		mp, reg = sdk, r
+	}
+	log := logger(f.verbose)
 	pipeline := shardflow.Source(src, func(o *shardflow.Options) {
 		o.DrainTimeout = f.shutdownTimeout // drain, flush and final checkpoints, all in one budget
-		o.Logger = logger(f.verbose)       // the source, sink and store log through it too
+		o.Logger = log                     // the source, sink and store log through it too
+		o.MeterProvider = mp               // and record their metrics through it
 	}).Map(kinesissink.FromRecord).Sink(sink)
+	if f.metricsAddr != "" {
+		stopOps, err := serveOps(f.metricsAddr, reg, pipeline, src, log)
+		if err != nil {
+			return err
+		}
+		defer stopOps()
+	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -163,6 +196,70 @@ func run(ctx context.Context, f flags) error {
 		return reportDemo(ctx, kinesis.NewFromConfig(cfg), store, f, last)
 	}
 	return nil
+}
+
+// prometheusMeterProvider returns an OpenTelemetry SDK meter provider
+// whose metrics a Prometheus exporter gathers into a registry of our own
+// (not the global one), named the Prometheus way:
+// shardflow.source.records becomes shardflow_source_records_total.
+func prometheusMeterProvider() (*sdkmetric.MeterProvider, *prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, nil, err
+	}
+	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp)), reg, nil
+}
+
+// serveOps serves on addr, until stop is called: /metrics (reg, in the
+// Prometheus text format), /healthz (200 while the process runs) and
+// /readyz (200 while the relay is ready, else 503 with the reasons). It
+// logs the address at Info ("metrics listening"). It has no
+// authentication.
+func serveOps(addr string, reg *prometheus.Registry, pipeline *shardflow.Pipeline, src *kinesissource.Source, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("-metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(pipeline, src); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable) // one line per reason
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx) // the process exits next: a scrape cut short is no failure
+	}, nil
+}
+
+// ready returns why the relay is not ready, nil when it is: the pipeline
+// must run, no shard may be stalled, and the source must read every shard
+// it holds.
+func ready(pipeline *shardflow.Pipeline, src *kinesissource.Source) error {
+	st := pipeline.Status()
+	var errs []error
+	if !st.Running || st.Draining {
+		errs = append(errs, errors.New("the pipeline is not running"))
+	}
+	for _, sh := range st.Shards {
+		if s := sh.Stall; s != nil {
+			errs = append(errs, fmt.Errorf("shard %s is stalled at stage %s for %v", sh.ShardID, s.Stage, s.For.Round(time.Second)))
+		}
+	}
+	return errors.Join(append(errs, src.Ready())...)
 }
 
 // logger logs retried failures and errors to stderr, and lifecycle events
