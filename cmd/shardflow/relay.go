@@ -114,7 +114,11 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		if err != nil {
 			return err
 		}
-		defer func() { err = errors.Join(err, mp.Shutdown(context.WithoutCancel(ctx))) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opsShutdownTimeout)
+			defer cancel()
+			err = errors.Join(err, mp.Shutdown(sctx))
+		}()
 		c.meterProvider = mp
 		if ops, err = startOps(c.metricsAddr, reg, c.logger); err != nil {
 			return err
