@@ -323,7 +323,7 @@ func printStatus(w io.Writer, rep *statusReport) error {
 				owner = l.Owner
 			}
 			if l.WantedBy != "" {
-				owner += " (wanted by " + l.WantedBy + ")"
+				notes = append(notes, fmt.Sprintf("%s: %s asked for the lease (a hand-over is under way)", s.ShardID, l.WantedBy))
 			}
 		}
 		state := s.State

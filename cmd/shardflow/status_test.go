@@ -295,3 +295,42 @@ func readStream(t *testing.T, kc *kinesis.Client, stream string) map[string][]st
 	}
 	return got
 }
+
+// TestStatusTablePrintsEachCase prints a report with every case the table
+// shows: a free lease, a hand-over, a partial checkpoint, SHARD_END, a lag
+// that could not be read, and an unfinished parent.
+func TestStatusTablePrintsEachCase(t *testing.T) {
+	lag := func(ms int64) *statusLag { return &statusLag{MillisBehindLatest: aws.Int64(ms)} }
+	rep := &statusReport{Stream: "orders", Table: "relay-state", At: time.Date(2026, 12, 1, 9, 14, 3, 0, time.UTC),
+		Shards: []statusShard{
+			{ShardID: "shardId-0", State: "closed", Lease: &statusLease{Counter: 12}, Checkpoint: &statusCheckpoint{ShardEnd: true}},
+			{ShardID: "shardId-1", State: "closed", Lease: &statusLease{Owner: "web-2", Counter: 7},
+				Checkpoint: &statusCheckpoint{SequenceNumber: "49680721690560636694664281732086203610698382124866113554", SubSequenceNumber: 3, Partial: true},
+				Lag:        lag(192000), UnfinishedParent: true, ChildShardIDs: []string{"shardId-3", "shardId-4"}},
+			{ShardID: "shardId-2", State: "open", Lease: &statusLease{Owner: "web-1", Counter: 1288, WantedBy: "web-3"},
+				Checkpoint: &statusCheckpoint{SequenceNumber: "12345"}, Lag: lag(310)},
+			{ShardID: "shardId-3", State: "open", ParentShardID: "shardId-1",
+				Lag: &statusLag{Iterator: "TRIM_HORIZON", Error: "get records: throttled"}},
+			{ShardID: "shardId-4", State: "open", ParentShardID: "shardId-1", Lag: lag(1240)},
+		}, UnfinishedParents: []string{"shardId-1"}}
+	var b strings.Builder
+	if err := printStatus(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	want := `stream orders, table relay-state: 5 shards (3 open) at 2026-12-01T09:14:03Z
+
+SHARD      STATE                       OWNER  COUNTER  CHECKPOINT                 LAG
+shardId-0  closed                      -      12       SHARD_END                  -
+shardId-1  closed (unfinished parent)  web-2  7        …124866113554/3 (partial)  3m12s
+shardId-2  open                        web-1  1288     12345                      310ms
+shardId-3  open                        -      -        -                          ?
+shardId-4  open                        -      -        -                          1.24s
+
+shardId-2: web-3 asked for the lease (a hand-over is under way)
+shardId-3: lag not read: get records: throttled
+shardId-1 is closed and not read to its end: its children shardId-3, shardId-4 wait for it
+`
+	if diff := cmp.Diff(want, b.String()); diff != "" {
+		t.Errorf("status table mismatch (-want +got):\n%s", diff)
+	}
+}
