@@ -31,6 +31,7 @@ func Source[T any](src ShardSource[T], optFns ...func(*Options)) *Stream[T] {
 		return src.Run(ctx, &Shards[T]{r: r})
 	}
 	p.loggers = append(p.loggers, src)
+	p.src = src
 	return &Stream[T]{p: p, attach: func(env *laneEnv, down node[T]) { env.entry = down }}
 }
 
@@ -40,6 +41,7 @@ type plan struct {
 	opts      Options
 	runSource func(ctx context.Context, r *run) error
 	loggers   []any // the source and the sink: PipelineLogger candidates
+	src       any   // the source, for Ready
 	nstages   int
 	mu        sync.Mutex
 	err       error

@@ -1,6 +1,10 @@
 package shardflow
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // StallReport describes a shard the watchdog found stalled (see
 // [Options].StallTimeout), or one that moved again.
@@ -60,4 +64,38 @@ func (pl *Pipeline) Status() Status {
 		return Status{}
 	}
 	return r.status()
+}
+
+// ReadySource is implemented by sources that can tell whether they read
+// everything they should, such as the Kinesis source (it listed its shards,
+// holds its leases and runs a reader for each). [Pipeline.Ready] asks it.
+type ReadySource interface {
+	Ready() error
+}
+
+// Ready reports whether the pipeline is serving, for a readiness probe: it
+// returns nil while Run runs and does not drain, no shard is stalled, and
+// the source, when it is a [ReadySource], is ready; otherwise an error with
+// one line per reason. It is safe to call at any time from any goroutine.
+func (pl *Pipeline) Ready() error {
+	st := pl.Status()
+	var errs []error
+	switch {
+	case !st.Running:
+		errs = append(errs, errors.New("the pipeline is not running"))
+	case st.Draining:
+		errs = append(errs, errors.New("the pipeline is draining"))
+	}
+	for _, sh := range st.Shards {
+		if s := sh.Stall; s != nil {
+			errs = append(errs, fmt.Errorf("shard %s of stream %q is stalled at stage %s for %v",
+				sh.ShardID, sh.Stream, s.Stage, s.For.Round(time.Second)))
+		}
+	}
+	if rs, ok := pl.p.src.(ReadySource); ok && st.Running {
+		if err := rs.Ready(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package shardflow_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -110,6 +111,9 @@ func TestWatchdogReportsABlockedHandlerAndItsStage(t *testing.T) {
 		if len(st.Shards) != 1 || st.Shards[0].Stall == nil || st.Shards[0].CheckpointLag < stallTimeout {
 			t.Errorf("status = %+v; want the stalled shard with its lag", st)
 		}
+		if err := pl.Ready(); err == nil || !strings.Contains(err.Error(), "shard-1") || !strings.Contains(err.Error(), "decode") {
+			t.Errorf("Ready while stalled = %v; want the stalled shard and stage", err)
+		}
 
 		close(b.release)
 		select {
@@ -124,6 +128,9 @@ func TestWatchdogReportsABlockedHandlerAndItsStage(t *testing.T) {
 			t.Fatal(err)
 		}
 		synctest.Wait() // the last acknowledgement follows the value into the sink
+		if err := pl.Ready(); err != nil {
+			t.Errorf("Ready once the shard moves = %v; want nil", err)
+		}
 		if st := pl.Status(); !st.Running || st.Draining || len(st.Shards) != 1 || st.Shards[0].Stall != nil ||
 			st.Shards[0].InFlight != 0 || st.Shards[0].Checkpoint.SequenceNumber != "9" {
 			t.Errorf("status once every record is done = %+v; want running, shard-1 at 9, nothing in flight, no stall", st)
@@ -250,3 +257,39 @@ func TestWatchdogDoesNotReportAHealthySlowShard(t *testing.T) {
 
 // quiet sends the pipeline's log lines nowhere.
 func quiet(o *shardflow.Options) { o.Logger = slog.New(slog.DiscardHandler) }
+
+// readySource is a source that follows (reads nothing, waits) and reports
+// readiness as told.
+type readySource struct {
+	shardflowtest.Source[int]
+	err error
+}
+
+func (s *readySource) Ready() error { return s.err }
+
+func TestReadyAsksTheSourceAndFollowsTheRun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &readySource{Source: *shardflowtest.NewSource[int]("s", func(o *shardflowtest.SourceOptions) { o.Follow = true })}
+		pl := shardflow.Source[int](src, quiet).Sink(shardflowtest.NewSink[int]())
+		if err := pl.Ready(); err == nil || !strings.Contains(err.Error(), "not running") {
+			t.Errorf("Ready before Run = %v; want not running", err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := runAsync(ctx, pl)
+		synctest.Wait()
+		if err := pl.Ready(); err != nil {
+			t.Errorf("Ready while running = %v; want nil", err)
+		}
+		src.err = errors.New("lease table unreachable")
+		if err := pl.Ready(); err == nil || !strings.Contains(err.Error(), "lease table unreachable") {
+			t.Errorf("Ready with the source not ready = %v; want the source's reason", err)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if err := pl.Ready(); err == nil {
+			t.Error("Ready after Run = nil; want not running")
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -238,28 +239,15 @@ func (r *relay) run(ctx context.Context, c *relayConfig) error {
 	return errors.Join(err, r.sink.Close(closeCtx))
 }
 
-// notReady returns why the relay is not ready to serve (for /readyz): the
-// pipeline is not running or drains, a shard is stalled, or the source is
-// not reading every shard it should. None when it is ready.
+// notReady returns why the relay is not ready to serve (for /readyz), one
+// reason per line of the pipeline's Ready: the pipeline is not running or
+// drains, a shard is stalled, or the source does not read every shard it
+// should. None when it is ready.
 func (r *relay) notReady() []string {
-	var reasons []string
-	st := r.pipeline.Status()
-	switch {
-	case !st.Running:
-		reasons = append(reasons, "the pipeline is not running")
-	case st.Draining:
-		reasons = append(reasons, "the pipeline is draining")
+	if err := r.pipeline.Ready(); err != nil {
+		return strings.Split(err.Error(), "\n")
 	}
-	for _, sh := range st.Shards {
-		if s := sh.Stall; s != nil {
-			reasons = append(reasons, fmt.Sprintf("shard %s of stream %q is stalled at stage %s for %v",
-				sh.ShardID, sh.Stream, s.Stage, s.For.Round(time.Second)))
-		}
-	}
-	if err := r.src.Ready(); err != nil {
-		reasons = append(reasons, err.Error())
-	}
-	return reasons
+	return nil
 }
 
 // runRelay copies c.from to c.to until ctx ends, and stops within

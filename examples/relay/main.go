@@ -154,7 +154,7 @@ func run(ctx context.Context, f flags) error {
 		o.MeterProvider = mp               // and record their metrics through it
 	}).Map(kinesissink.FromRecord).Sink(sink)
 	if f.metricsAddr != "" {
-		stopOps, err := serveOps(f.metricsAddr, reg, pipeline, src, log)
+		stopOps, err := serveOps(f.metricsAddr, reg, pipeline, log)
 		if err != nil {
 			return err
 		}
@@ -213,10 +213,12 @@ func prometheusMeterProvider() (*sdkmetric.MeterProvider, *prometheus.Registry, 
 
 // serveOps serves on addr, until stop is called: /metrics (reg, in the
 // Prometheus text format), /healthz (200 while the process runs) and
-// /readyz (200 while the relay is ready, else 503 with the reasons). It
+// /readyz (200 while pipeline.Ready: it runs, no shard is stalled, and the
+// source holds its leases and reads every shard it holds; else 503 with
+// the reasons). It
 // logs the address at Info ("metrics listening"). It has no
 // authentication.
-func serveOps(addr string, reg *prometheus.Registry, pipeline *shardflow.Pipeline, src *kinesissource.Source, log *slog.Logger) (stop func(), err error) {
+func serveOps(addr string, reg *prometheus.Registry, pipeline *shardflow.Pipeline, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("-metrics-addr: %w", err)
@@ -225,7 +227,7 @@ func serveOps(addr string, reg *prometheus.Registry, pipeline *shardflow.Pipelin
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := ready(pipeline, src); err != nil {
+		if err := pipeline.Ready(); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable) // one line per reason
 			return
 		}
@@ -243,23 +245,6 @@ func serveOps(addr string, reg *prometheus.Registry, pipeline *shardflow.Pipelin
 		defer cancel()
 		_ = srv.Shutdown(ctx) // the process exits next: a scrape cut short is no failure
 	}, nil
-}
-
-// ready returns why the relay is not ready, nil when it is: the pipeline
-// must run, no shard may be stalled, and the source must read every shard
-// it holds.
-func ready(pipeline *shardflow.Pipeline, src *kinesissource.Source) error {
-	st := pipeline.Status()
-	var errs []error
-	if !st.Running || st.Draining {
-		errs = append(errs, errors.New("the pipeline is not running"))
-	}
-	for _, sh := range st.Shards {
-		if s := sh.Stall; s != nil {
-			errs = append(errs, fmt.Errorf("shard %s is stalled at stage %s for %v", sh.ShardID, s.Stage, s.For.Round(time.Second)))
-		}
-	}
-	return errors.Join(append(errs, src.Ready())...)
 }
 
 // logger logs retried failures and errors to stderr, and lifecycle events

@@ -87,7 +87,7 @@ func TestServeOps(t *testing.T) {
 		o.MeterProvider = mp
 	}).Map(kinesissink.FromRecord).Sink(sink)
 
-	stop, err := serveOps("127.0.0.1:0", reg, pipeline, src, log)
+	stop, err := serveOps("127.0.0.1:0", reg, pipeline, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestServeOps(t *testing.T) {
 		t.Errorf("GET /healthz = %d %q; want 200 ok", code, body)
 	}
 	code, body := get(t, base+"/readyz")
-	if want := "the pipeline is not running\n" + `kinesis source of stream "in" is not ready: it is not running` + "\n"; code != 503 || body != want {
+	if want := "the pipeline is not running\n"; code != 503 || body != want {
 		t.Errorf("GET /readyz before the run = %d %q; want 503 %q", code, body, want)
 	}
 
