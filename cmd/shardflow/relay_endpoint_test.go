@@ -151,7 +151,7 @@ func TestRelayServesMetricsHealthAndReadinessOnTheEmulators(t *testing.T) {
 		t.Errorf("shardflow_lease_taken_total = %v; want at least the 2 leases held", got)
 	}
 	for _, name := range []string{"shardflow_source_getrecords_calls_total", "shardflow_source_bytes_total", "shardflow_sink_bytes_total",
-		"shardflow_shard_in_flight", "shardflow_shard_checkpoint_lag_seconds", "shardflow_source_millis_behind_latest_milliseconds"} {
+		"shardflow_shard_in_flight", "shardflow_shard_checkpoint_lag_seconds", "shardflow_source_behind_latest_milliseconds"} {
 		if sum(families, name) < 0 {
 			t.Errorf("no %s family", name)
 		}

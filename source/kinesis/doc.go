@@ -88,7 +88,7 @@
 //	shardflow.source.getrecords.calls      counter  {call}    GetRecords calls, failed ones included
 //	shardflow.source.getrecords.throttles  counter  {call}    calls refused for rate (ProvisionedThroughputExceeded, LimitExceeded)
 //	shardflow.source.getrecords.errors     counter  {call}    other failed calls, by error_code (not those cut short by shutdown)
-//	shardflow.source.millis_behind_latest  gauge    ms        how far the shard's reader is behind the tip, as of its last call
+//	shardflow.source.behind_latest         gauge    ms        MillisBehindLatest: how far the shard's reader is behind the tip, as of its last call
 //	shardflow.source.shards.held           gauge    {shard}   shards the source reads now
 //
 // Each has the attributes stream and shard, except shards.held (stream

@@ -21,7 +21,7 @@ const (
 	metricCalls        = "shardflow.source.getrecords.calls"
 	metricThrottles    = "shardflow.source.getrecords.throttles"
 	metricErrors       = "shardflow.source.getrecords.errors"
-	metricMillisBehind = "shardflow.source.millis_behind_latest"
+	metricMillisBehind = "shardflow.source.behind_latest"
 	metricShardsHeld   = "shardflow.source.shards.held"
 )
 

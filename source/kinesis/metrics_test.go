@@ -132,7 +132,7 @@ func TestSourceMetricsCountTheRecordsBytesAndCallsOfEachShard(t *testing.T) {
 			a := shardAttrs("in", id)
 			want[point{"shardflow.source.records", a}] = int64(len(recs))
 			want[point{"shardflow.source.bytes", a}] = bytes
-			want[point{"shardflow.source.millis_behind_latest", a}] = 0 // at the tip
+			want[point{"shardflow.source.behind_latest", a}] = 0 // at the tip
 			if got[point{"shardflow.source.getrecords.calls", a}] < int64(len(recs)/60+1) {
 				t.Errorf("shard %s: %d GetRecords calls counted; want at least %d", id, got[point{"shardflow.source.getrecords.calls", a}], len(recs)/60+1)
 			}
