@@ -128,6 +128,11 @@ func Do(ctx context.Context, p Policy, err error, op func() error, notify func(a
 			// no overrun of up to a whole backoff interval.
 			wait = max(min(wait, p.MaxElapsed-time.Since(start)), 0)
 		}
+		if ctx.Err() != nil {
+			// The call failed as the context ended (a shutdown cut it
+			// short): nothing to retry, nor to report as a retry.
+			return fmt.Errorf("%w (retries stopped: %w)", err, context.Cause(ctx))
+		}
 		if notify != nil {
 			notify(attempt-1, err, wait)
 		}

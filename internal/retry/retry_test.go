@@ -111,3 +111,29 @@ func TestTheLastCallComesWhenTheBudgetEnds(t *testing.T) {
 		}
 	})
 }
+
+// A call that failed because the context ended (a shutdown cut it short)
+// is not a failure to retry or to report: Do returns at once, without
+// telling notify, which logs "retrying".
+func TestAFailureAfterTheContextEndedIsNeitherRetriedNorReported(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		calls, notified := 0, 0
+		err := retry.Do(ctx, policy, errors.New("first"), func() error {
+			calls++
+			cancel() // the shutdown comes while the call runs
+			return context.Canceled
+		}, func(int, error, time.Duration) { notified++ })
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Do = %v; want the call's context.Canceled", err)
+		}
+		if calls != 1 || notified != 1 {
+			t.Errorf("%d calls, %d notifications; want 1 call, notified only of the first failure", calls, notified)
+		}
+		notified = 0
+		err = retry.Do(ctx, policy, context.Canceled, func() error { calls++; return nil }, func(int, error, time.Duration) { notified++ })
+		if err == nil || notified != 0 {
+			t.Errorf("Do with the context already ended = %v, %d notifications; want its error and none", err, notified)
+		}
+	})
+}
