@@ -92,8 +92,8 @@
 // the global provider, a no-op until the application installs one) and the
 // components inherit it ([PipelineMeterProvider]). The pipeline's own
 // instruments are shardflow.stage.records.{in,out,dropped,failed,dead_lettered}
-// and shardflow.stage.retries by stage, shardflow.stage.handler.duration (one
-// call in 64 timed), shardflow.shard.in_flight, shardflow.shard.checkpoint_lag
+// and shardflow.stage.retries by stage, shardflow.stage.handler.duration (at
+// most one call per shard and 10ms timed), shardflow.shard.in_flight, shardflow.shard.checkpoint_lag
 // and shardflow.shard.stalled by shard, shardflow.checkpoint.saves and
 // .failures, and shardflow.stalls. Attributes are stream, shard, stage and
 // error_code: never record data or partition keys.

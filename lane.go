@@ -77,7 +77,7 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 		r.fail(err)
 	})
 	l.ctx, l.cancel = context.WithCancelCause(r.procCtx)
-	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log, metrics: r.metrics,
+	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log, metrics: r.metrics, clock: &r.clock,
 		shardAttrs: telemetry.Shard(stream, shardID), streamOpt: metric.WithAttributeSet(telemetry.Stream(stream))}
 	r.attach(l.env)
 	slices.Reverse(l.env.stages) // attach registered them from the sink up
@@ -473,6 +473,7 @@ type laneEnv struct {
 	next  time.Time
 
 	metrics    *pipelineMetrics
+	clock      *atomic.Int64 // the run clock
 	shardAttrs attribute.Set
 	stages     []*nodeStats // the lane's stages, first to last (the sink)
 	streamOpt  metric.MeasurementOption

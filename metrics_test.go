@@ -134,8 +134,9 @@ func TestStageCountsAreExactAfterARun(t *testing.T) {
 			t.Errorf("%s = %v; want none", name, p)
 		}
 	}
-	if got := mr.value(t, "shardflow.stage.handler.duration", "stage=map#1,stream=orders"); got < 2 || got > float64(2*n/64+2) {
-		t.Errorf("timed map calls = %v; want about 1 in 64 of %d", got, 2*n)
+	// Each shard times its first call, then at most one per 10ms.
+	if got := mr.value(t, "shardflow.stage.handler.duration", "stage=map#1,stream=orders"); got < 2 || got > float64(2*n) {
+		t.Errorf("timed map calls = %v; want from 2 to %d", got, 2*n)
 	}
 }
 
