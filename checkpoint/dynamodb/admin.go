@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -12,7 +13,7 @@ import (
 )
 
 // ShardState is what the table holds for one shard, for operators (the
-// shardflow CLI's checkpoints command).
+// shardflow CLI's checkpoints and status commands).
 type ShardState struct {
 	ShardID string
 	// Owner is the instance holding the shard's lease; "" when it is free.
@@ -22,17 +23,31 @@ type ShardState struct {
 	Counter int64
 	// WantedBy is an instance that asked the owner for the lease.
 	WantedBy string
+	// RenewedAt is the time the owner last took or renewed the lease, on
+	// the owner's wall clock, with millisecond precision (the item's
+	// lease_renewed_at). It is zero when the lease is free, and when it is
+	// unknown: the item was last written by a version of shardflow that did
+	// not record it, or the attribute is not RFC 3339. Instances never compare it with their own clocks (they
+	// call a lease expired once its counter has not changed for the lease
+	// duration, on their own clock), so RenewedAt plus the lease duration is
+	// when the lease expires only as far as the owner's clock is right.
+	RenewedAt time.Time
 	// Checkpoint is the shard's checkpoint; HasCheckpoint is false when
 	// none was saved.
 	Checkpoint    shardflow.Checkpoint
 	HasCheckpoint bool
+	// CheckpointSavedAt is when the checkpoint was saved, on the saving
+	// instance's wall clock (the item's checkpoint_saved_at); zero when
+	// there is no checkpoint.
+	CheckpointSavedAt time.Time
 }
 
 // ErrNoShard is returned by ResetCheckpoint for a shard with no item.
 var ErrNoShard = errors.New("dynamostore: no item for the shard")
 
 // Shards returns the state of the given shards of stream that have an item
-// in the table, in the order given.
+// in the table, in the order given. It only reads, strongly consistently:
+// one BatchGetItem per 100 shards and one GetItem per shard.
 func (s *Store) Shards(ctx context.Context, stream string, shardIDs []string) ([]ShardState, error) {
 	if err := s.checkReady(ctx); err != nil {
 		return nil, err
@@ -43,11 +58,15 @@ func (s *Store) Shards(ctx context.Context, stream string, shardIDs []string) ([
 	}
 	byID := make(map[string]ShardState, len(leases))
 	for _, l := range leases {
-		byID[l.ShardID] = ShardState{ShardID: l.ShardID, Owner: l.Owner, Counter: l.Counter, WantedBy: l.Want}
+		byID[l.ShardID] = ShardState{ShardID: l.ShardID, Owner: l.Owner, Counter: l.Counter, WantedBy: l.Want, RenewedAt: l.RenewedAt}
 	}
 	var out []ShardState
 	for _, id := range shardIDs {
-		cp, ok, err := s.Load(ctx, stream, id)
+		item, err := s.loadItem(ctx, stream, id)
+		if err != nil {
+			return nil, err
+		}
+		cp, ok, err := decodeCheckpoint(item)
 		if err != nil {
 			return nil, err
 		}
@@ -56,6 +75,9 @@ func (s *Store) Shards(ctx context.Context, stream string, shardIDs []string) ([
 			continue
 		}
 		st.ShardID, st.Checkpoint, st.HasCheckpoint = id, cp, ok
+		if ok {
+			st.CheckpointSavedAt = decodeTime(item[attrSavedAt])
+		}
 		out = append(out, st)
 	}
 	return out, nil
@@ -76,8 +98,8 @@ func (s *Store) ResetCheckpoint(ctx context.Context, stream, shardID string) err
 		TableName:           aws.String(s.table),
 		Key:                 s.itemKey(stream, shardID),
 		ConditionExpression: aws.String("attribute_exists(#k)"),
-		UpdateExpression:    aws.String("SET #c = if_not_exists(#c, :zero) + :one REMOVE #seq, #sub, #partial, #end, #at, #o, #w"),
-		ExpressionAttributeNames: map[string]string{"#k": s.key, "#c": attrCounter, "#o": attrOwner, "#w": attrWant,
+		UpdateExpression:    aws.String("SET #c = if_not_exists(#c, :zero) + :one REMOVE #seq, #sub, #partial, #end, #at, #o, #w, #r"),
+		ExpressionAttributeNames: map[string]string{"#k": s.key, "#c": attrCounter, "#o": attrOwner, "#w": attrWant, "#r": attrRenewedAt,
 			"#seq": attrSeq, "#sub": attrSub, "#partial": attrPartial, "#end": attrEnd, "#at": attrSavedAt},
 		ExpressionAttributeValues: map[string]types.AttributeValue{":zero": n(0), ":one": n(1)},
 	})

@@ -42,11 +42,21 @@
 //	lease_owner           S     owner id of the instance holding the lease; absent when free
 //	lease_counter         N     bumped by every renew, take and release
 //	lease_wanted_by       S     owner id of an instance that asked for the lease (handoff)
+//	lease_renewed_at      S     owner's UTC time of its last take or renewal, for people only
 //	checkpoint            S     sequence number (absent for SHARD_END of an unread shard)
 //	sub_sequence_number   N     KPL user record within that record
 //	partial               BOOL  more user records of that aggregate follow
 //	shard_end             BOOL  the shard was read to its end
 //	checkpoint_saved_at   S     UTC time of the last save, for people only
+//
+// The two times are RFC 3339 on the writer's wall clock (lease_renewed_at
+// with exactly three fractional digits, like "2026-12-01T09:14:03.250Z").
+// lease_renewed_at is written by the take's or renewal's own conditional
+// write and removed by a release; items written by older versions lack it.
+// [Store.Shards] returns both, for operators: the renewal time plus
+// LeaseDuration is roughly when an unrenewed lease expires (shardflow status
+// shows it), as far as the owner's clock is right. The instances never read
+// it: they judge expiry by the counter, on their own clocks.
 //
 // A missing table or one with another key schema fails the store's first
 // call (or [Store.Check]) with a *TableError wrapping [ErrNoTable] or

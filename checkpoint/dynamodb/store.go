@@ -41,6 +41,12 @@ var _ API = (*dynamodb.Client)(nil)
 // always names it through ExpressionAttributeNames.
 const DefaultKeyAttribute = "shard"
 
+// DefaultLeaseDuration is the lease duration of a Store whose
+// Options.LeaseDuration is zero, as its instances use it: tools that read a
+// table (like shardflow status, which shows when leases expire) assume it
+// unless told otherwise.
+const DefaultLeaseDuration = lease.DefaultLeaseDuration
+
 // Options configure a Store. The zero value of each field means its
 // documented default; negative durations are refused by [New] with a
 // *shardflow.ConfigError.
@@ -314,6 +320,16 @@ func (s *Store) CreateTable(ctx context.Context) error {
 // under Options.Retry (each retry logged at Warn); a missing table or one
 // with the wrong key fails it at once with a *TableError.
 func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Checkpoint, bool, error) {
+	item, err := s.loadItem(ctx, stream, shardID)
+	if err != nil {
+		return shardflow.Checkpoint{}, false, err
+	}
+	return decodeCheckpoint(item)
+}
+
+// loadItem reads the checkpoint attributes of the shard's item for Load; a
+// nil map when there is no item.
+func (s *Store) loadItem(ctx context.Context, stream, shardID string) (map[string]types.AttributeValue, error) {
 	var out *dynamodb.GetItemOutput
 	get := func() error {
 		if err := s.checkReady(ctx); err != nil {
@@ -330,9 +346,9 @@ func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Che
 		return s.classify("load checkpoint", err)
 	}
 	if err := retry.Do(ctx, s.retry, get(), get, s.warn("load checkpoint", "stream", stream, "shard_id", shardID)); err != nil {
-		return shardflow.Checkpoint{}, false, fmt.Errorf("load checkpoint of shard %s of stream %q from table %q: %w", shardID, stream, s.table, err)
+		return nil, fmt.Errorf("load checkpoint of shard %s of stream %q from table %q: %w", shardID, stream, s.table, err)
 	}
-	return decodeCheckpoint(out.Item)
+	return out.Item, nil
 }
 
 // Save writes the shard's checkpoint if this instance holds the shard's
@@ -389,6 +405,9 @@ const (
 	attrPartial = "partial"
 	attrEnd     = "shard_end"
 	attrSavedAt = "checkpoint_saved_at"
+	// attrRenewedAt is the owner's wall-clock time of its last take or
+	// renewal, written by the same conditional write (renewedAtLayout).
+	attrRenewedAt = "lease_renewed_at"
 )
 
 func (s *Store) itemKey(stream, shardID string) map[string]types.AttributeValue {

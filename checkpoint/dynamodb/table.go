@@ -46,8 +46,8 @@ func (t leaseTable) Leases(ctx context.Context, stream string, shardIDs []string
 		req := map[string]types.KeysAndAttributes{s.table: {
 			Keys:                     keys,
 			ConsistentRead:           aws.Bool(true),
-			ProjectionExpression:     aws.String("#k, #o, #c, #w"),
-			ExpressionAttributeNames: map[string]string{"#k": s.key, "#o": attrOwner, "#c": attrCounter, "#w": attrWant},
+			ProjectionExpression:     aws.String("#k, #o, #c, #w, #r"),
+			ExpressionAttributeNames: map[string]string{"#k": s.key, "#o": attrOwner, "#c": attrCounter, "#w": attrWant, "#r": attrRenewedAt},
 		}}
 		// Keys DynamoDB left unprocessed (throttled in part) are asked for
 		// again under Options.Retry, within ctx. A failed call is returned
@@ -103,16 +103,46 @@ func (s *Store) decodeLease(item map[string]types.AttributeValue) (lease.Lease, 
 		}
 		l.Counter = n
 	}
+	// Only operators read the renewal time: one that does not parse is
+	// unknown, not a reason to stop reading leases. A free lease has none
+	// (a release by a version that did not write it leaves it behind).
+	if l.Owner != "" {
+		l.RenewedAt = decodeTime(item[attrRenewedAt])
+	}
 	return l, nil
 }
 
-func (t leaseTable) Create(ctx context.Context, stream, shardID, owner string) error {
+// renewedAtLayout is how lease_renewed_at is written: RFC 3339 in UTC with
+// exactly three fractional digits, so that the values sort as text too.
+const renewedAtLayout = "2006-01-02T15:04:05.000Z07:00"
+
+func encodeRenewedAt(t time.Time) types.AttributeValue {
+	return &types.AttributeValueMemberS{Value: t.UTC().Format(renewedAtLayout)}
+}
+
+// decodeTime returns the time of an attribute written in RFC 3339 (any
+// number of fractional digits), or the zero time when it is absent or
+// malformed.
+func decodeTime(v types.AttributeValue) time.Time {
+	s, ok := v.(*types.AttributeValueMemberS)
+	if !ok {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339Nano, s.Value)
+	if err != nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+func (t leaseTable) Create(ctx context.Context, stream, shardID, owner string, renewedAt time.Time) error {
 	s := t.s
 	item := s.itemKey(stream, shardID)
 	item[attrStream] = &types.AttributeValueMemberS{Value: stream}
 	item[attrShardID] = &types.AttributeValueMemberS{Value: shardID}
 	item[attrOwner] = &types.AttributeValueMemberS{Value: owner}
 	item[attrCounter] = &types.AttributeValueMemberN{Value: "1"}
+	item[attrRenewedAt] = encodeRenewedAt(renewedAt)
 	_, err := s.client.PutItem(ctx, &dynamodb.PutItemInput{
 		TableName:                aws.String(s.table),
 		Item:                     item,
@@ -144,6 +174,15 @@ func (t leaseTable) Update(ctx context.Context, stream, shardID string, cond lea
 		}
 	}
 	var set, remove []string
+	if ch.Owner != nil && *ch.Owner == "" {
+		// A free lease has no renewal time: nobody renews it.
+		names["#r"] = attrRenewedAt
+		remove = append(remove, "#r")
+	} else if !ch.RenewedAt.IsZero() {
+		names["#r"] = attrRenewedAt
+		set = append(set, "#r = :r")
+		values[":r"] = encodeRenewedAt(ch.RenewedAt)
+	}
 	if ch.Owner != nil {
 		if *ch.Owner == "" {
 			remove = append(remove, "#o")

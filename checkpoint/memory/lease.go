@@ -216,7 +216,10 @@ func (t memTable) Leases(ctx context.Context, stream string, shardIDs []string) 
 	return out, nil
 }
 
-func (t memTable) Create(ctx context.Context, stream, shardID, owner string) error {
+// Create creates the lease. The memory store keeps no renewal time
+// (lease.Change.RenewedAt): it has no listing for operators to show it in,
+// and the algorithm never reads it.
+func (t memTable) Create(ctx context.Context, stream, shardID, owner string, _ time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -684,7 +684,14 @@ func (m *Manager) Holds(stream string) []string {
 // attempt whose answer was lost (a timeout, a connection reset, a cancelled
 // context, or a retry by the DynamoDB client itself) may have changed the
 // item. write re-reads the item and decides from what the table holds (see
-// settle). sent, if not nil, gets when the successful attempt was sent.
+// settle).
+//
+// sent is not nil for the writes that prove the lease this instance's (take,
+// renew): each attempt then writes the time it is sent as the lease's
+// renewal time (Change.RenewedAt), and sent gets the time of the successful
+// attempt. (When an earlier attempt whose answer was lost is found to have
+// landed, the table holds that attempt's earlier time: the expiry operators
+// derive from it errs early, never late.)
 //
 // On ErrConflict the returned Lease is the item as read (zero if it is
 // gone), for the log.
@@ -703,6 +710,7 @@ func (m *Manager) writeUncertain(ctx context.Context, stream, shard string, unti
 		for adopted := false; ; adopted = true {
 			if sent != nil {
 				*sent = time.Now()
+				ch.RenewedAt = *sent
 			}
 			err := m.t.Update(ctx, stream, shard, cond, ch)
 			if err != nil && !errors.Is(err, ErrConflict) {
@@ -734,13 +742,14 @@ func (m *Manager) writeUncertain(ctx context.Context, stream, shard string, unti
 	return after(cond, ch), uncertain, nil
 }
 
-// create is Table.Create retried like write.
+// create is Table.Create retried like write, each attempt writing the time
+// it is sent as the renewal time.
 func (m *Manager) create(ctx context.Context, stream, shard string, until time.Time, sent *time.Time) (Lease, error) {
 	cond, ch := Cond{}, Change{Owner: ptr(m.me), Bump: true} // what Create does
 	var seen Lease
 	err := m.retryUntil(ctx, until, "lease creation of shard "+shard, func(ctx context.Context) error {
 		*sent = time.Now()
-		err := m.t.Create(ctx, stream, shard, m.me)
+		err := m.t.Create(ctx, stream, shard, m.me, *sent)
 		if !errors.Is(err, ErrConflict) {
 			return err
 		}

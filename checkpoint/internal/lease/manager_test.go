@@ -54,7 +54,7 @@ func (t *table) Leases(ctx context.Context, stream string, ids []string) ([]leas
 	return out, nil
 }
 
-func (t *table) Create(ctx context.Context, stream, id, owner string) error {
+func (t *table) Create(ctx context.Context, stream, id, owner string, renewedAt time.Time) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	err, lost := t.fate("Create")
@@ -64,7 +64,7 @@ func (t *table) Create(ctx context.Context, stream, id, owner string) error {
 	if t.items[stream+"/"+id] != nil {
 		return lease.ErrConflict
 	}
-	t.items[stream+"/"+id] = &lease.Lease{ShardID: id, Owner: owner, Counter: 1}
+	t.items[stream+"/"+id] = &lease.Lease{ShardID: id, Owner: owner, Counter: 1, RenewedAt: renewedAt}
 	return err
 }
 
@@ -81,6 +81,12 @@ func (t *table) Update(ctx context.Context, stream, id string, cond lease.Cond, 
 	}
 	if ch.Owner != nil {
 		l.Owner = *ch.Owner
+	}
+	switch {
+	case l.Owner == "":
+		l.RenewedAt = time.Time{}
+	case !ch.RenewedAt.IsZero():
+		l.RenewedAt = ch.RenewedAt
 	}
 	if ch.Bump {
 		l.Counter++
@@ -185,11 +191,11 @@ func (f *faulty) Leases(ctx context.Context, stream string, ids []string) ([]lea
 	return f.table.Leases(ctx, stream, ids)
 }
 
-func (f *faulty) Create(ctx context.Context, stream, id, owner string) error {
+func (f *faulty) Create(ctx context.Context, stream, id, owner string, renewedAt time.Time) error {
 	if f.down() {
 		return errDown
 	}
-	return f.table.Create(ctx, stream, id, owner)
+	return f.table.Create(ctx, stream, id, owner, renewedAt)
 }
 
 func (f *faulty) Update(ctx context.Context, stream, id string, cond lease.Cond, ch lease.Change) error {

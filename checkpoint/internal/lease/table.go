@@ -15,6 +15,11 @@
 //   - Expiry: an instance notes on its own monotonic clock when it last saw a
 //     lease's owner or counter change; a lease unchanged for LeaseDuration is
 //     expired. Wall clocks of different hosts are never compared.
+//   - Renewal time: each take and renewal also writes, in the same
+//     conditional write, the owner's wall-clock time of the attempt
+//     ([Change.RenewedAt]), for operators (shardflow status shows an
+//     approximate expiry from it); a release removes it. The algorithm
+//     never reads it.
 //   - Take: free leases, expired leases and leases of shards with no item yet
 //     (created with attribute_not_exists) are taken up to the target,
 //     ceil(eligible shards / live instances); live instances are the owners of
@@ -62,6 +67,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/shardflow/shardflow"
 )
@@ -76,6 +82,12 @@ type Lease struct {
 	// Want is the instance that asked the owner to hand the lease over;
 	// "" when none did.
 	Want string
+	// RenewedAt is the owner's wall-clock time of its last take or
+	// renewal, as the table holds it; zero when the lease is free, when
+	// the item predates renewal times, or when the table keeps none. For
+	// operators only: the Manager never reads it (expiry is judged on each
+	// instance's own clock).
+	RenewedAt time.Time
 }
 
 // Cond is what a conditional write expects of the item.
@@ -97,6 +109,12 @@ type Change struct {
 	Want *string
 	// Checkpoint, when not nil, becomes the shard's checkpoint.
 	Checkpoint *shardflow.Checkpoint
+	// RenewedAt, when not zero, becomes the lease's renewal time (see
+	// [Lease.RenewedAt]): the Manager sets it on takes and renewals, to the
+	// time each attempt is sent. A change that frees the lease (Owner set
+	// to "") removes the renewal time. Either way it is part of the one
+	// conditional write: a write refused by its condition changes nothing.
+	RenewedAt time.Time
 }
 
 // Table is where leases live: one item per stream and shard. Implementations
@@ -109,9 +127,10 @@ type Table interface {
 	// Leases returns the leases of the given shards of stream that have an
 	// item, in any order.
 	Leases(ctx context.Context, stream string, shardIDs []string) ([]Lease, error)
-	// Create creates the shard's lease owned by owner with counter 1. It
-	// fails with ErrConflict if the item exists.
-	Create(ctx context.Context, stream, shardID, owner string) error
+	// Create creates the shard's lease owned by owner with counter 1 and
+	// renewal time renewedAt (see [Lease.RenewedAt]). It fails with
+	// ErrConflict if the item exists.
+	Create(ctx context.Context, stream, shardID, owner string, renewedAt time.Time) error
 	// Update applies ch if the item matches cond, and fails with
 	// ErrConflict if it does not (or does not exist).
 	Update(ctx context.Context, stream, shardID string, cond Cond, ch Change) error
