@@ -21,12 +21,26 @@ import (
 )
 
 const statusDoc = `Shows where the relays sharing --table are in --stream: for each shard, whether it is
-open or closed, its lease owner and counter, its checkpoint, and its lag: how far behind the
-newest record of the shard the checkpoint is, as Kinesis reports it (MillisBehindLatest of
-one GetRecords of at most one record, read just after the checkpoint; from the oldest
-record when there is no checkpoint; none for a shard read to its end). A closed shard that
-has children and is not read to its end is an unfinished parent: its children are not read
-until it is. It only reads: it never writes to the table or the stream.
+open or closed, its lease owner, counter and expiry, its checkpoint, and its lag: how far
+behind the newest record of the shard the checkpoint is, as Kinesis reports it
+(MillisBehindLatest of one GetRecords of at most one record, read just after the
+checkpoint; from the oldest record when there is no checkpoint; none for a shard read to
+its end). A closed shard that has children and is not read to its end is an unfinished
+parent: its children are not read until it is (the table marks it closed*). It only
+reads: it never writes to the table or the stream.
+
+EXPIRES is when the lease runs out unless its owner renews it: the owner's last take or
+renewal (lease_renewed_at in the table, on the owner's clock) plus --lease-duration, from
+the time of the run: "in 7s", "expired 3m ago"; "-" for a free lease, "?" for an item
+written by a relay too old to record the time. It is approximate: the relays never read
+it. Each decides on its own clock, by the counter: another relay takes a lease over once
+it has seen the counter unchanged for the lease duration, up to a third of it later than
+EXPIRES says; and EXPIRES is off by as much as the owner's clock is. A live owner renews
+every third of the lease duration, so a healthy lease shows "in" two thirds to all of it.
+A lease still owned and long expired has an owner that stopped renewing (it died, or is
+cut off from the table), and no other relay took it over: none is running, or the shard
+needs no more reading. --lease-duration must match the relays' lease duration (the
+library's default unless they set another).
 
 The table abbreviates sequence numbers to their last 12 digits; --json prints one JSON
 document with every field in full:
@@ -39,6 +53,9 @@ document with every field in full:
     lease                  null when the table has no item for the shard, else
       owner, counter         the lease owner ("" when free) and counter, which
       wanted_by              changes on every renew; the instance that asked for it
+      lease_renewed_at       the owner's time of its last take or renewal (RFC 3339;
+                             omitted for a free lease, and when the item has none)
+      lease_expires_at       lease_renewed_at plus --lease-duration (omitted with it)
     checkpoint             null when none was saved, else
       sequence_number, sub_sequence_number, partial (a KPL aggregate read in part),
       shard_end (the shard was read to its end)
@@ -48,12 +65,7 @@ document with every field in full:
                              checkpoint) or TRIM_HORIZON (no checkpoint)
       error                  why the read failed ("" when it did not)
     unfinished_parent      closed, with children, and not read to its end
-  unfinished_parents     the shard ids of the unfinished parents
-
-The table keeps no lease expiry: an instance takes a lease over once it has seen the
-counter unchanged for the lease duration (10s by default), on its own clock. A lease
-whose counter does not move between two runs of status a few seconds apart is not being
-renewed.`
+  unfinished_parents     the shard ids of the unfinished parents`
 
 // statusReport is `shardflow status --json`; statusDoc documents it.
 type statusReport struct {
@@ -80,6 +92,10 @@ type statusLease struct {
 	Owner    string `json:"owner"`
 	Counter  int64  `json:"counter"`
 	WantedBy string `json:"wanted_by,omitempty"`
+	// RenewedAt and ExpiresAt are nil for a free lease and when the item
+	// has no renewal time. ExpiresAt is approximate: see statusDoc.
+	RenewedAt *time.Time `json:"lease_renewed_at,omitempty"`
+	ExpiresAt *time.Time `json:"lease_expires_at,omitempty"`
 }
 
 type statusCheckpoint struct {
@@ -119,6 +135,8 @@ func cmdStatus(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 	stream := fs.String("stream", "", "stream whose shards to show (name)")
 	table := fs.String("table", "", "DynamoDB table of checkpoints and leases of the relays reading --stream")
 	asJSON := fs.Bool("json", false, "print one JSON document instead of a table (fields: see above)")
+	leaseDuration := fs.Duration("lease-duration", dynamostore.DefaultLeaseDuration,
+		"the lease duration of the relays sharing --table, for EXPIRES; it must match theirs")
 	logger := registerLogLevel(fs, stderr)
 	positional, err := fs.parse(args, stdout)
 	if err != nil {
@@ -130,13 +148,16 @@ func cmdStatus(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 	if *table == "" || *stream == "" {
 		return usagef("--table and --stream are required")
 	}
+	if *leaseDuration <= 0 {
+		return usagef("--lease-duration %v: want a positive duration, the relays' lease duration", *leaseDuration)
+	}
 	log := logger()
 	a.health.log = log
 	kc, store, err := openShardTable(ctx, &a, *table, log)
 	if err != nil {
 		return err
 	}
-	rep, err := readStatus(ctx, kc, store, *stream, log)
+	rep, err := readStatus(ctx, kc, store, *stream, *leaseDuration, log)
 	if err != nil {
 		return err
 	}
@@ -212,8 +233,9 @@ func callRetrying(ctx context.Context, log *slog.Logger, what string, op func() 
 	})
 }
 
-// readStatus reads the status of every shard of stream.
-func readStatus(ctx context.Context, kc statusAPI, store *dynamostore.Store, stream string, log *slog.Logger) (*statusReport, error) {
+// readStatus reads the status of every shard of stream; leaseDuration is
+// the relays', for the leases' expiry.
+func readStatus(ctx context.Context, kc statusAPI, store *dynamostore.Store, stream string, leaseDuration time.Duration, log *slog.Logger) (*statusReport, error) {
 	shards, states, err := readShards(ctx, kc, store, stream, log)
 	if err != nil {
 		return nil, err
@@ -236,6 +258,10 @@ func readStatus(ctx context.Context, kc statusAPI, store *dynamostore.Store, str
 		}
 		if st, ok := states[id]; ok {
 			s.Lease = &statusLease{Owner: st.Owner, Counter: st.Counter, WantedBy: st.WantedBy}
+			if st.Owner != "" && !st.RenewedAt.IsZero() {
+				renewed, expires := st.RenewedAt.UTC(), st.RenewedAt.Add(leaseDuration).UTC()
+				s.Lease.RenewedAt, s.Lease.ExpiresAt = &renewed, &expires
+			}
 			if st.HasCheckpoint {
 				cp := st.Checkpoint
 				s.Checkpoint = &statusCheckpoint{SequenceNumber: cp.SequenceNumber, SubSequenceNumber: cp.SubSequenceNumber,
@@ -302,8 +328,10 @@ func readLag(ctx context.Context, kc statusAPI, stream string, s *statusShard, l
 	return lag
 }
 
-// printStatus prints rep as an aligned table, with the failed lag reads and
-// the unfinished parents below it.
+// printStatus prints rep as an aligned table, with the hand-overs, the
+// failed lag reads and the unfinished parents (marked closed*) below it. The
+// cells are kept short so that the table fits in about 100 columns with
+// real shard ids and owner ids.
 func printStatus(w io.Writer, rep *statusReport) error {
 	open := 0
 	for _, s := range rep.Shards {
@@ -313,7 +341,7 @@ func printStatus(w io.Writer, rep *statusReport) error {
 	}
 	fmt.Fprintf(w, "stream %s, table %s: %d shards (%d open) at %s\n\n", rep.Stream, rep.Table, len(rep.Shards), open, rep.At.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SHARD\tSTATE\tOWNER\tCOUNTER\tCHECKPOINT\tLAG")
+	fmt.Fprintln(tw, "SHARD\tSTATE\tOWNER\tCOUNTER\tEXPIRES\tCHECKPOINT\tLAG")
 	var notes []string
 	for _, s := range rep.Shards {
 		owner, counter := "-", "-"
@@ -328,9 +356,10 @@ func printStatus(w io.Writer, rep *statusReport) error {
 		}
 		state := s.State
 		if s.UnfinishedParent {
-			state += " (unfinished parent)"
+			state += "*" // explained below the table
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ShardID, state, owner, counter, checkpointCell(s.Checkpoint), lagCell(s.Lag))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ShardID, state, owner, counter, expiresCell(s.Lease, rep.At),
+			checkpointCell(s.Checkpoint), lagCell(s.Lag))
 		if s.Lag != nil && s.Lag.Error != "" {
 			notes = append(notes, fmt.Sprintf("%s: lag not read: %s", s.ShardID, s.Lag.Error))
 		}
@@ -340,7 +369,7 @@ func printStatus(w io.Writer, rep *statusReport) error {
 	}
 	for _, id := range rep.UnfinishedParents {
 		i := slices.IndexFunc(rep.Shards, func(s statusShard) bool { return s.ShardID == id })
-		notes = append(notes, fmt.Sprintf("%s is closed and not read to its end: its children %s wait for it",
+		notes = append(notes, fmt.Sprintf("* %s is closed and not read to its end: its children %s wait for it",
 			id, strings.Join(rep.Shards[i].ChildShardIDs, ", ")))
 	}
 	if len(notes) > 0 {
@@ -376,6 +405,38 @@ func checkpointCell(cp *statusCheckpoint) string {
 		seq += " (partial)"
 	}
 	return seq
+}
+
+// expiresCell is when the lease expires, from at: "in 7s", "expired 3m ago";
+// "-" when it is free (or has no item), "?" when its renewal time is
+// unknown.
+func expiresCell(l *statusLease, at time.Time) string {
+	switch {
+	case l == nil || l.Owner == "":
+		return "-"
+	case l.ExpiresAt == nil:
+		return "?"
+	}
+	d := l.ExpiresAt.Sub(at)
+	if d < 0 {
+		return "expired " + roughly(-d) + " ago"
+	}
+	return "in " + roughly(d)
+}
+
+// roughly is d (not negative) in its largest unit, rounded to the second
+// and then truncated: "7s", "3m", "5h", "2d".
+func roughly(d time.Duration) string {
+	s := int64(d.Round(time.Second) / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 60*60:
+		return fmt.Sprintf("%dm", s/60)
+	case s < 24*60*60:
+		return fmt.Sprintf("%dh", s/(60*60))
+	}
+	return fmt.Sprintf("%dd", s/(24*60*60))
 }
 
 func lagCell(l *statusLag) string {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -31,7 +32,8 @@ import (
 // TestStatusShowsLeasesCheckpointsLagAndWritesNothing sets up a stream of
 // two shards, one split since (a closed parent with two children), with a
 // lease and a checkpoint on the other, and checks what status prints, as
-// JSON and as a table, and that it called no API that writes.
+// JSON and as a table (the lease's expiry included), and that it called no
+// API that writes.
 func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 	emulatorEnv(t)
 	kc, dc := awstest.KinesisClient(t), awstest.DynamoDBClient(t)
@@ -82,9 +84,11 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	taking := time.Now()
 	if held, err := store.SyncLeases(ctx, stream, []string{shard0}); err != nil || !slices.Equal(held, []string{shard0}) {
 		t.Fatalf("SyncLeases = %v, %v", held, err)
 	}
+	taken := time.Now()
 	if err := store.Save(ctx, stream, shard0, shardflow.Checkpoint{Position: shardflow.Position{SequenceNumber: seq0[0]}}); err != nil {
 		t.Fatal(err)
 	}
@@ -112,14 +116,20 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 		return l
 	}
 	zero := aws.Int64(0)
-	var counter int64 // SyncLeases wrote it: any positive value
+	var counter int64       // SyncLeases wrote it: any positive value
+	var renewedAt time.Time // and its time, checked below
 	if len(got.Shards) > 0 && got.Shards[0].Lease != nil {
 		counter = got.Shards[0].Lease.Counter
+		if r := got.Shards[0].Lease.RenewedAt; r != nil {
+			renewedAt = *r
+		}
 	}
+	// The default --lease-duration is the library's, 10s.
+	expiresAt := renewedAt.Add(10 * time.Second)
 	want := statusReport{
 		Stream: stream, Table: table,
 		Shards: []statusShard{
-			{ShardID: shard0, State: "open", Lease: &statusLease{Owner: "relay-a", Counter: counter},
+			{ShardID: shard0, State: "open", Lease: &statusLease{Owner: "relay-a", Counter: counter, RenewedAt: &renewedAt, ExpiresAt: &expiresAt},
 				Checkpoint: &statusCheckpoint{SequenceNumber: seq0[0]},
 				Lag:        &statusLag{MillisBehindLatest: zero, Iterator: types.ShardIteratorTypeAfterSequenceNumber}},
 			{ShardID: shard1, State: "closed", ChildShardIDs: []string{child2, child3},
@@ -140,11 +150,27 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 	if counter < 1 {
 		t.Errorf("shard 0's lease counter is %d; want the counter SyncLeases wrote", counter)
 	}
+	if renewedAt.Before(taking.Truncate(time.Millisecond)) || renewedAt.After(taken) {
+		t.Errorf("shard 0's lease_renewed_at = %v; want the time of the take, in [%v, %v]", renewedAt, taking, taken)
+	}
 	if time.Since(got.At) > hangBound || got.At.After(time.Now()) {
 		t.Errorf("at = %v; want the time of the run", got.At)
 	}
 
-	code, stdout, stderr = runCmd(ctx, t, "", append([]string{"status"}, flags...)...)
+	// A longer --lease-duration moves the expiry. The table's EXPIRES is
+	// "in 1h" while the run is less than half an hour after the take.
+	code, stdout, stderr = runCmd(ctx, t, "", append([]string{"status", "--json", "--lease-duration", "90m"}, flags...)...)
+	if code != 0 {
+		t.Fatalf("status --json --lease-duration 90m exited %d: %s", code, stderr)
+	}
+	var longer statusReport
+	if err := json.Unmarshal([]byte(stdout), &longer); err != nil {
+		t.Fatalf("status --json --lease-duration 90m printed %q: %v", stdout, err)
+	}
+	if l := longer.Shards[0].Lease; l == nil || l.ExpiresAt == nil || !l.ExpiresAt.Equal(renewedAt.Add(90*time.Minute)) {
+		t.Errorf("with --lease-duration 90m, shard 0's lease is %+v; want lease_expires_at %v", l, renewedAt.Add(90*time.Minute))
+	}
+	code, stdout, stderr = runCmd(ctx, t, "", append([]string{"status", "--lease-duration", "90m"}, flags...)...)
 	if code != 0 {
 		t.Fatalf("status exited %d: %s", code, stderr)
 	}
@@ -157,10 +183,10 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 		}
 	}
 	wantRows := map[string][]string{
-		shard0: {shard0, "open", "relay-a", fmt.Sprint(counter), "…" + seq0[0][len(seq0[0])-seqDigits:], "LAG"},
-		shard1: {shard1, "closed", "(unfinished", "parent)", "-", "-", "-", "LAG"},
-		child2: {child2, "open", "-", "-", "-", "LAG"},
-		child3: {child3, "open", "-", "-", "-", "LAG"},
+		shard0: {shard0, "open", "relay-a", fmt.Sprint(counter), "in", "1h", "…" + seq0[0][len(seq0[0])-seqDigits:], "LAG"},
+		shard1: {shard1, "closed*", "-", "-", "-", "-", "LAG"},
+		child2: {child2, "open", "-", "-", "-", "-", "LAG"},
+		child3: {child3, "open", "-", "-", "-", "-", "LAG"},
 	}
 	for id, f := range rows {
 		if n := len(f); n > 0 && strings.HasSuffix(f[n-1], "s") {
@@ -171,7 +197,7 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 	if diff := cmp.Diff(wantRows, rows); diff != "" {
 		t.Errorf("status table rows mismatch (-want +got):\n%s\n%s", diff, stdout)
 	}
-	if !strings.Contains(stdout, shard1+" is closed and not read to its end: its children "+child2+", "+child3+" wait for it") {
+	if !strings.Contains(stdout, "\n* "+shard1+" is closed and not read to its end: its children "+child2+", "+child3+" wait for it") {
 		t.Errorf("status does not name the unfinished parent:\n%s", stdout)
 	}
 
@@ -297,21 +323,24 @@ func readStream(t *testing.T, kc *kinesis.Client, stream string) map[string][]st
 }
 
 // TestStatusTablePrintsEachCase prints a report with every case the table
-// shows: a free lease, a hand-over, a partial checkpoint, SHARD_END, a lag
-// that could not be read, and an unfinished parent.
+// shows: a free lease, leases expiring and expired, one whose renewal time
+// is unknown, a hand-over, a partial checkpoint, SHARD_END, a lag that could
+// not be read, and an unfinished parent.
 func TestStatusTablePrintsEachCase(t *testing.T) {
 	lag := func(ms int64) *statusLag { return &statusLag{MillisBehindLatest: aws.Int64(ms)} }
-	rep := &statusReport{Stream: "orders", Table: "relay-state", At: time.Date(2026, 12, 1, 9, 14, 3, 0, time.UTC),
+	at := time.Date(2026, 12, 1, 9, 14, 3, 0, time.UTC)
+	expires := func(d time.Duration) *time.Time { e := at.Add(d); return &e }
+	rep := &statusReport{Stream: "orders", Table: "relay-state", At: at,
 		Shards: []statusShard{
 			{ShardID: "shardId-0", State: "closed", Lease: &statusLease{Counter: 12}, Checkpoint: &statusCheckpoint{ShardEnd: true}},
-			{ShardID: "shardId-1", State: "closed", Lease: &statusLease{Owner: "web-2", Counter: 7},
+			{ShardID: "shardId-1", State: "closed", Lease: &statusLease{Owner: "web-2", Counter: 7, ExpiresAt: expires(-3*time.Minute - 12*time.Second)},
 				Checkpoint: &statusCheckpoint{SequenceNumber: "49680721690560636694664281732086203610698382124866113554", SubSequenceNumber: 3, Partial: true},
 				Lag:        lag(192000), UnfinishedParent: true, ChildShardIDs: []string{"shardId-3", "shardId-4"}},
-			{ShardID: "shardId-2", State: "open", Lease: &statusLease{Owner: "web-1", Counter: 1288, WantedBy: "web-3"},
+			{ShardID: "shardId-2", State: "open", Lease: &statusLease{Owner: "web-1", Counter: 1288, WantedBy: "web-3", ExpiresAt: expires(7250 * time.Millisecond)},
 				Checkpoint: &statusCheckpoint{SequenceNumber: "12345"}, Lag: lag(310)},
 			{ShardID: "shardId-3", State: "open", ParentShardID: "shardId-1",
 				Lag: &statusLag{Iterator: "TRIM_HORIZON", Error: "get records: throttled"}},
-			{ShardID: "shardId-4", State: "open", ParentShardID: "shardId-1", Lag: lag(1240)},
+			{ShardID: "shardId-4", State: "open", ParentShardID: "shardId-1", Lease: &statusLease{Owner: "web-3", Counter: 2}, Lag: lag(1240)},
 		}, UnfinishedParents: []string{"shardId-1"}}
 	var b strings.Builder
 	if err := printStatus(&b, rep); err != nil {
@@ -319,18 +348,79 @@ func TestStatusTablePrintsEachCase(t *testing.T) {
 	}
 	want := `stream orders, table relay-state: 5 shards (3 open) at 2026-12-01T09:14:03Z
 
-SHARD      STATE                       OWNER  COUNTER  CHECKPOINT                 LAG
-shardId-0  closed                      -      12       SHARD_END                  -
-shardId-1  closed (unfinished parent)  web-2  7        …124866113554/3 (partial)  3m12s
-shardId-2  open                        web-1  1288     12345                      310ms
-shardId-3  open                        -      -        -                          ?
-shardId-4  open                        -      -        -                          1.24s
+SHARD      STATE    OWNER  COUNTER  EXPIRES         CHECKPOINT                 LAG
+shardId-0  closed   -      12       -               SHARD_END                  -
+shardId-1  closed*  web-2  7        expired 3m ago  …124866113554/3 (partial)  3m12s
+shardId-2  open     web-1  1288     in 7s           12345                      310ms
+shardId-3  open     -      -        -               -                          ?
+shardId-4  open     web-3  2        ?               -                          1.24s
 
 shardId-2: web-3 asked for the lease (a hand-over is under way)
 shardId-3: lag not read: get records: throttled
-shardId-1 is closed and not read to its end: its children shardId-3, shardId-4 wait for it
+* shardId-1 is closed and not read to its end: its children shardId-3, shardId-4 wait for it
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("status table mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestStatusExpiresCellRoundsToOneUnit checks the EXPIRES cell around each
+// unit's bounds.
+func TestStatusExpiresCellRoundsToOneUnit(t *testing.T) {
+	at := time.Date(2026, 12, 1, 9, 14, 3, 0, time.UTC)
+	owned := func(d time.Duration) *statusLease { e := at.Add(d); return &statusLease{Owner: "web-1", ExpiresAt: &e} }
+	for _, tc := range []struct {
+		name  string
+		lease *statusLease
+		want  string
+	}{
+		{"no item", nil, "-"},
+		{"a free lease", &statusLease{Counter: 3}, "-"},
+		{"an owned lease with no renewal time", &statusLease{Owner: "web-1", Counter: 3}, "?"},
+		{"expiring now", owned(0), "in 0s"},
+		{"expiring in under half a second", owned(400 * time.Millisecond), "in 0s"},
+		{"expiring in 9.6s", owned(9600 * time.Millisecond), "in 10s"},
+		{"expiring in 59.6s, which rounds to a minute", owned(59600 * time.Millisecond), "in 1m"},
+		{"expired 1.5s ago", owned(-1500 * time.Millisecond), "expired 2s ago"},
+		{"expired 3m59s ago", owned(-3*time.Minute - 59*time.Second), "expired 3m ago"},
+		{"expired 90m ago", owned(-90 * time.Minute), "expired 1h ago"},
+		{"expired 23h59m ago", owned(-23*time.Hour - 59*time.Minute), "expired 23h ago"},
+		{"expired 50h ago", owned(-50 * time.Hour), "expired 2d ago"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := expiresCell(tc.lease, at); got != tc.want {
+				t.Errorf("expiresCell = %q; want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestStatusTableFitsIn100Columns prints a report with real shard ids, an
+// owner id of the default form (host, process id, random bits; a longer
+// host name widens the table), a lease counter of a month of renewals, an
+// unfinished parent, a lease expired long ago, a checkpoint within a KPL
+// aggregate and a lag of minutes, and checks that no line of the table is
+// wider than 100 columns. (A partial checkpoint adds 10.)
+func TestStatusTableFitsIn100Columns(t *testing.T) {
+	at := time.Date(2026, 12, 1, 9, 14, 3, 0, time.UTC)
+	expired := at.Add(-59 * time.Minute)
+	rep := &statusReport{Stream: "orders", Table: "relay-state", At: at,
+		Shards: []statusShard{
+			{ShardID: "shardId-000000000001", State: "closed", UnfinishedParent: true, ChildShardIDs: []string{"shardId-000000000002"},
+				Lease:      &statusLease{Owner: "web-3-4711-9f2c01ab", Counter: 777777, ExpiresAt: &expired},
+				Checkpoint: &statusCheckpoint{SequenceNumber: "49680721690560636694664281732086203610698382124866113554", SubSequenceNumber: 3},
+				Lag:        &statusLag{MillisBehindLatest: aws.Int64(192000)}},
+			{ShardID: "shardId-000000000002", State: "open", ParentShardID: "shardId-000000000001"},
+		}, UnfinishedParents: []string{"shardId-000000000001"}}
+	var b strings.Builder
+	if err := printStatus(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(b.String(), "\n\n")
+	table, _, _ = strings.Cut(table, "\n\n")
+	for l := range strings.Lines(table) {
+		if n := utf8.RuneCountInString(strings.TrimSuffix(l, "\n")); n > 100 {
+			t.Errorf("a line of %d columns; want at most 100:\n%s", n, b.String())
+		}
 	}
 }

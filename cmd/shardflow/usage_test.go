@@ -20,7 +20,8 @@ func TestHelpPrintsUsageAndExitsZero(t *testing.T) {
 		{[]string{"put", "--help"}, []string{"usage: shardflow put --stream S"}},
 		{[]string{"relay", "-h"}, []string{"usage: shardflow relay", "-unordered", "-table", "-metrics-addr", "127.0.0.1:9464", "no authentication"}},
 		{[]string{"help", "create-stream"}, []string{"usage: shardflow create-stream NAME", "-shards"}},
-		{[]string{"help", "status"}, []string{"usage: shardflow status --stream S --table T", "-json", "millis_behind_latest"}},
+		{[]string{"help", "status"}, []string{"usage: shardflow status --stream S --table T", "-json", "millis_behind_latest",
+			"-lease-duration", "(default 10s)", "EXPIRES", "lease_expires_at", "approximate"}},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -49,7 +50,7 @@ func TestEachCommandsUsageListsOnlyItsFlags(t *testing.T) {
 		{"tail", append([]string{"format", "from", "log-level", "max", "shutdown-timeout", "stream"}, awsK...)},
 		{"relay", append([]string{"from", "log-level", "metrics-addr", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
 		{"checkpoints", append([]string{"log-level", "reset", "stream", "table"}, awsKD...)},
-		{"status", append([]string{"json", "log-level", "stream", "table"}, awsKD...)},
+		{"status", append([]string{"json", "lease-duration", "log-level", "stream", "table"}, awsKD...)},
 		{"create-stream", append([]string{"shards", "wait"}, awsK...)},
 		{"create-table", append([]string{"log-level"}, awsD...)},
 	}
@@ -96,6 +97,7 @@ func TestUsageErrorsExitTwoWithTheReason(t *testing.T) {
 		{[]string{"checkpoints", "--table", "t", "--stream", "s", "x"}, `unexpected argument "x"`},
 		{[]string{"status", "--stream", "s"}, "--table and --stream are required"},
 		{[]string{"status", "--table", "t", "--stream", "s", "x"}, `unexpected argument "x"`},
+		{[]string{"status", "--table", "t", "--stream", "s", "--lease-duration", "0s"}, "--lease-duration 0s: want a positive duration"},
 		{[]string{"create-stream"}, "want one stream name"},
 		{[]string{"create-stream", "a", "b"}, "want one stream name"},
 		{[]string{"create-stream", "a", "--shards", "0"}, "--shards 0"},
