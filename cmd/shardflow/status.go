@@ -53,9 +53,9 @@ document with every field in full:
     lease                  null when the table has no item for the shard, else
       owner, counter         the lease owner ("" when free) and counter, which
       wanted_by              changes on every renew; the instance that asked for it
-      lease_renewed_at       the owner's time of its last take or renewal (RFC 3339;
+      renewed_at             the owner's time of its last take or renewal (RFC 3339;
                              omitted for a free lease, and when the item has none)
-      lease_expires_at       lease_renewed_at plus --lease-duration (omitted with it)
+      expires_at             renewed_at plus --lease-duration (omitted with it)
     checkpoint             null when none was saved, else
       sequence_number, sub_sequence_number, partial (a KPL aggregate read in part),
       shard_end (the shard was read to its end)
@@ -94,8 +94,8 @@ type statusLease struct {
 	WantedBy string `json:"wanted_by,omitempty"`
 	// RenewedAt and ExpiresAt are nil for a free lease and when the item
 	// has no renewal time. ExpiresAt is approximate: see statusDoc.
-	RenewedAt *time.Time `json:"lease_renewed_at,omitempty"`
-	ExpiresAt *time.Time `json:"lease_expires_at,omitempty"`
+	RenewedAt *time.Time `json:"renewed_at,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
 type statusCheckpoint struct {

@@ -151,7 +151,7 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 		t.Errorf("shard 0's lease counter is %d; want the counter SyncLeases wrote", counter)
 	}
 	if renewedAt.Before(taking.Truncate(time.Millisecond)) || renewedAt.After(taken) {
-		t.Errorf("shard 0's lease_renewed_at = %v; want the time of the take, in [%v, %v]", renewedAt, taking, taken)
+		t.Errorf("shard 0's renewed_at = %v; want the time of the take, in [%v, %v]", renewedAt, taking, taken)
 	}
 	if time.Since(got.At) > hangBound || got.At.After(time.Now()) {
 		t.Errorf("at = %v; want the time of the run", got.At)
@@ -168,7 +168,7 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 		t.Fatalf("status --json --lease-duration 90m printed %q: %v", stdout, err)
 	}
 	if l := longer.Shards[0].Lease; l == nil || l.ExpiresAt == nil || !l.ExpiresAt.Equal(renewedAt.Add(90*time.Minute)) {
-		t.Errorf("with --lease-duration 90m, shard 0's lease is %+v; want lease_expires_at %v", l, renewedAt.Add(90*time.Minute))
+		t.Errorf("with --lease-duration 90m, shard 0's lease is %+v; want expires_at %v", l, renewedAt.Add(90*time.Minute))
 	}
 	code, stdout, stderr = runCmd(ctx, t, "", append([]string{"status", "--lease-duration", "90m"}, flags...)...)
 	if code != 0 {

@@ -21,7 +21,7 @@ func TestHelpPrintsUsageAndExitsZero(t *testing.T) {
 		{[]string{"relay", "-h"}, []string{"usage: shardflow relay", "-unordered", "-table", "-metrics-addr", "127.0.0.1:9464", "no authentication"}},
 		{[]string{"help", "create-stream"}, []string{"usage: shardflow create-stream NAME", "-shards"}},
 		{[]string{"help", "status"}, []string{"usage: shardflow status --stream S --table T", "-json", "millis_behind_latest",
-			"-lease-duration", "(default 10s)", "EXPIRES", "lease_expires_at", "approximate"}},
+			"-lease-duration", "(default 10s)", "EXPIRES", "expires_at", "approximate"}},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
