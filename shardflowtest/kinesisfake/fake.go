@@ -10,10 +10,20 @@
 // shards split and merge into children listed by ListShards and returned in
 // ChildShards at a parent's end, and PutRecords enforces the request limits
 // Kinesis does. Faults are injected on demand: whole-call errors with
-// [Fake.InjectError], per-entry PutRecords failures with [Fake.FailEntries].
+// [Fake.InjectError], per-entry PutRecords failures with [Fake.FailEntries],
+// errors that end an open subscription with [Fake.InjectSubscriptionError].
+//
+// Enhanced fan-out is served too: RegisterStreamConsumer,
+// DescribeStreamConsumer, DeregisterStreamConsumer, ListStreamConsumers and
+// SubscribeToShard, which returns a real *kinesis.SubscribeToShardOutput
+// whose GetStream() yields the events, encoded and decoded by the AWS SDK's
+// own event stream code exactly as it reads them from Kinesis (see
+// [Fake.SubscribeToShard]). With [Options.ReadLimits] the fake also enforces
+// Kinesis' read limits per shard, for GetRecords and for subscriptions.
 //
 // Time comes from the time package, so tests under testing/synctest control
-// iterator expiry and arrival timestamps. A Fake is safe for concurrent use.
+// iterator expiry, arrival timestamps, subscription lengths and read limits.
+// A Fake is safe for concurrent use.
 package kinesisfake
 
 import (
@@ -48,6 +58,8 @@ var maxHashKey = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 128), big.NewI
 
 // Fake is an in-memory Kinesis. The zero Fake is not usable; call New.
 type Fake struct {
+	opts Options
+
 	mu        sync.Mutex
 	streams   map[string]*stream
 	iterators map[string]iterator
@@ -56,6 +68,11 @@ type Fake struct {
 	inject    func(op string, input any) error
 	failEntry func(stream string, e types.PutRecordsRequestEntry) (code string)
 	calls     map[string]int
+
+	consumers map[string]*consumer // by ARN, deregistered ones until they are gone
+	subs      map[*subscription]bool
+	injectSub func(consumerARN, shardID string) error
+	sdk       *kinesis.Client // decodes subscriptions' event streams; made at the first
 }
 
 type stream struct {
@@ -71,6 +88,19 @@ type shard struct {
 	startSeq       string
 	endSeq         string // set when closed
 	records        []types.Record
+
+	// changed is closed, and replaced, whenever records are added or the
+	// shard closes: subscriptions wait on it.
+	changed chan struct{}
+	reads   readLimiter // GetRecords calls and bytes, with Options.ReadLimits
+}
+
+// notify wakes the subscriptions of the shard. Called with f.mu held.
+func (s *shard) notify() {
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
 }
 
 func (s *shard) closed() bool { return s.endSeq != "" }
@@ -81,14 +111,25 @@ type iterator struct {
 	issued        time.Time
 }
 
-// New returns an empty fake.
-func New() *Fake {
+// New returns an empty fake, configured by optFns.
+func New(optFns ...func(*Options)) *Fake {
+	var o Options
+	for _, fn := range optFns {
+		fn(&o)
+	}
+	if o.SubscriptionDuration <= 0 {
+		o.SubscriptionDuration = DefaultSubscriptionDuration
+	}
+	o.ConsumerStatusDelay = max(o.ConsumerStatusDelay, 0)
 	seq, _ := new(big.Int).SetString("49590338271490256608559692538361571095921575989136588898", 10)
 	return &Fake{
+		opts:      o,
 		streams:   make(map[string]*stream),
 		iterators: make(map[string]iterator),
 		seq:       seq,
 		calls:     make(map[string]int),
+		consumers: make(map[string]*consumer),
+		subs:      make(map[*subscription]bool),
 	}
 }
 
@@ -159,7 +200,7 @@ func (f *Fake) CreateStream(_ context.Context, in *kinesis.CreateStreamInput, _ 
 		if i == n-1 {
 			end = new(big.Int).Set(maxHashKey)
 		}
-		st.shards = append(st.shards, &shard{id: shardID(len(st.shards)), start: start, end: end, startSeq: f.nextSeq()})
+		st.shards = append(st.shards, &shard{id: shardID(len(st.shards)), start: start, end: end, startSeq: f.nextSeq(), changed: make(chan struct{})})
 	}
 	f.streams[name] = st
 	return &kinesis.CreateStreamOutput{}, nil
@@ -253,6 +294,7 @@ func (f *Fake) put(st *stream, data []byte, key string, explicit *string) (*shar
 		SequenceNumber:              aws.String(seq),
 		ApproximateArrivalTimestamp: aws.Time(time.Now()),
 	})
+	s.notify()
 	return s, seq, nil
 }
 
@@ -411,47 +453,49 @@ func (f *Fake) GetShardIterator(_ context.Context, in *kinesis.GetShardIteratorI
 	if s == nil {
 		return nil, &types.ResourceNotFoundException{Message: aws.String("Shard " + aws.ToString(in.ShardId) + " in stream " + st.name + " not found")}
 	}
-	var next int
-	switch in.ShardIteratorType {
+	next, err := startIndex(s, in.ShardIteratorType, in.StartingSequenceNumber, in.Timestamp)
+	if err != nil {
+		return nil, err
+	}
+	return &kinesis.GetShardIteratorOutput{ShardIterator: aws.String(f.issue(st.name, s.id, next))}, nil
+}
+
+// startIndex returns the index in s.records of the first record a reader
+// starting at the position given by typ (and seq or ts) reads.
+func startIndex(s *shard, typ types.ShardIteratorType, seq *string, ts *time.Time) (int, error) {
+	switch typ {
 	case types.ShardIteratorTypeTrimHorizon:
-		next = 0
+		return 0, nil
 	case types.ShardIteratorTypeLatest:
-		next = len(s.records)
+		return len(s.records), nil
 	case types.ShardIteratorTypeAtSequenceNumber, types.ShardIteratorTypeAfterSequenceNumber:
-		want, ok := new(big.Int).SetString(aws.ToString(in.StartingSequenceNumber), 10)
+		want, ok := new(big.Int).SetString(aws.ToString(seq), 10)
 		if !ok {
-			return nil, invalidArgument("StartingSequenceNumber " + aws.ToString(in.StartingSequenceNumber) + " is not a sequence number")
+			return 0, invalidArgument("StartingSequenceNumber " + aws.ToString(seq) + " is not a sequence number")
 		}
-		next = -1
 		for i, r := range s.records {
 			have, _ := new(big.Int).SetString(aws.ToString(r.SequenceNumber), 10)
 			if c := have.Cmp(want); c >= 0 {
-				next = i
-				if c == 0 && in.ShardIteratorType == types.ShardIteratorTypeAfterSequenceNumber {
-					next = i + 1
+				if c == 0 && typ == types.ShardIteratorTypeAfterSequenceNumber {
+					return i + 1, nil
 				}
-				break
+				return i, nil
 			}
 		}
-		if next < 0 {
-			// Past the last record: valid if it belongs to this shard
-			// (not past its end), as Kinesis accepts the last record's
-			// sequence number.
-			next = len(s.records)
-		}
+		// Past the last record: valid if it belongs to this shard (not
+		// past its end), as Kinesis accepts the last record's sequence
+		// number.
+		return len(s.records), nil
 	case types.ShardIteratorTypeAtTimestamp:
-		ts := aws.ToTime(in.Timestamp)
-		next = len(s.records)
+		t := aws.ToTime(ts)
 		for i, r := range s.records {
-			if !aws.ToTime(r.ApproximateArrivalTimestamp).Before(ts) {
-				next = i
-				break
+			if !aws.ToTime(r.ApproximateArrivalTimestamp).Before(t) {
+				return i, nil
 			}
 		}
-	default:
-		return nil, invalidArgument("unknown ShardIteratorType " + string(in.ShardIteratorType))
+		return len(s.records), nil
 	}
-	return &kinesis.GetShardIteratorOutput{ShardIterator: aws.String(f.issue(st.name, s.id, next))}, nil
+	return 0, invalidArgument("unknown ShardIteratorType " + string(typ))
 }
 
 // issue records a new iterator. Called with f.mu held.
@@ -483,33 +527,54 @@ func (f *Fake) GetRecords(_ context.Context, in *kinesis.GetRecordsInput, _ ...f
 		return nil, err
 	}
 	s := st.shard(it.shard)
+	if f.opts.ReadLimits {
+		if err := s.reads.admit(time.Now()); err != nil {
+			return nil, err
+		}
+	}
 	limit := int(aws.ToInt32(in.Limit))
 	if limit <= 0 || limit > maxGetRecordsLimit {
 		limit = maxGetRecordsLimit
 	}
 	end := min(it.next+limit, len(s.records))
-	out := &kinesis.GetRecordsOutput{Records: append([]types.Record(nil), s.records[it.next:end]...), MillisBehindLatest: aws.Int64(0)}
-	if end < len(s.records) {
-		behind := time.Since(aws.ToTime(s.records[end].ApproximateArrivalTimestamp)).Milliseconds()
-		out.MillisBehindLatest = aws.Int64(max(behind, 1))
+	if f.opts.ReadLimits {
+		end = it.next + fitBytes(s.records[it.next:end], MaxGetRecordsBytes)
+		s.reads.spend(time.Now(), recordBytes(s.records[it.next:end]))
 	}
+	out := &kinesis.GetRecordsOutput{Records: append([]types.Record(nil), s.records[it.next:end]...), MillisBehindLatest: aws.Int64(behindLatest(s, end))}
 	if s.closed() && end == len(s.records) {
-		for _, c := range st.shards {
-			if c.parent == s.id || c.adjacentParent == s.id {
-				parents := []string{c.parent}
-				if c.adjacentParent != "" {
-					parents = append(parents, c.adjacentParent)
-				}
-				out.ChildShards = append(out.ChildShards, types.ChildShard{
-					ShardId: aws.String(c.id), ParentShards: parents,
-					HashKeyRange: &types.HashKeyRange{StartingHashKey: aws.String(c.start.String()), EndingHashKey: aws.String(c.end.String())},
-				})
-			}
-		}
+		out.ChildShards = st.children(s)
 		return out, nil
 	}
 	out.NextShardIterator = aws.String(f.issue(it.stream, it.shard, end))
 	return out, nil
+}
+
+// behindLatest is MillisBehindLatest for a reader whose next record is
+// s.records[next]: 0 at the tip, else the age of that record (at least 1).
+func behindLatest(s *shard, next int) int64 {
+	if next >= len(s.records) {
+		return 0
+	}
+	return max(time.Since(aws.ToTime(s.records[next].ApproximateArrivalTimestamp)).Milliseconds(), 1)
+}
+
+// children returns the ChildShards of a closed shard.
+func (st *stream) children(s *shard) []types.ChildShard {
+	var out []types.ChildShard
+	for _, c := range st.shards {
+		if c.parent == s.id || c.adjacentParent == s.id {
+			parents := []string{c.parent}
+			if c.adjacentParent != "" {
+				parents = append(parents, c.adjacentParent)
+			}
+			out = append(out, types.ChildShard{
+				ShardId: aws.String(c.id), ParentShards: parents,
+				HashKeyRange: &types.HashKeyRange{StartingHashKey: aws.String(c.start.String()), EndingHashKey: aws.String(c.end.String())},
+			})
+		}
+	}
+	return out
 }
 
 // SplitShard closes a shard and opens two children that share its range at
@@ -533,10 +598,11 @@ func (f *Fake) SplitShard(_ context.Context, in *kinesis.SplitShardInput, _ ...f
 		return nil, invalidArgument("NewStartingHashKey must be inside the shard's range, above its start")
 	}
 	p.endSeq = f.nextSeq()
-	lo := &shard{id: shardID(len(st.shards)), parent: p.id, start: p.start, end: new(big.Int).Sub(at, big.NewInt(1)), startSeq: f.nextSeq()}
+	lo := &shard{id: shardID(len(st.shards)), parent: p.id, start: p.start, end: new(big.Int).Sub(at, big.NewInt(1)), startSeq: f.nextSeq(), changed: make(chan struct{})}
 	st.shards = append(st.shards, lo)
-	hi := &shard{id: shardID(len(st.shards)), parent: p.id, start: at, end: p.end, startSeq: f.nextSeq()}
+	hi := &shard{id: shardID(len(st.shards)), parent: p.id, start: at, end: p.end, startSeq: f.nextSeq(), changed: make(chan struct{})}
 	st.shards = append(st.shards, hi)
+	p.notify()
 	return &kinesis.SplitShardOutput{}, nil
 }
 
@@ -565,8 +631,10 @@ func (f *Fake) MergeShards(_ context.Context, in *kinesis.MergeShardsInput, _ ..
 	}
 	a.endSeq = f.nextSeq()
 	b.endSeq = f.nextSeq()
-	c := &shard{id: shardID(len(st.shards)), parent: a.id, adjacentParent: b.id, start: lo.start, end: hi.end, startSeq: f.nextSeq()}
+	c := &shard{id: shardID(len(st.shards)), parent: a.id, adjacentParent: b.id, start: lo.start, end: hi.end, startSeq: f.nextSeq(), changed: make(chan struct{})}
 	st.shards = append(st.shards, c)
+	a.notify()
+	b.notify()
 	return &kinesis.MergeShardsOutput{}, nil
 }
 
@@ -591,6 +659,7 @@ func (f *Fake) DescribeStreamSummary(_ context.Context, in *kinesis.DescribeStre
 	return &kinesis.DescribeStreamSummaryOutput{StreamDescriptionSummary: &types.StreamDescriptionSummary{
 		StreamName: aws.String(st.name), StreamARN: aws.String(StreamARN(st.name)),
 		StreamStatus: types.StreamStatusActive, OpenShardCount: aws.Int32(open),
+		ConsumerCount:        aws.Int32(int32(len(f.streamConsumers(st.name, time.Now())))),
 		RetentionPeriodHours: aws.Int32(24), StreamCreationTimestamp: aws.Time(time.Time{}),
 	}}, nil
 }
