@@ -73,7 +73,7 @@ func Batch[T any](s *Stream[T], o BatchOptions[T], opts ...StageOption) *Stream[
 		if err != nil {
 			panic(err) // the policy was resolved above
 		}
-		s.attach(env, &batchNode[T]{env: env, c: env.addStage(st, true), b: b, size: size, next: down})
+		s.attach(env, &batchNode[T]{env: env, c: env.addStage(st, kindBatch), b: b, size: size, next: down})
 	}}
 }
 

@@ -49,6 +49,15 @@
 // run concurrently. A sink receives the records of a shard in order, and may
 // acknowledge them in any order: the checkpoint stays contiguous.
 //
+// [ByKey] trades order per shard for order per key: the stages after it run
+// on n key workers per shard, each key's values on one worker, in order, so
+// that handlers that wait overlap across keys:
+//
+//	shardflow.ByKey(records, 16, nil).Map(callTheAPI).Sink(sink) // nil: by partition key
+//
+// The checkpoint still only passes records once every record before them is
+// done.
+//
 // # Failures
 //
 // A handler error is retried with exponential backoff (see [RetryPolicy]) unless

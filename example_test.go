@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -135,6 +137,36 @@ func ExampleBatch() {
 	fmt.Println(sink.Items(), err)
 	// Output:
 	// [6 15 7] <nil>
+}
+
+// ByKey runs the stages after it on several workers per shard, so that a
+// handler that waits (an API call, here) overlaps with the calls for other
+// keys; each key's records still go through in order. The sink gets the
+// keys interleaved in any order, and each key's values in order.
+func ExampleByKey() {
+	src := shardflowtest.NewSource[shardflow.Record]("orders").AddShard("shard-1",
+		shardflow.Record{PartitionKey: "alice", Data: []byte("alice opens")},
+		shardflow.Record{PartitionKey: "bob", Data: []byte("bob opens")},
+		shardflow.Record{PartitionKey: "alice", Data: []byte("alice pays")},
+		shardflow.Record{PartitionKey: "bob", Data: []byte("bob pays")},
+		shardflow.Record{PartitionKey: "alice", Data: []byte("alice ships")},
+	)
+	var mu sync.Mutex
+	byCustomer := map[string][]string{}
+	callAPI := func(_ context.Context, r shardflow.Record) error {
+		time.Sleep(time.Millisecond) // the call's round trip
+		mu.Lock()
+		defer mu.Unlock()
+		byCustomer[r.PartitionKey] = append(byCustomer[r.PartitionKey], string(r.Data))
+		return nil
+	}
+	keyed := shardflow.ByKey(shardflow.Source(src), 8, nil) // nil: by partition key
+	err := keyed.Tap(callAPI).Sink(shardflowtest.NewSink[shardflow.Record]()).Run(context.Background())
+	fmt.Println(byCustomer["alice"])
+	fmt.Println(byCustomer["bob"], err)
+	// Output:
+	// [alice opens alice pays alice ships]
+	// [bob opens bob pays] <nil>
 }
 
 // FlatMap turns one record into several values; the record counts as done

@@ -78,10 +78,23 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 	})
 	l.ctx, l.cancel = context.WithCancelCause(r.procCtx)
 	l.env = &laneEnv{stream: stream, shard: shardID, log: l.log, metrics: r.metrics, clock: &r.clock,
-		shardAttrs: telemetry.Shard(stream, shardID), streamOpt: metric.WithAttributeSet(telemetry.Stream(stream))}
-	r.attach(l.env)
+		shardAttrs: telemetry.Shard(stream, shardID), streamOpt: metric.WithAttributeSet(telemetry.Stream(stream)),
+		goroutines: &r.wg, publishAcks: l.publishAcks}
+	if n := r.keyWorkers; n > 1 {
+		// With ByKey, the stages after it are wired once per key worker,
+		// each chain in an env of its own; ByKey's node wires the stages
+		// before it into the lane's env once it has every chain.
+		for i := range n {
+			we := l.env.workerEnv(i)
+			r.attach(we)
+			slices.Reverse(we.stages)
+		}
+	} else {
+		r.attach(l.env)
+	}
 	slices.Reverse(l.env.stages) // attach registered them from the sink up
 	l.entry = l.env.entry.(node[T])
+	l.sinkStats = l.env.lastStats()
 	r.lanes[key] = l
 	r.wg.Add(1)
 	go l.loop()
@@ -142,17 +155,21 @@ type Lane[T any] struct {
 	gid       uint64 // the lane goroutine's id, to find its stack
 
 	// The goroutine's own counts for the metrics (see publish).
-	pushed    uint64 // records taken from the queue into the first stage
-	pubTick   int64  // run clock of the last publish
+	pushed    uint64     // records taken from the queue into the first stage
+	sinkStats *nodeStats // the sink stage's (of the first key worker, with ByKey)
+	pubTick   int64      // run clock of the last publish
 	saveMu    sync.Mutex
 	savedHead uint64
 }
 
-// stageNames returns the names of the lane's stages, first to last.
+// stageNames returns the names of the lane's stages, first to last (with
+// ByKey, those of its first key worker after it).
 func (l *Lane[T]) stageNames() []string {
-	names := make([]string, len(l.env.stages))
-	for i, c := range l.env.stages {
-		names[i] = c.st.name
+	var names []string
+	for e := l.env; e != nil; e = e.nextEnv() {
+		for _, c := range e.stages {
+			names = append(names, c.st.name)
+		}
 	}
 	return names
 }
@@ -173,12 +190,42 @@ func (l *Lane[T]) blockedIn(stacks *stackDump) (stage, detail string, ok bool) {
 // heldInBatch returns the Batch stage holding the record at idx, if one
 // does.
 func (l *Lane[T]) heldInBatch(idx uint64) (string, bool) {
-	for _, c := range l.env.stages {
-		if h := c.held.Load(); c.batch && h != 0 && h-1 <= idx {
+	if name, ok := heldInBatch(l.env.stages, idx); ok {
+		return name, true
+	}
+	if l.env.keys != nil {
+		return l.env.keys.heldInBatch(idx)
+	}
+	return "", false
+}
+
+// heldInBatch returns the Batch stage of a chain holding the record at idx,
+// if one does.
+func heldInBatch(stages []*nodeStats, idx uint64) (string, bool) {
+	for _, c := range stages {
+		if h := c.held.Load(); c.kind == kindBatch && h != 0 && h-1 <= idx {
 			return c.st.name, true
 		}
 	}
 	return "", false
+}
+
+// heldByKeyWorker returns, with ByKey, where a key worker holds the record at
+// idx (see keyWorkers.holding).
+func (l *Lane[T]) heldByKeyWorker(idx uint64, stacks *stackDump) (stage, detail string, ok bool) {
+	if l.env.keys == nil {
+		return "", "", false
+	}
+	return l.env.keys.holding(idx, stacks)
+}
+
+// keyWorkerBlocked returns, with ByKey, the stage a key worker busy since
+// before busyBefore is blocked in (see keyWorkers.blockedSince).
+func (l *Lane[T]) keyWorkerBlocked(busyBefore int64, stacks *stackDump) (stage, detail string, ok bool) {
+	if l.env.keys == nil {
+		return "", "", false
+	}
+	return l.env.keys.blockedSince(busyBefore, stacks)
 }
 
 // Stream returns the name of the lane's stream.
@@ -475,8 +522,49 @@ type laneEnv struct {
 	metrics    *pipelineMetrics
 	clock      *atomic.Int64 // the run clock
 	shardAttrs attribute.Set
-	stages     []*nodeStats // the lane's stages, first to last (the sink)
+	stages     []*nodeStats // the chain's stages, first to last
 	streamOpt  metric.MeasurementOption
+
+	goroutines  *sync.WaitGroup // the run's: a key worker's goroutine counts in it
+	publishAcks func()          // the lane's publishAcks
+
+	// With ByKey: in the env of a key worker's chain, the lane's env and
+	// the worker's index; in the lane's env, ByKey's node while it is
+	// wired (split), then its workers (keys).
+	parent *laneEnv
+	worker int
+	split  any
+	keys   keyWorkers
+}
+
+// workerEnv returns the env of the chain of key worker i of the lane whose
+// env is e: e's identity and instruments, and stages, timer and entry of its
+// own.
+func (e *laneEnv) workerEnv(i int) *laneEnv {
+	return &laneEnv{stream: e.stream, shard: e.shard, log: e.log, metrics: e.metrics, clock: e.clock,
+		shardAttrs: e.shardAttrs, streamOpt: e.streamOpt, goroutines: e.goroutines, publishAcks: e.publishAcks,
+		parent: e, worker: i}
+}
+
+// nextEnv returns, for the lane's env with ByKey, the env of the first key
+// worker's chain; else nil.
+func (e *laneEnv) nextEnv() *laneEnv {
+	if e.keys == nil {
+		return nil
+	}
+	return e.keys.firstChain()
+}
+
+// lastStats returns the stats of the last stage of the lane: its sink
+// (with ByKey, the first key worker's).
+func (e *laneEnv) lastStats() *nodeStats {
+	for next := e.nextEnv(); next != nil; next = next.nextEnv() {
+		e = next
+	}
+	if len(e.stages) == 0 {
+		return nil
+	}
+	return e.stages[len(e.stages)-1]
 }
 
 // streamAttrs is the {stream} attribute option of the lane's metrics.

@@ -93,7 +93,7 @@ func (r *run) observe(_ context.Context, o metric.Observer) error {
 type nodeStats struct {
 	st    *stage
 	attrs metric.MeasurementOption // {stream, stage}
-	batch bool                     // a Batch stage: out counts batches
+	kind  nodeKind
 
 	dropped, failed, deadLettered uint64
 	// grown is what a FlatMap's fan-out added: values out beyond one per
@@ -137,10 +137,20 @@ func (c *nodeStats) failedOnLane(dl bool) {
 	}
 }
 
-// addStage registers the node of st in the lane, below the ones registered
-// before it (attach wires a lane from the sink up), and returns its stats.
-func (e *laneEnv) addStage(st *stage, batch bool) *nodeStats {
-	c := &nodeStats{st: st, batch: batch, clock: e.clock,
+// nodeKind says how a stage's values out are counted.
+type nodeKind uint8
+
+const (
+	kindPlain nodeKind = iota // out = in - dropped - failed - dead-lettered + grown
+	kindBatch                 // out = the batches it emitted
+	kindSink                  // out = what the sink acknowledged (publishAcks)
+)
+
+// addStage registers the node of st in the chain of env, below the ones
+// registered before it (attach wires a chain from the sink up), and returns
+// its stats.
+func (e *laneEnv) addStage(st *stage, kind nodeKind) *nodeStats {
+	c := &nodeStats{st: st, kind: kind, clock: e.clock,
 		attrs: metric.WithAttributeSet(attribute.NewSet(telemetry.KeyStream.String(e.stream), telemetry.KeyStage.String(st.name)))}
 	e.stages = append(e.stages, c)
 	return c
@@ -150,15 +160,23 @@ func (e *laneEnv) addStage(st *stage, batch bool) *nodeStats {
 // the counters. Called on the lane's goroutine, between records, or once it
 // exited.
 func (l *Lane[T]) publish() {
-	m := l.r.metrics
+	publishChain(l.r.metrics, l.env.stages, l.pushed)
+	l.pubTick = l.r.clock.Load()
+	l.publishAcks()
+}
+
+// publishChain adds what the stages of one chain (a lane's, or a key
+// worker's: see ByKey) counted since its last publish to the counters; in is
+// the values pushed into its first stage. Called on the chain's goroutine,
+// between values, or once it exited.
+func publishChain(m *pipelineMetrics, stages []*nodeStats, in uint64) {
 	ctx := context.Background()
-	in := l.pushed
-	for i, c := range l.env.stages {
+	for _, c := range stages {
 		var out uint64
-		switch {
-		case c.batch:
+		switch c.kind {
+		case kindBatch:
 			out = c.batches
-		case i == len(l.env.stages)-1:
+		case kindSink:
 			out = 0 // the sink's out is what it acknowledged: publishAcks
 		default:
 			out = uint64(int64(in-c.dropped-c.failed-c.deadLettered) + c.grown)
@@ -177,18 +195,16 @@ func (l *Lane[T]) publish() {
 		}
 		in = out
 	}
-	l.pubTick = l.r.clock.Load()
-	l.publishAcks()
 }
 
 // publishAcks adds the values the sink acknowledged since the last call to
 // the sink stage's out counter. Safe from any goroutine.
 func (l *Lane[T]) publishAcks() {
-	if len(l.env.stages) == 0 {
+	if l.sinkStats == nil {
 		return
 	}
 	d := l.trk.takeAcked()
 	if d > 0 {
-		l.r.metrics.recordsOut.Add(context.Background(), int64(d), l.env.stages[len(l.env.stages)-1].attrs)
+		l.r.metrics.recordsOut.Add(context.Background(), int64(d), l.sinkStats.attrs)
 	}
 }

@@ -43,8 +43,12 @@ type plan struct {
 	loggers   []any // the source and the sink: PipelineLogger candidates
 	src       any   // the source, for Ready
 	nstages   int
-	mu        sync.Mutex
-	err       error
+	// keyWorkers is n of the pipeline's ByKey stage (0: none, or n = 1):
+	// each lane runs the stages after it on that many key workers.
+	keyWorkers int
+	byKey      string // the ByKey stage's name
+	mu         sync.Mutex
+	err        error
 }
 
 func (p *plan) setErr(err error) {
@@ -107,14 +111,15 @@ func (pl *Pipeline) run(ctx, stop context.Context) error {
 		return &ConfigError{Field: "Options.MeterProvider", Reason: err.Error()}
 	}
 	r := &run{
-		start:   time.Now(),
-		opts:    o,
-		attach:  pl.attach,
-		flush:   pl.flush,
-		lanes:   make(map[string]laneHandle),
-		log:     o.Logger.With("component", "shardflow.pipeline"),
-		metrics: metrics,
-		stalls:  make(map[laneHandle]*stallState),
+		start:      time.Now(),
+		opts:       o,
+		attach:     pl.attach,
+		flush:      pl.flush,
+		keyWorkers: pl.p.keyWorkers,
+		lanes:      make(map[string]laneHandle),
+		log:        o.Logger.With("component", "shardflow.pipeline"),
+		metrics:    metrics,
+		stalls:     make(map[laneHandle]*stallState),
 	}
 	r.clock.Store(r.now())
 	if reg, err := telemetry.Meter(o.MeterProvider).RegisterCallback(r.observe,
@@ -232,6 +237,8 @@ type laneHandle interface {
 	stageNames() []string
 	blockedIn(stacks *stackDump) (stage, detail string, ok bool)
 	heldInBatch(idx uint64) (string, bool)
+	heldByKeyWorker(idx uint64, stacks *stackDump) (stage, detail string, ok bool)
+	keyWorkerBlocked(busyBefore int64, stacks *stackDump) (stage, detail string, ok bool)
 }
 
 func (l *Lane[T]) progress() (head, tail uint64, last Position, err error) { return l.trk.progress() }
@@ -240,10 +247,11 @@ func (l *Lane[T]) laneKey() string { return l.key }
 
 // run is the state of one Pipeline.Run.
 type run struct {
-	opts   Options
-	attach func(env *laneEnv)
-	flush  func(ctx context.Context) error
-	log    *slog.Logger
+	opts       Options
+	attach     func(env *laneEnv)
+	flush      func(ctx context.Context) error
+	log        *slog.Logger
+	keyWorkers int // see plan.keyWorkers
 
 	// srcCtx is the source's: it ends when Run's ctx does or on failure.
 	srcCtx    context.Context

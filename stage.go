@@ -50,8 +50,9 @@ func (s *Stream[T]) feed(stage string) {
 // handle with its error instead of stopping the pipeline. When handle returns
 // nil the record counts as done and its shard's checkpoint may pass it; when
 // handle fails too, the pipeline stops with both errors. handle is called on
-// the shard's goroutine, or on the sink's goroutine for records a sink failed
-// after accepting them; it must be safe for concurrent use across shards. A
+// the shard's goroutine (a key worker's, after [ByKey]), or on the sink's
+// goroutine for records a sink failed after accepting them; it must be safe
+// for concurrent use across shards and key workers. A
 // nil handle means no dead-letter handler: the stage's failures stop the
 // pipeline, as without DeadLetter.
 func (s *Stream[T]) DeadLetter(handle func(ctx context.Context, v T, err error) error) *DeadLettered[T] {
@@ -68,7 +69,8 @@ type DeadLettered[T any] struct {
 
 // Sink is where a pipeline's values end up: the Kinesis sink, the test kit's
 // collecting sink, or user code. Write is called on the shard's goroutine, in
-// shard order, and concurrently across shards.
+// shard order, and concurrently across shards; after [ByKey], on the shard's
+// key workers, in order per key and concurrently within a shard.
 type Sink[T any] interface {
 	// Write takes v. When it returns nil, the sink owns v and must call
 	// ack.Done exactly once, now or later, from any goroutine: with nil once v
@@ -236,7 +238,7 @@ func (d *DeadLettered[T]) Map[U any](f func(context.Context, T) (U, error), opts
 func mapStage[T, U any](s *Stream[T], f func(context.Context, T) (U, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[U] {
 	st := newStage(s, "map", f == nil, true, opts)
 	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
-		s.attach(env, &mapNode[T, U]{st: st, env: env, c: env.addStage(st, false), f: f, dl: dl, next: down})
+		s.attach(env, &mapNode[T, U]{st: st, env: env, c: env.addStage(st, kindPlain), f: f, dl: dl, next: down})
 	}}
 }
 
@@ -275,7 +277,7 @@ func (d *DeadLettered[T]) Filter(keep func(context.Context, T) (bool, error), op
 func filterStage[T any](s *Stream[T], keep func(context.Context, T) (bool, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[T] {
 	st := newStage(s, "filter", keep == nil, true, opts)
 	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
-		s.attach(env, &filterNode[T]{st: st, env: env, c: env.addStage(st, false), f: keep, dl: dl, next: down})
+		s.attach(env, &filterNode[T]{st: st, env: env, c: env.addStage(st, kindPlain), f: keep, dl: dl, next: down})
 	}}
 }
 
@@ -319,7 +321,7 @@ func (d *DeadLettered[T]) FlatMap[U any](f func(context.Context, T) ([]U, error)
 func flatMapStage[T, U any](s *Stream[T], f func(context.Context, T) ([]U, error), dl func(context.Context, T, error) error, opts []StageOption) *Stream[U] {
 	st := newStage(s, "flatmap", f == nil, true, opts)
 	return &Stream[U]{p: s.p, attach: func(env *laneEnv, down node[U]) {
-		s.attach(env, &flatMapNode[T, U]{st: st, env: env, c: env.addStage(st, false), f: f, dl: dl, next: down})
+		s.attach(env, &flatMapNode[T, U]{st: st, env: env, c: env.addStage(st, kindPlain), f: f, dl: dl, next: down})
 	}}
 }
 
@@ -371,7 +373,7 @@ func tapStage[T any](s *Stream[T], f func(context.Context, T) error, dl func(con
 	}
 	st := newStage(s, "tap", f == nil, true, opts)
 	return &Stream[T]{p: s.p, attach: func(env *laneEnv, down node[T]) {
-		s.attach(env, &tapNode[T]{st: st, env: env, c: env.addStage(st, false), f: g, dl: dl, next: down})
+		s.attach(env, &tapNode[T]{st: st, env: env, c: env.addStage(st, kindPlain), f: g, dl: dl, next: down})
 	}}
 }
 
@@ -413,7 +415,7 @@ func sinkStage[T any](s *Stream[T], sink Sink[T], dl func(context.Context, T, er
 	s.p.loggers = append(s.p.loggers, sink)
 	pl := &Pipeline{p: s.p}
 	pl.attach = func(env *laneEnv) {
-		s.attach(env, &sinkNode[T]{st: st, env: env, c: env.addStage(st, false), sink: sink, dl: dl})
+		s.attach(env, &sinkNode[T]{st: st, env: env, c: env.addStage(st, kindSink), sink: sink, dl: dl})
 	}
 	pl.flush = func(ctx context.Context) error {
 		if err := sink.Flush(ctx); err != nil {

@@ -13,8 +13,8 @@ type StallReport struct {
 	Stream, ShardID string
 	// Stage is where the shard is held: the name of the stage holding its
 	// oldest unfinished record (as in [StageError]), "queue" when the record
-	// waits for the shard's goroutine, or "source" when the source made no
-	// successful read.
+	// waits for the shard's goroutine (or for its key worker, after
+	// [ByKey]), or "source" when the source made no successful read.
 	Stage string
 	// Detail says what the stage is doing, for the log: the function a
 	// blocked handler is in, or that the sink has not acknowledged.

@@ -183,10 +183,15 @@ func (r *run) stallOf(l laneHandle) *StallReport {
 }
 
 // attribute finds where the oldest unfinished record of a stalled lane is
-// held: in a handler the lane's goroutine is blocked in, in a Batch stage,
-// waiting in the lane's queue, or in the sink, not acknowledged.
+// held: in a handler the lane's goroutine (or a key worker's, with ByKey) is
+// blocked in, in a Batch stage, waiting in the lane's queue (or a key
+// worker's), or in the sink, not acknowledged.
 func (r *run) attribute(l laneHandle, w laneWatch, now int64, stacks *stackDump) *StallReport {
 	stages := l.stageNames()
+	if stage, detail, ok := l.heldByKeyWorker(w.head, stacks); ok {
+		// A key worker is on the record, or has it queued.
+		return &StallReport{Stage: stage, Detail: detail}
+	}
 	if w.busySince != 0 && time.Duration(now-w.busySince) >= r.opts.StallTimeout/2 {
 		// The lane's goroutine has been on one batch of records since
 		// before the stall: it is blocked in a stage's call.
@@ -199,6 +204,11 @@ func (r *run) attribute(l laneHandle, w laneWatch, now int64, stacks *stackDump)
 	}
 	if name, ok := l.heldInBatch(w.head); ok {
 		return &StallReport{Stage: name, Detail: "the record is held in the batch"}
+	}
+	if stage, detail, ok := l.keyWorkerBlocked(now-int64(r.opts.StallTimeout/2), stacks); ok {
+		// A key worker has been on values since before the stall: a batch
+		// its linger emitted, say, holding the record.
+		return &StallReport{Stage: stage, Detail: detail}
 	}
 	sink := "sink"
 	if len(stages) > 0 {
@@ -247,7 +257,7 @@ func nodeFrame(fn string) bool {
 		return false
 	}
 	rest := fn[len(pkg):]
-	for _, k := range []string{"mapNode[", "filterNode[", "flatMapNode[", "tapNode[", "sinkNode[", "batchNode["} {
+	for _, k := range []string{"mapNode[", "filterNode[", "flatMapNode[", "tapNode[", "sinkNode[", "batchNode[", "keyNode["} {
 		if strings.HasPrefix(rest, k) {
 			return strings.Contains(rest, ").push") || strings.Contains(rest, ").tick") || strings.Contains(rest, ").flush")
 		}
