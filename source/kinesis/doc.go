@@ -63,6 +63,29 @@
 // wrapping shardflow.ErrCredentials. An expired iterator is replaced by a
 // new one from the last record read.
 //
+// # Enhanced fan-out
+//
+// With Options.EnhancedFanOut the source reads every shard it holds through
+// a SubscribeToShard subscription of a registered consumer instead of
+// polling it: Kinesis pushes the records, with 2 MiB/s per shard for this
+// consumer alone (pollers share 2 MiB/s and 5 calls per second per shard)
+// and about 70ms from put to delivery. Run registers the consumer when it
+// is named and missing (or uses a given ARN) and waits until it is ACTIVE;
+// then each shard starts where polling would (after the checkpoint, at it
+// inside a KPL aggregate, or at the initial position), renews its
+// subscription from the last event's ContinuationSequenceNumber when
+// Kinesis ends it, every 5 minutes, with nothing skipped or repeated, and
+// ends at the event that lists the shard's children. Only the way records
+// arrive differs: checkpoints, leases, hand-overs, resharding,
+// de-aggregation, heartbeats and metrics are the same as polling's.
+// Failed subscriptions (ResourceInUseException, throttling, server and
+// network errors) are retried under Options.Retry, its outage budget
+// counted from the first failure since the last event; a deregistered
+// consumer stops Run with a *ConsumerDeletedError, a stream with 20
+// consumers with a *ConsumerLimitError. A slow pipeline makes the source
+// stop reading its subscriptions, never buffer them. The client must
+// implement FanOutAPI, as a *kinesis.Client does.
+//
 // # Leases and shutdown
 //
 // With a store that is a shardflow.Leaser (the DynamoDB store), the source
@@ -80,16 +103,25 @@
 // The source records its metrics through the OpenTelemetry metric API:
 // with Options.MeterProvider, else the pipeline's provider
 // (shardflow.Options.MeterProvider, handed on to the store too), else the
-// global provider. Counts are recorded once per GetRecords call, never per
-// record:
+// global provider. Counts are recorded once per GetRecords call (or
+// event), never per record:
 //
 //	shardflow.source.records               counter  {record}  user records handed to the pipeline (after KPL de-aggregation)
 //	shardflow.source.bytes                 counter  By        data bytes of the Kinesis records read (before de-aggregation)
 //	shardflow.source.getrecords.calls      counter  {call}    GetRecords calls, failed ones included
 //	shardflow.source.getrecords.throttles  counter  {call}    calls refused for rate (ProvisionedThroughputExceeded, LimitExceeded)
 //	shardflow.source.getrecords.errors     counter  {call}    other failed calls, by error_code (not those cut short by shutdown)
-//	shardflow.source.behind_latest         gauge    ms        MillisBehindLatest: how far the shard's reader is behind the tip, as of its last call
+//	shardflow.source.behind_latest         gauge    ms        MillisBehindLatest: how far the shard's reader is behind the tip, as of its last call or event
 //	shardflow.source.shards.held           gauge    {shard}   shards the source reads now
+//
+// With enhanced fan-out, events take the place of GetRecords calls (which
+// are then not made), counted by these instead; records, bytes,
+// behind_latest and shards.held are the same:
+//
+//	shardflow.source.subscribe.subscriptions  counter  {subscription}  SubscribeToShard calls, failed ones included (one per shard every 5 minutes when all is well)
+//	shardflow.source.subscribe.events         counter  {event}         events received, records or not (Kinesis sends one at least every 5 s)
+//	shardflow.source.subscribe.throttles      counter  {subscription}  calls and subscriptions refused or ended for rate
+//	shardflow.source.subscribe.errors         counter  {subscription}  other failed calls and subscriptions, by error_code (ResourceInUseException after a hand-over is normal)
 //
 // Each has the attributes stream and shard, except shards.held (stream
 // only); errors add error_code, the AWS error code. Record data and keys
@@ -99,7 +131,8 @@
 // records the shardflow.lease.* metrics (see package checkpoint/dynamodb).
 //
 // Each shard's reader calls shardflow.Lane.Heartbeat once it has its first
-// iterator and after every successful GetRecords call, records or not, so
+// iterator (or subscription) and after every successful GetRecords call
+// (or event), records or not, so
 // the pipeline's stall watchdog (shardflow.Options.StallTimeout) reports a
 // shard whose reader gets no answer, at stage "source". [Source.Ready]
 // tells a readiness probe whether the source runs, has listed its shards,

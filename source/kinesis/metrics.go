@@ -23,6 +23,12 @@ const (
 	metricErrors       = "shardflow.source.getrecords.errors"
 	metricMillisBehind = "shardflow.source.behind_latest"
 	metricShardsHeld   = "shardflow.source.shards.held"
+
+	// Enhanced fan-out's counterparts of the getrecords instruments.
+	metricSubscriptions = "shardflow.source.subscribe.subscriptions"
+	metricEvents        = "shardflow.source.subscribe.events"
+	metricSubThrottles  = "shardflow.source.subscribe.throttles"
+	metricSubErrors     = "shardflow.source.subscribe.errors"
 )
 
 // UsePipelineMeterProvider implements [shardflow.PipelineMeterProvider]: a
@@ -41,9 +47,22 @@ func (s *Source) UsePipelineMeterProvider(mp metric.MeterProvider) {
 
 // sourceMetrics are the instruments of one Run, made when it starts.
 type sourceMetrics struct {
-	records, bytes, calls, throttles, errors metric.Int64Counter
-	millisBehind, held                       metric.Int64ObservableGauge
-	stream                                   []metric.ObserveOption // {stream}
+	records, bytes     metric.Int64Counter
+	polls, fanOut      readCounters
+	subscriptions      metric.Int64Counter
+	millisBehind, held metric.Int64ObservableGauge
+	stream             []metric.ObserveOption // {stream}
+}
+
+// readCounters count a read mode's reads: GetRecords calls when polling,
+// events received with enhanced fan-out.
+type readCounters struct {
+	// reads counts successful reads, and failed ones too when failedToo
+	// (a GetRecords call is counted whatever its outcome; a failed
+	// subscription is counted by the subscriptions counter instead).
+	reads             metric.Int64Counter
+	failedToo         bool
+	throttles, errors metric.Int64Counter
 }
 
 // newMetrics makes the source's instruments from its provider, and
@@ -69,14 +88,27 @@ func (s *Source) newMetrics(c *coordinator) (*sourceMetrics, metric.Registration
 		return g
 	}
 	m := &sourceMetrics{
-		records:      counter(metricRecords, "{record}", "User records the source handed to the pipeline (after KPL de-aggregation)."),
-		bytes:        counter(metricBytes, "By", "Data bytes of the Kinesis records read (before KPL de-aggregation)."),
-		calls:        counter(metricCalls, "{call}", "GetRecords calls made, failed ones included."),
-		throttles:    counter(metricThrottles, "{call}", "GetRecords calls refused for rate (ProvisionedThroughputExceeded, LimitExceeded)."),
-		errors:       counter(metricErrors, "{call}", "GetRecords calls failed other than for rate, by error_code."),
-		millisBehind: gauge(metricMillisBehind, "ms", "How far the shard's reader is behind the tip of the stream, as of its last GetRecords call."),
+		records: counter(metricRecords, "{record}", "User records the source handed to the pipeline (after KPL de-aggregation)."),
+		bytes:   counter(metricBytes, "By", "Data bytes of the Kinesis records read (before KPL de-aggregation)."),
+		polls: readCounters{
+			reads:     counter(metricCalls, "{call}", "GetRecords calls made, failed ones included."),
+			failedToo: true,
+			throttles: counter(metricThrottles, "{call}", "GetRecords calls refused for rate (ProvisionedThroughputExceeded, LimitExceeded)."),
+			errors:    counter(metricErrors, "{call}", "GetRecords calls failed other than for rate, by error_code."),
+		},
+		millisBehind: gauge(metricMillisBehind, "ms", "How far the shard's reader is behind the tip of the stream, as of its last read."),
 		held:         gauge(metricShardsHeld, "{shard}", "Shards the source reads now."),
 		stream:       []metric.ObserveOption{metric.WithAttributeSet(telemetry.Stream(s.stream))},
+	}
+	if s.opts.EnhancedFanOut != nil {
+		// Made only when used, so that a polling source's exporter shows
+		// no series it can never move.
+		m.subscriptions = counter(metricSubscriptions, "{subscription}", "SubscribeToShard calls made (enhanced fan-out), failed ones included.")
+		m.fanOut = readCounters{
+			reads:     counter(metricEvents, "{event}", "SubscribeToShard events received (enhanced fan-out)."),
+			throttles: counter(metricSubThrottles, "{subscription}", "SubscribeToShard calls and subscriptions refused or ended for rate (enhanced fan-out)."),
+			errors:    counter(metricSubErrors, "{subscription}", "SubscribeToShard calls and subscriptions failed other than for rate, by error_code (enhanced fan-out)."),
+		}
 	}
 	reg, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		c.observe(o, m)
@@ -96,6 +128,7 @@ func (s *Source) newMetrics(c *coordinator) (*sourceMetrics, metric.Registration
 // and its last MillisBehindLatest for the gauge.
 type shardMetrics struct {
 	m      *sourceMetrics
+	rc     *readCounters // the read mode's
 	attrs  attribute.Set
 	add    []metric.AddOption     // {stream, shard}
 	obs    []metric.ObserveOption // {stream, shard}
@@ -103,8 +136,8 @@ type shardMetrics struct {
 	behind atomic.Int64 // -1 until a GetRecords call succeeded
 }
 
-func (sm *shardMetrics) init(m *sourceMetrics, stream, shard string) {
-	sm.m = m
+func (sm *shardMetrics) init(m *sourceMetrics, rc *readCounters, stream, shard string) {
+	sm.m, sm.rc = m, rc
 	sm.attrs = telemetry.Shard(stream, shard)
 	opt := metric.WithAttributeSet(sm.attrs)
 	sm.add = []metric.AddOption{opt}
@@ -127,21 +160,24 @@ func (sm *shardMetrics) errorOpts(code string) []metric.AddOption {
 	return opts
 }
 
-// report records one GetRecords call in the metrics and hands it to
-// OnGetRecords. ctx is the call's: a call cut short because the reader
-// stops is not counted as an error.
+// report records one read, a GetRecords call or a SubscribeToShard event
+// (or a failed subscription), in the metrics and hands it to OnGetRecords.
+// ctx is the read's: a read cut short because the reader stops is not
+// counted as an error.
 func (r *reader) report(ctx context.Context, ev GetRecordsEvent) {
 	sm := &r.met
-	sm.m.calls.Add(ctx, 1, sm.add...)
+	if ev.Err == nil || sm.rc.failedToo {
+		sm.rc.reads.Add(ctx, 1, sm.add...)
+	}
 	switch {
 	case ev.Err == nil:
 		sm.m.records.Add(ctx, int64(ev.UserRecords), sm.add...)
 		sm.m.bytes.Add(ctx, int64(ev.Bytes), sm.add...)
 		sm.behind.Store(ev.MillisBehindLatest)
 	case ev.Throttled:
-		sm.m.throttles.Add(ctx, 1, sm.add...)
+		sm.rc.throttles.Add(ctx, 1, sm.add...)
 	case ctx.Err() == nil:
-		sm.m.errors.Add(ctx, 1, sm.errorOpts(telemetry.CodeOf(ev.Err))...)
+		sm.rc.errors.Add(ctx, 1, sm.errorOpts(telemetry.CodeOf(ev.Err))...)
 	}
 	r.notify(ev)
 }

@@ -21,7 +21,7 @@ func TestRecordingAGetRecordsCallDoesNotAllocate(t *testing.T) {
 	defer func() { _ = reg.Unregister() }()
 	c.met = met
 	r := &reader{src: src, c: c, shardID: "shardId-000000000000"}
-	r.met.init(c.met, "in", r.shardID)
+	r.met.init(c.met, &c.met.polls, "in", r.shardID)
 	ev := GetRecordsEvent{Stream: "in", ShardID: r.shardID, Records: 100, UserRecords: 100, Bytes: 4096, MillisBehindLatest: 7}
 	ctx := context.Background()
 	r.report(ctx, ev) // the first measurement of each series may allocate it

@@ -9,16 +9,12 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/awserr"
 	"github.com/shardflow/shardflow/internal/kpl"
 	"github.com/shardflow/shardflow/internal/retry"
 )
-
-// minCallSpacing keeps a shard's reader under 5 GetRecords calls per second.
-const minCallSpacing = 200 * time.Millisecond
 
 // misroutedLogInterval spaces a shard's warnings about misrouted
 // aggregates.
@@ -59,6 +55,36 @@ type reader struct {
 	misroutedSuppressed int
 }
 
+// fetcher is how a reader receives its shard's records: by polling with
+// GetRecords (pollFetcher) or by enhanced fan-out's SubscribeToShard
+// (fanOutFetcher). Everything else a reader does, checkpoints, lanes,
+// de-aggregation, resharding, hand-over, heartbeats and metrics, is the
+// same for both. A fetcher is used by its reader's goroutine only.
+type fetcher interface {
+	// open positions the fetcher where the reader starts (see
+	// reader.startAt), and fails as polling's first GetShardIterator
+	// does, a refused checkpoint included.
+	open(ctx context.Context) error
+	// next blocks until the next batch of records arrives (possibly
+	// none: a poll at the tip, an event with nothing new), retrying what
+	// fails under the source's Retry policy. It returns ctx's error when
+	// ctx ends, and errStopRequested when the reader is asked to hand its
+	// shard over.
+	next(ctx context.Context) (batch, error)
+	// close releases what the fetcher holds, such as an open
+	// subscription. It may be called more than once.
+	close()
+}
+
+// batch is what one GetRecords call or one SubscribeToShard event brought.
+type batch struct {
+	records      []types.Record
+	millisBehind int64
+	took         time.Duration // the call's duration, or the wait for the event
+	ended        bool          // the shard is closed and read to its end
+	children     []types.ChildShard
+}
+
 func (r *reader) run(ctx context.Context) error {
 	s := r.src
 	// Load the checkpoint now, not at discovery: with leases, another
@@ -80,68 +106,45 @@ func (r *reader) run(ctx context.Context) error {
 		r.c.stopped(r)
 		return r.exitErr(ctx, err)
 	}
-	iter, err := r.firstIterator(ctx)
-	if err != nil {
+	f := r.c.reads.newFetcher(r)
+	children, err := r.read(ctx, lane, f)
+	// Close the subscription before the hand-over's wait for the records
+	// in flight: the next owner may subscribe meanwhile.
+	f.close()
+	if err != nil || ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errStopRequested) {
+			err = nil // stopping or handing over: no error, no retry
+		}
 		return r.exit(ctx, lane, err)
+	}
+	return r.end(ctx, lane, children)
+}
+
+// read hands the shard's records to lane until the shard ends (it returns
+// the shard's children) or reading stops (it returns why).
+func (r *reader) read(ctx context.Context, lane *shardflow.Lane[shardflow.Record], f fetcher) ([]types.ChildShard, error) {
+	if err := f.open(ctx); err != nil {
+		return nil, err
 	}
 	// The watchdog watches the reader from now on (see Lane.Heartbeat).
 	lane.Heartbeat()
 	r.log.Info("reading shard", "from", r.describeStart())
-	var lastCall time.Time
 	for {
-		if !lastCall.IsZero() {
-			if err := r.sleep(ctx, minCallSpacing-time.Since(lastCall)); err != nil {
-				return r.exit(ctx, lane, nil)
-			}
-		}
-		out, took, err := r.getRecords(ctx, iter, &lastCall)
-		if err != nil && ctx.Err() != nil {
-			return r.exit(ctx, lane, nil) // stopping cut the call short: no retry, no warning
-		}
-		if err != nil && !isExpired(err) {
-			// Throttling and transient errors are retried per shard,
-			// within the outage budget; a hand-over request ends the
-			// waits.
-			err = r.retry(ctx, "get records", err, func(ctx context.Context) error {
-				if err := sleepOr(ctx, minCallSpacing-time.Since(lastCall), nil); err != nil {
-					return retry.Permanent(context.Cause(ctx))
-				}
-				var err error
-				if out, took, err = r.getRecords(ctx, iter, &lastCall); isExpired(err) {
-					return retry.Permanent(err) // a new iterator is needed first
-				}
-				return err
-			})
-		}
-		if isExpired(err) {
-			r.log.Info("shard iterator expired; getting a new one", "sequence_number", r.lastSeq)
-			if iter, err = r.resumeIterator(ctx); err != nil {
-				return r.exit(ctx, lane, err)
-			}
-			continue
-		}
+		b, err := f.next(ctx)
 		if err != nil {
-			return r.exit(ctx, lane, err)
+			return nil, err
 		}
-		lane.Heartbeat() // a successful call, records or not
-		ev := GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Duration: took}
-		ev.Records = len(out.Records)
-		ev.MillisBehindLatest = aws.ToInt64(out.MillisBehindLatest)
-		for i := range out.Records {
-			if err := r.emit(ctx, lane, &out.Records[i], &ev); err != nil {
+		lane.Heartbeat() // a successful read, records or not
+		ev := GetRecordsEvent{Stream: r.src.stream, ShardID: r.shardID, Duration: b.took, Records: len(b.records), MillisBehindLatest: b.millisBehind}
+		for i := range b.records {
+			if err := r.emit(ctx, lane, &b.records[i], &ev); err != nil {
 				r.report(ctx, ev)
-				return r.exit(ctx, lane, err)
+				return nil, err
 			}
 		}
 		r.report(ctx, ev)
-		if out.NextShardIterator == nil {
-			return r.end(ctx, lane, out.ChildShards)
-		}
-		iter = aws.ToString(out.NextShardIterator)
-		if len(out.Records) == 0 && aws.ToInt64(out.MillisBehindLatest) == 0 {
-			if err := r.sleep(ctx, s.opts.IdleInterval); err != nil {
-				return r.exit(ctx, lane, nil)
-			}
+		if b.ended {
+			return b.children, nil
 		}
 	}
 }
@@ -327,33 +330,27 @@ func (r *reader) notify(ev GetRecordsEvent) {
 	}
 }
 
-// getRecords makes one GetRecords call, noting its start in *lastCall,
-// and reports a failed one to the metrics and OnGetRecords (the caller
-// reports a success once it counted its records).
-func (r *reader) getRecords(ctx context.Context, iter string, lastCall *time.Time) (*kinesis.GetRecordsOutput, time.Duration, error) {
-	s := r.src
-	*lastCall = time.Now()
-	out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: s.streamARN()})
-	took := time.Since(*lastCall)
-	if err != nil {
-		r.report(ctx, GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: took,
-			Throttled: awserr.Classify(err) == awserr.Throttled})
-	}
-	return out, took, err
-}
-
-// isExpired reports an ExpiredIteratorException: the reader gets a new
-// iterator from the last record read, rather than retrying the call.
-func isExpired(err error) bool {
-	_, ok := errors.AsType[*types.ExpiredIteratorException](err)
-	return ok
-}
-
 // retry retries a reader's call that failed with err, as Source.call does,
 // and also ends its waits, with an error wrapping errStopRequested, when
 // the reader is asked to hand its shard over. op gets the context to call
 // with.
 func (r *reader) retry(ctx context.Context, what string, err error, op func(context.Context) error) error {
+	return r.retryWith(ctx, r.src.policy, what, err, op)
+}
+
+// retryWithin is retry with the outage budget counted from since, the
+// first failure of a run of failures, rather than from now.
+func (r *reader) retryWithin(ctx context.Context, what string, err error, since time.Time, op func(context.Context) error) error {
+	p := r.src.policy
+	if p.MaxElapsed > 0 {
+		if p.MaxElapsed -= time.Since(since); p.MaxElapsed <= 0 {
+			return fmt.Errorf("%w (%v): %w", retry.ErrOutOfTime, r.src.policy.MaxElapsed, err)
+		}
+	}
+	return r.retryWith(ctx, p, what, err, op)
+}
+
+func (r *reader) retryWith(ctx context.Context, p retry.Policy, what string, err error, op func(context.Context) error) error {
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
@@ -363,7 +360,7 @@ func (r *reader) retry(ctx context.Context, what string, err error, op func(cont
 		case <-rctx.Done():
 		}
 	}()
-	return r.src.retryCall(rctx, r.log, what, err, op)
+	return r.src.retryCallWith(rctx, p, r.log, what, err, op)
 }
 
 func (r *reader) describeStart() string {
@@ -376,60 +373,53 @@ func (r *reader) describeStart() string {
 	return r.start.initial.String()
 }
 
-// firstIterator returns the iterator the reader starts with.
-func (r *reader) firstIterator(ctx context.Context) (string, error) {
+// startPosition is where a reader starts: after its checkpoint, at it (for
+// a checkpoint inside a KPL aggregate, whose user records done emit skips),
+// or at the initial position.
+type startPosition struct {
+	typ types.ShardIteratorType
+	seq string    // with AT_ and AFTER_SEQUENCE_NUMBER
+	at  time.Time // with AT_TIMESTAMP
+	// fromCheckpoint: the position is the checkpoint's, which Kinesis
+	// may refuse as older than the stream's retention.
+	fromCheckpoint bool
+}
+
+// startAt returns where the reader starts, and sets up the skip of the
+// user records a partial checkpoint covers.
+func (r *reader) startAt() startPosition {
 	cp := r.start.checkpoint
 	if !r.start.hasCheckpoint || cp.SequenceNumber == "" {
-		return r.positionIterator(ctx, r.start.initial)
+		return startPosition{typ: r.start.initial.typ, at: r.start.initial.at}
 	}
-	typ := types.ShardIteratorTypeAfterSequenceNumber
 	if cp.Partial {
-		typ = types.ShardIteratorTypeAtSequenceNumber
 		r.skipSeq, r.skipSub = cp.SequenceNumber, cp.SubSequenceNumber
+		return startPosition{typ: types.ShardIteratorTypeAtSequenceNumber, seq: cp.SequenceNumber, fromCheckpoint: true}
 	}
-	iter, err := r.getIterator(ctx, &kinesis.GetShardIteratorInput{ShardIteratorType: typ, StartingSequenceNumber: aws.String(cp.SequenceNumber)})
-	var invalid *types.InvalidArgumentException
-	if errors.As(err, &invalid) {
-		if !r.src.opts.FallbackToTrimHorizon {
-			return "", &CheckpointExpiredError{Stream: r.src.stream, ShardID: r.shardID, Checkpoint: cp.SequenceNumber, Err: err}
-		}
-		r.log.Warn("checkpoint refused; starting at the trim horizon as FallbackToTrimHorizon allows: records may have been lost",
-			"sequence_number", cp.SequenceNumber, "err", err)
-		r.skipSeq = ""
-		return r.positionIterator(ctx, TrimHorizon())
-	}
-	return iter, err
+	return startPosition{typ: types.ShardIteratorTypeAfterSequenceNumber, seq: cp.SequenceNumber, fromCheckpoint: true}
 }
 
-// resumeIterator replaces an expired iterator: after the last record read,
-// or from the start if none was.
-func (r *reader) resumeIterator(ctx context.Context) (string, error) {
-	if r.lastSeq == "" {
-		return r.firstIterator(ctx)
+// checkpointRefused handles Kinesis refusing the checkpoint as a starting
+// point (an InvalidArgumentException, for a checkpoint older than the
+// stream's retention): it returns the *CheckpointExpiredError Run stops
+// with, or nil when Options.FallbackToTrimHorizon lets the reader start at
+// the trim horizon instead.
+func (r *reader) checkpointRefused(err error) error {
+	cp := r.start.checkpoint
+	if !r.src.opts.FallbackToTrimHorizon {
+		return &CheckpointExpiredError{Stream: r.src.stream, ShardID: r.shardID, Checkpoint: cp.SequenceNumber, Err: err}
 	}
-	return r.getIterator(ctx, &kinesis.GetShardIteratorInput{ShardIteratorType: types.ShardIteratorTypeAfterSequenceNumber, StartingSequenceNumber: aws.String(r.lastSeq)})
+	r.log.Warn("checkpoint refused; starting at the trim horizon as FallbackToTrimHorizon allows: records may have been lost",
+		"sequence_number", cp.SequenceNumber, "err", err)
+	r.skipSeq = ""
+	return nil
 }
 
-func (r *reader) positionIterator(ctx context.Context, p StartingPosition) (string, error) {
-	in := &kinesis.GetShardIteratorInput{ShardIteratorType: p.typ}
-	if p.typ == types.ShardIteratorTypeAtTimestamp {
-		in.Timestamp = aws.Time(p.at)
-	}
-	return r.getIterator(ctx, in)
-}
-
-func (r *reader) getIterator(ctx context.Context, in *kinesis.GetShardIteratorInput) (string, error) {
-	in.StreamName, in.StreamARN, in.ShardId = r.src.streamName(), r.src.streamARN(), aws.String(r.shardID)
-	var out *kinesis.GetShardIteratorOutput
-	err := r.src.call(ctx, r.log, "get shard iterator", func(ctx context.Context) error {
-		var err error
-		out, err = r.src.client.GetShardIterator(ctx, in)
-		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	return aws.ToString(out.ShardIterator), nil
+// isInvalidArgument reports an InvalidArgumentException, Kinesis' answer to
+// a starting sequence number it does not accept.
+func isInvalidArgument(err error) bool {
+	_, ok := errors.AsType[*types.InvalidArgumentException](err)
+	return ok
 }
 
 // call calls op, and retries it as the source's Retry policy says when it
@@ -446,6 +436,10 @@ func (s *Source) call(ctx context.Context, log *slog.Logger, what string, op fun
 // logged at Warn. op may return an error already marked retry.Permanent,
 // for a case the caller handles itself.
 func (s *Source) retryCall(ctx context.Context, log *slog.Logger, what string, err error, op func(context.Context) error) error {
+	return s.retryCallWith(ctx, s.policy, log, what, err, op)
+}
+
+func (s *Source) retryCallWith(ctx context.Context, p retry.Policy, log *slog.Logger, what string, err error, op func(context.Context) error) error {
 	if err == nil {
 		return nil
 	}
@@ -453,7 +447,7 @@ func (s *Source) retryCall(ctx context.Context, log *slog.Logger, what string, e
 		log.Warn(what+" failed; retrying", "attempt", attempt, "throttled", awserr.Classify(err) == awserr.Throttled,
 			"wait", wait, "err", err)
 	}
-	return retry.Do(ctx, s.policy, awserr.Mark(what, err), func() error { return awserr.Mark(what, op(ctx)) }, notify)
+	return retry.Do(ctx, p, awserr.Mark(what, err), func() error { return awserr.Mark(what, op(ctx)) }, notify)
 }
 
 // sleepOr waits d, or until ctx is done or stop is closed.

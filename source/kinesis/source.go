@@ -145,11 +145,25 @@ type Options struct {
 	// them, and a warning is logged at most once a minute per shard.
 	DropMisroutedAggregates bool
 
+	// EnhancedFanOut, when set, makes the source read every shard it
+	// holds by enhanced fan-out: Kinesis pushes the records through a
+	// SubscribeToShard subscription of a registered consumer, with 2 MiB/s
+	// per shard for this consumer alone and about 70ms from put to
+	// delivery, instead of the source polling with GetRecords. Everything
+	// else is the same: starting positions, checkpoints, leases,
+	// resharding, KPL de-aggregation, retries and metrics. The client must
+	// then implement FanOutAPI (a *kinesis.Client and the kinesisfake do).
+	// See EnhancedFanOut for what it costs and its limits. Default: nil,
+	// polling.
+	EnhancedFanOut *EnhancedFanOut
+
 	// OnGetRecords, if set, is called after every GetRecords call of every
 	// shard, from the shard's goroutine: the hook for metrics such as lag
 	// (MillisBehindLatest), records and bytes read, calls and throttles.
-	// It must be quick and safe for concurrent use. Default: nil, none.
-	// The source's metrics (see MeterProvider) count the same calls.
+	// With EnhancedFanOut it is called for every event received instead,
+	// and for every failed SubscribeToShard call or subscription (Err
+	// set). It must be quick and safe for concurrent use. Default: nil,
+	// none. The source's metrics (see MeterProvider) count the same calls.
 	OnGetRecords func(GetRecordsEvent)
 
 	// MeterProvider records the source's metrics, listed in the package
@@ -168,7 +182,9 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// GetRecordsEvent describes one GetRecords call, for metrics.
+// GetRecordsEvent describes one GetRecords call, for metrics; with
+// Options.EnhancedFanOut, one SubscribeToShard event received (Duration is
+// the wait for it) or one failed subscription (Err set).
 type GetRecordsEvent struct {
 	Stream, ShardID string
 	// Records and Bytes count the Kinesis records returned and their data
@@ -201,6 +217,7 @@ type Source struct {
 	opts   Options
 	leaser shardflow.Leaser     // opts.Store as a Leaser, or nil
 	policy retry.Policy         // opts.Retry resolved
+	mode   readMode             // polling, or enhanced fan-out
 	log    *slog.Logger         // set before Run, read by its goroutines
 	mp     metric.MeterProvider // set before Run; nil: the global provider
 
@@ -277,6 +294,14 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 	}
 	if err := o.Retry.Validate("Options.Retry"); err != nil {
 		return nil, err
+	}
+	s.mode = polling{}
+	if o.EnhancedFanOut != nil {
+		m, err := newFanOut(client, *o.EnhancedFanOut)
+		if err != nil {
+			return nil, err
+		}
+		s.mode = m
 	}
 	s.leaser, _ = o.Store.(shardflow.Leaser)
 	if o.InitialPosition.typ == "" {
@@ -394,11 +419,23 @@ func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Rec
 	}
 	s.cur.Store(c)
 	defer s.cur.CompareAndSwap(c, nil)
+	// Enhanced fan-out needs its consumer ACTIVE before any shard is read.
+	reads, err := s.mode.begin(gctx, s)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	c.reads = reads
+	// After every reader stopped: a consumer registered for this Run may
+	// be deregistered.
+	defer reads.end(ctx)
 	g.Go(func() error { return c.discoverLoop(gctx, g) })
 	if c.leaser != nil {
 		g.Go(func() error { return c.leaseLoop(gctx, g) })
 	}
-	err := g.Wait()
+	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))) {
 		return nil
 	}
@@ -410,6 +447,7 @@ type coordinator struct {
 	src    *Source
 	shards *shardflow.Shards[shardflow.Record]
 	leaser shardflow.Leaser // nil: read every eligible shard
+	reads  runReads         // the read mode's state for this Run
 
 	met    *sourceMetrics
 	done   <-chan struct{} // closed once Run stops
@@ -537,7 +575,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 func (c *coordinator) startLocked(ctx context.Context, g *errgroup.Group, id string, start startSpec) {
 	r := &reader{src: c.src, c: c, shardID: id, start: start, stop: make(chan struct{}),
 		log: c.src.log.With("shard_id", id)}
-	r.met.init(c.met, c.src.stream, id)
+	r.met.init(c.met, c.reads.counters(c.met), c.src.stream, id)
 	c.readers[id] = r
 	c.consumed[id] = true
 	g.Go(func() error { return r.run(ctx) })

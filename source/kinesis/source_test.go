@@ -529,6 +529,21 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			o.HandoffTimeout = time.Minute
 		}, "Options.HandoffTimeout"},
 	}
+	efo := func(e kinesissource.EnhancedFanOut) func(*kinesissource.Options) {
+		return func(o *kinesissource.Options) { o.EnhancedFanOut = &e }
+	}
+	tests = append(tests, []struct {
+		name   string
+		stream string
+		opt    func(*kinesissource.Options)
+		field  string
+	}{
+		{"enhanced fan-out with neither a consumer name nor an ARN", "s", efo(kinesissource.EnhancedFanOut{}), "Options.EnhancedFanOut.ConsumerName"},
+		{"enhanced fan-out with both a consumer name and an ARN", "s", efo(kinesissource.EnhancedFanOut{ConsumerName: "a", ConsumerARN: kinesisfake.StreamARN("s") + "/consumer/a:1"}), "Options.EnhancedFanOut.ConsumerARN"},
+		{"enhanced fan-out with a consumer name Kinesis refuses", "s", efo(kinesissource.EnhancedFanOut{ConsumerName: "my app"}), "Options.EnhancedFanOut.ConsumerName"},
+		{"enhanced fan-out with a consumer name over 128 characters", "s", efo(kinesissource.EnhancedFanOut{ConsumerName: strings.Repeat("a", 129)}), "Options.EnhancedFanOut.ConsumerName"},
+		{"enhanced fan-out with an ARN that is not a consumer's", "s", efo(kinesissource.EnhancedFanOut{ConsumerARN: kinesisfake.StreamARN("s")}), "Options.EnhancedFanOut.ConsumerARN"},
+	}...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var fns []func(*kinesissource.Options)
@@ -542,6 +557,13 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			}
 		})
 	}
+	t.Run("enhanced fan-out with a client lacking SubscribeToShard", func(t *testing.T) {
+		pollOnly := struct{ kinesissource.API }{f}
+		_, err := kinesissource.New(pollOnly, "s", efo(kinesissource.EnhancedFanOut{ConsumerName: "app"}))
+		if ce, ok := errors.AsType[*shardflow.ConfigError](err); !ok || ce.Field != "client" {
+			t.Fatalf("New = %v; want a *shardflow.ConfigError on client", err)
+		}
+	})
 	t.Run("a nil client", func(t *testing.T) {
 		_, err := kinesissource.New(nil, "s")
 		if ce, ok := errors.AsType[*shardflow.ConfigError](err); !ok || ce.Field != "client" {
