@@ -74,14 +74,14 @@ func (v leaseView) Save(ctx context.Context, stream, shard string, cp shardflow.
 
 var _ shardflow.Leaser = leaseView{}
 
-func TestHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T) {
+func testHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 2)
 		put(t, f, "in", 0, 400, 20)
 		b := &leaseBoard{store: memory.New(), owner: map[string]string{},
 			want: map[string]string{"shardId-000000000000": "a", "shardId-000000000001": "a"}}
 		run := func(ctx context.Context, me string, sink *collector) <-chan error {
-			src := newSource(t, f, "in", func(o *kinesissource.Options) {
+			src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
 				o.Store = leaseView{b, me}
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.Limit = 10
@@ -106,8 +106,19 @@ func TestHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T) {
 		b.mu.Lock()
 		b.want["shardId-000000000001"] = "b"
 		b.mu.Unlock()
-		put(t, f, "in", 400, 600, 20)
+		// Records written once b holds the shard are b's to read, however
+		// far a had read (a subscription pushes a whole backlog at once).
 		deadline := time.Now().Add(10 * time.Minute)
+		for {
+			b.mu.Lock()
+			moved := b.owner["shardId-000000000001"] == "b"
+			b.mu.Unlock()
+			if moved || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		put(t, f, "in", 400, 600, 20)
 		for sa.len()+sb.len() < 600 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -148,7 +159,7 @@ func TestHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T) {
 // Kinesis is unreachable) still releases the lease at the end of
 // HandoffTimeout, without a final checkpoint: the next owner reads from the
 // last checkpoint at once instead of waiting for the lease to expire.
-func TestAHandOverThatTimesOutStillReleasesTheLease(t *testing.T) {
+func testAHandOverThatTimesOutStillReleasesTheLease(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		const shard = "shardId-000000000000"
 		f := newStream(t, "in", 1)
@@ -156,7 +167,7 @@ func TestAHandOverThatTimesOutStillReleasesTheLease(t *testing.T) {
 		b := &leaseBoard{store: memory.New(), owner: map[string]string{}, want: map[string]string{shard: "a"}}
 		unblock := make(chan struct{})
 		run := func(ctx context.Context, me string, handler func(context.Context, shardflow.Record) error, sink *collector) <-chan error {
-			src := newSource(t, f, "in", func(o *kinesissource.Options) {
+			src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
 				o.Store = leaseView{b, me}
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.HandoffTimeout = 5 * time.Second

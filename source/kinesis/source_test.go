@@ -147,13 +147,13 @@ func newSource(t *testing.T, f kinesissource.API, stream string, optFns ...func(
 	return src
 }
 
-func TestReadsEveryShardOnceInOrderAndCheckpoints(t *testing.T) {
+func testReadsEveryShardOnceInOrderAndCheckpoints(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 4)
 		put(t, f, "in", 0, 2000, 40)
 		store := memory.New()
 		var calls, records atomic.Int64
-		src := newSource(t, f, "in", func(o *kinesissource.Options) {
+		src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
 			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 300
@@ -183,7 +183,7 @@ func TestReadsEveryShardOnceInOrderAndCheckpoints(t *testing.T) {
 	})
 }
 
-func TestRestartResumesFromTheCheckpointWithoutLossOrRepeat(t *testing.T) {
+func testRestartResumesFromTheCheckpointWithoutLossOrRepeat(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 3)
 		put(t, f, "in", 0, 600, 30)
@@ -194,12 +194,14 @@ func TestRestartResumesFromTheCheckpointWithoutLossOrRepeat(t *testing.T) {
 			o.Limit = 50
 		}
 		first := &collector{}
-		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", opts)).Sink(first), func() bool { return first.len() >= 250 }); err != nil {
+		// Hold the pipeline back so that the first run stops part-way.
+		slow := func(context.Context, shardflow.Record) error { time.Sleep(time.Millisecond); return nil }
+		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", m.opts, opts)).Tap(slow).Sink(first), func() bool { return first.len() >= 250 }); err != nil {
 			t.Fatal(err)
 		}
 		put(t, f, "in", 600, 900, 30)
 		second := &collector{}
-		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", opts)).Sink(second),
+		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", m.opts, opts)).Sink(second),
 			func() bool { return first.len()+second.len() >= 900 }); err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +212,7 @@ func TestRestartResumesFromTheCheckpointWithoutLossOrRepeat(t *testing.T) {
 	})
 }
 
-func TestStartingPositions(t *testing.T) {
+func testStartingPositions(t *testing.T, m readMode) {
 	tests := []struct {
 		name  string
 		start func(t0 time.Time) kinesissource.StartingPosition
@@ -230,7 +232,7 @@ func TestStartingPositions(t *testing.T) {
 				putOne(t, f, "old")
 				time.Sleep(time.Minute)
 				putOne(t, f, "mid")
-				src := newSource(t, f, "in", func(o *kinesissource.Options) { o.InitialPosition = tc.start(t0) })
+				src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) { o.InitialPosition = tc.start(t0) })
 				sink := &collector{}
 				ctx, cancel := context.WithCancel(t.Context())
 				errc := make(chan error, 1)
@@ -362,11 +364,11 @@ func TestNeverMoreThanFiveGetRecordsPerSecondPerShard(t *testing.T) {
 	})
 }
 
-func TestResharding(t *testing.T) {
+func testReshardingReadsParentsBeforeChildren(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 2)
 		store := memory.New()
-		src := newSource(t, f, "in", func(o *kinesissource.Options) {
+		src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
 			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 20
@@ -416,11 +418,11 @@ func TestResharding(t *testing.T) {
 	})
 }
 
-func TestErrorsThatStopTheSource(t *testing.T) {
+func testErrorsThatStopTheSource(t *testing.T, m readMode) {
 	t.Run("a missing stream", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := kinesisfake.New()
-			err := shardflow.Source(newSource(t, f, "nope")).Sink(&collector{}).Run(t.Context())
+			err := shardflow.Source(newSource(t, f, "nope", m.opts)).Sink(&collector{}).Run(t.Context())
 			var rnf *types.ResourceNotFoundException
 			if !errors.As(err, &rnf) {
 				t.Fatalf("Run = %v; want a ResourceNotFoundException", err)
@@ -430,7 +432,7 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 	t.Run("a checkpoint Kinesis refuses is a typed error", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f, store := streamWithRefusedCheckpoint(t)
-			err := shardflow.Source(newSource(t, f, "in", func(o *kinesissource.Options) { o.Store = store })).Sink(&collector{}).Run(t.Context())
+			err := shardflow.Source(newSource(t, f, "in", m.opts, func(o *kinesissource.Options) { o.Store = store })).Sink(&collector{}).Run(t.Context())
 			var cee *kinesissource.CheckpointExpiredError
 			if !errors.As(err, &cee) || cee.ShardID != "shardId-000000000000" || cee.Checkpoint != "12345" {
 				t.Fatalf("Run = %v; want a CheckpointExpiredError for the shard at 12345", err)
@@ -441,7 +443,7 @@ func TestErrorsThatStopTheSource(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f, store := streamWithRefusedCheckpoint(t)
 			sink := &collector{}
-			src := newSource(t, f, "in", func(o *kinesissource.Options) {
+			src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
 				o.Store = store
 				o.FallbackToTrimHorizon = true
 			})
@@ -468,18 +470,29 @@ func streamWithRefusedCheckpoint(t *testing.T) (*kinesisfake.Fake, *memory.Store
 	return f, store
 }
 
+// refuseSequenceIterators refuses to start after a sequence number, as
+// Kinesis does for one older than the stream's retention: in
+// GetShardIterator when polling, in SubscribeToShard with enhanced fan-out.
 func refuseSequenceIterators(op string, in any) error {
-	if op == "GetShardIterator" && in.(*kinesis.GetShardIteratorInput).ShardIteratorType == types.ShardIteratorTypeAfterSequenceNumber {
-		return &types.InvalidArgumentException{Message: aws.String("sequence number older than the trim horizon")}
+	refused := &types.InvalidArgumentException{Message: aws.String("sequence number older than the trim horizon")}
+	switch in := in.(type) {
+	case *kinesis.GetShardIteratorInput:
+		if in.ShardIteratorType == types.ShardIteratorTypeAfterSequenceNumber {
+			return refused
+		}
+	case *kinesis.SubscribeToShardInput:
+		if in.StartingPosition.Type == types.ShardIteratorTypeAfterSequenceNumber && aws.ToString(in.StartingPosition.SequenceNumber) == "12345" {
+			return refused
+		}
 	}
 	return nil
 }
 
-func TestAddressingAndPaging(t *testing.T) {
+func testAddressingAndPaging(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 5)
 		put(t, f, "in", 0, 200, 20)
-		src := newSource(t, f, kinesisfake.StreamARN("in"), func(o *kinesissource.Options) {
+		src := newSource(t, f, kinesisfake.StreamARN("in"), m.opts, func(o *kinesissource.Options) {
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.ListShardsPageSize = 2
 		})
