@@ -86,6 +86,33 @@ func (k token) position() Position {
 	return Position{}
 }
 
+// positions appends the positions of the token's records to dst, in order.
+func (k token) positions(dst []Position) []Position {
+	switch {
+	case k.g != nil:
+		for _, t := range k.g.toks {
+			dst = t.positions(dst)
+		}
+	case k.t != nil:
+		dst = append(dst, k.t.position(k.idx))
+	}
+	return dst
+}
+
+// arrival returns when the token's (first) record arrived in its stream
+// (Unix ns; 0: unknown).
+func (k token) arrival() int64 {
+	switch {
+	case k.g != nil:
+		if len(k.g.toks) > 0 {
+			return k.g.toks[0].arrival()
+		}
+	case k.t != nil:
+		return k.t.arrival(k.idx)
+	}
+	return 0
+}
+
 // group is the token of a batch: done once every reference of the batch is,
 // then it completes each member record.
 type group struct {

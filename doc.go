@@ -69,9 +69,14 @@
 //
 //	records.DeadLetter(quarantine).Map(decode) // quarantine takes a Record, as decode does
 //
-// The handler takes the stage's input type, so the compiler checks it. A
+// The handler takes the stage's input type, so the compiler checks it, and
+// gets a [*DeadLetter] error with the record's provenance. A
 // panic in a handler is recovered and becomes a [*PanicError]; it is not
-// retried. Options a stage cannot honour, like [WithRetry] on a Batch, are a
+// retried. [RetryPolicy] holds every failure control, for all stages
+// ([Options].Retry) or one ([WithRetry]): MaxAttempts; MaxRecordAge, past
+// which a record is not retried (from the arrival time a source gives with
+// [Lane.EmitArrived]); and Bisect, which splits a failed batch until the
+// values that fail on their own are found, and fails only those. Options a stage cannot honour, like [WithRetry] on a Batch, are a
 // [*ConfigError]: [Pipeline.Run] reports every configuration error before
 // anything runs.
 //

@@ -241,7 +241,30 @@ func (l *Lane[T]) ShardID() string { return l.shard }
 // checkpoint save reported the shard's lease lost: the source then stops
 // reading the shard.
 func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
-	idx, err := l.trk.beginEmit(ctx, l.ctx, pos)
+	idx, err := l.trk.beginEmit(ctx, l.ctx, pos, 0)
+	if err != nil {
+		return err
+	}
+	l.qmu.Lock()
+	l.queue = append(l.queue, item[T]{v: v, tok: token{t: l.trk, idx: idx}})
+	l.wakeLocked()
+	l.qmu.Unlock()
+	l.trk.endEmit()
+	return nil
+}
+
+// EmitArrived is [Lane.Emit] for a record that arrived in its stream at
+// arrival (Kinesis' ApproximateArrivalTimestamp; the zero time means
+// unknown, as with Emit). The pipeline keeps it with the record for
+// [RetryPolicy].MaxRecordAge, which applies only to records emitted with
+// their arrival time, and reports it in [DeadLetter]. It blocks and fails as
+// Emit does.
+func (l *Lane[T]) EmitArrived(ctx context.Context, pos Position, arrival time.Time, v T) error {
+	var at int64
+	if !arrival.IsZero() {
+		at = arrival.UnixNano()
+	}
+	idx, err := l.trk.beginEmit(ctx, l.ctx, pos, at)
 	if err != nil {
 		return err
 	}
@@ -259,7 +282,7 @@ func (l *Lane[T]) Emit(ctx context.Context, pos Position, v T) error {
 // records are all skipped is still checkpointed. It blocks and fails as
 // [Lane.Emit] does.
 func (l *Lane[T]) Skip(ctx context.Context, pos Position) error {
-	idx, err := l.trk.beginEmit(ctx, l.ctx, pos)
+	idx, err := l.trk.beginEmit(ctx, l.ctx, pos, 0)
 	if err != nil {
 		return err
 	}

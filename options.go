@@ -36,9 +36,12 @@ type Options struct {
 	// Default: 1000 records. Must not be negative.
 	MaxInFlight int
 
-	// Retry is the retry policy of stages that set none with WithRetry.
-	// Default: the zero RetryPolicy, that is 3 attempts, waiting 100ms
-	// then 200ms (±50%).
+	// Retry is the retry policy of stages that set none with WithRetry:
+	// how often a failed handler call is made again (MaxAttempts), how
+	// long apart, whether records past an age are retried at all
+	// (MaxRecordAge), and whether a failed batch is split to find the
+	// values that fail (Bisect). Default: the zero RetryPolicy, that is 3
+	// attempts, waiting 100ms then 200ms (±50%), no age limit, no bisect.
 	Retry RetryPolicy
 
 	// Logger receives lifecycle events (Info) and retried failures (Warn)
@@ -129,16 +132,22 @@ func (o *Options) resolve() error {
 }
 
 // RetryPolicy says how often and how fast a stage retries a failed handler
-// call ([Options].Retry, [WithRetry]), and how a connector retries its AWS
-// calls (the Retry field of each connector's options). Waits grow
-// exponentially with 50% jitter and end early when the pipeline stops. Errors
-// marked with [Permanent], and panics, are not retried. The zero value of
-// each field means its default, which differs only in MaxAttempts and
-// Timeout between stages and AWS calls, as each field says; negative values
-// are a [*ConfigError].
+// call ([Options].Retry for every stage, [WithRetry] for one), and how a
+// connector retries its AWS calls (the Retry field of each connector's
+// options). Waits grow exponentially with 50% jitter and end early when the
+// pipeline stops. Errors marked with [Permanent], and panics, are not
+// retried. Once its retries are spent, a value goes to the stage's failure
+// policy: its dead-letter handler ([Stream.DeadLetter]), or the pipeline
+// stops.
+//
+// The zero value of each field means its default, which differs only in
+// MaxAttempts and Timeout between stages and AWS calls, as each field says;
+// negative values are a [*ConfigError]. MaxRecordAge and Bisect are for
+// stages only: a connector refuses them.
 type RetryPolicy struct {
 	// MaxAttempts is the number of calls including the first; 1 means no
-	// retries. Default (0): 3 for stages; no count limit for AWS calls
+	// retries. It is the one limit on how often a stage calls its handler
+	// for a value. Default (0): 3 for stages; no count limit for AWS calls
 	// (Timeout bounds them).
 	MaxAttempts int
 	// InitialInterval is the first wait. Default (0): 100ms.
@@ -152,6 +161,31 @@ type RetryPolicy struct {
 	// failure. Default (0): none for stages (MaxAttempts bounds them); 5
 	// minutes for AWS calls (the outage budget).
 	Timeout time.Duration
+	// MaxRecordAge is, for a stage, the age past which a record is not
+	// retried: when a call fails for a value whose record arrived in its
+	// stream longer ago than MaxRecordAge (for a batch: its first record),
+	// the value goes to the failure policy at once, and retries under way
+	// stop once the record passes that age. Age is counted from the
+	// record's arrival time, which the source gives with
+	// [Lane.EmitArrived] (the Kinesis source: ApproximateArrivalTimestamp);
+	// records emitted without one are retried as usual. Use it to keep a
+	// shard from falling further behind on records that are already late.
+	// Default (0): no age limit.
+	MaxRecordAge time.Duration
+	// Bisect, for a stage whose input is a batch (the values of a [Batch],
+	// slices of one value per record), splits a batch that failed for good
+	// and calls the handler again on halves, until the values that fail on
+	// their own are found: only those go to the failure policy (each as a
+	// batch of one), the others go on. It costs no retries: with one
+	// failing value in a batch of n, the handler is called at most
+	// ⌈log2 n⌉+1 more times. A half whose other half succeeded is taken to
+	// hold a failing value without a call of its own, so it assumes a value
+	// fails each time it is tried. Other stages have nothing to split: in
+	// Options.Retry they ignore Bisect, in WithRetry it is a
+	// [*ConfigError]. For a sink, Bisect splits the batches Write refused;
+	// a batch the sink took and then failed through its Ack goes to the
+	// failure policy whole. Default: false, a failed batch fails whole.
+	Bisect bool
 }
 
 // NoRetry is a RetryPolicy that calls a handler once.
@@ -169,14 +203,25 @@ func (p RetryPolicy) validate(field string) error {
 		return &ConfigError{Field: field + ".Multiplier", Reason: "below 1"}
 	case p.Timeout < 0:
 		return &ConfigError{Field: field + ".Timeout", Reason: "negative"}
+	case p.MaxRecordAge < 0:
+		return &ConfigError{Field: field + ".MaxRecordAge", Reason: "negative"}
 	}
 	return nil
 }
 
 // Validate reports a RetryPolicy with a negative field, or a Multiplier
-// below 1, as a [*ConfigError] naming field. Connectors call it on the
+// below 1, as a [*ConfigError] naming field, and so is one that sets
+// MaxRecordAge or Bisect, which only stages apply. Connectors call it on the
 // policy of their AWS calls.
-func (p RetryPolicy) Validate(field string) error { return p.validate(field) }
+func (p RetryPolicy) Validate(field string) error {
+	switch {
+	case p.MaxRecordAge != 0:
+		return &ConfigError{Field: field + ".MaxRecordAge", Reason: "applies to a pipeline's stages, not to AWS calls"}
+	case p.Bisect:
+		return &ConfigError{Field: field + ".Bisect", Reason: "applies to a pipeline's stages, not to AWS calls"}
+	}
+	return p.validate(field)
+}
 
 // stageRetryDefaults are RetryPolicy's documented defaults for stages.
 var stageRetryDefaults = retry.Policy{MaxAttempts: 3, InitialInterval: 100 * time.Millisecond, MaxInterval: 5 * time.Second, Multiplier: 2}
@@ -204,8 +249,10 @@ func WithName(name string) StageOption {
 }
 
 // WithRetry sets the retry policy of the stage's handler (of Sink.Write, for
-// a Sink stage), in place of [Options].Retry. A [Batch] stage calls no
-// handler: WithRetry on it is a [*ConfigError].
+// a Sink stage), in place of [Options].Retry, all of it: fields left zero
+// take their defaults, not Options.Retry's. A [Batch] or [ByKey] stage calls
+// no handler: WithRetry on it is a [*ConfigError], and so is Bisect on a
+// stage whose input is not a slice.
 func WithRetry(p RetryPolicy) StageOption {
 	return stageOptionFunc(func(c *stageConfig) { c.retry = &p })
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"runtime/debug"
 	"time"
 
@@ -47,9 +48,13 @@ func (s *Stream[T]) feed(stage string) {
 //	records.DeadLetter(quarantine).Map(decode) // quarantine: func(ctx, shardflow.Record, error) error
 //
 // A record that fails that stage for good (after its retries) is handed to
-// handle with its error instead of stopping the pipeline. When handle returns
-// nil the record counts as done and its shard's checkpoint may pass it; when
-// handle fails too, the pipeline stops with both errors. handle is called on
+// handle with its error instead of stopping the pipeline. The error is a
+// [*DeadLetter]: it reads and unwraps as the stage's error, and carries the
+// provenance (stream, shard, position, arrival time, attempts, first and
+// last error) for a destination that keeps it, such as
+// kinesissink.DeadLetterTo. When handle returns nil the record counts as
+// done and its shard's checkpoint may pass it; when handle fails too, the
+// pipeline stops with both errors. handle is called on
 // the shard's goroutine (a key worker's, after [ByKey]), or on the sink's
 // goroutine for records a sink failed after accepting them; it must be safe
 // for concurrent use across shards and key workers. A
@@ -119,9 +124,11 @@ type node[T any] interface {
 
 // stage is the lane-independent part of a stage.
 type stage struct {
-	name  string
-	retry retry.Policy
-	log   *slog.Logger
+	name   string
+	retry  retry.Policy
+	maxAge time.Duration // RetryPolicy.MaxRecordAge; 0: none
+	bisect bool          // RetryPolicy.Bisect, for a stage whose input is a slice
+	log    *slog.Logger
 }
 
 // newStage registers a stage of kind, fed by in, with its options. retries
@@ -146,6 +153,7 @@ func newStage[In any](in *Stream[In], kind string, fnNil, retries bool, opts []S
 		p.setErr(&ConfigError{Field: cfg.name, Reason: "nil handler"})
 	}
 	pol := p.opts.Retry
+	sliceIn := reflect.TypeFor[In]().Kind() == reflect.Slice
 	if cfg.retry != nil {
 		if !retries {
 			p.setErr(&ConfigError{Field: cfg.name, Reason: "WithRetry: a " + kind + " stage calls no handler to retry"})
@@ -153,9 +161,12 @@ func newStage[In any](in *Stream[In], kind string, fnNil, retries bool, opts []S
 		if err := cfg.retry.validate(cfg.name + " retry"); err != nil {
 			p.setErr(err)
 		}
+		if cfg.retry.Bisect && !sliceIn {
+			p.setErr(&ConfigError{Field: cfg.name + " retry.Bisect", Reason: "the stage's input is not a slice: there is no batch to split"})
+		}
 		pol = *cfg.retry
 	}
-	return &stage{name: cfg.name, retry: pol.resolve(), log: p.opts.Logger}
+	return &stage{name: cfg.name, retry: pol.resolve(), maxAge: pol.MaxRecordAge, bisect: pol.Bisect && sliceIn, log: p.opts.Logger}
 }
 
 // protect calls f, turning a panic into a *PanicError.
@@ -168,9 +179,10 @@ func protect[In, Out any](ctx context.Context, f func(context.Context, In) (Out,
 	return f(ctx, v)
 }
 
-// invoke calls f with v under the stage's retry policy. Panics are not
-// retried.
-func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, f func(context.Context, In) (Out, error), v In) (Out, error) {
+// invoke calls f with v under the stage's retry policy; a value that
+// failed for good gets a *failedCalls (see retryCall). tok is v's token, for
+// the record's age. Panics are not retried.
+func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, f func(context.Context, In) (Out, error), v In, tok token) (Out, error) {
 	if c.sample() {
 		start := time.Now()
 		defer c.timed(ctx, env.metrics, start)
@@ -179,49 +191,37 @@ func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeSt
 	if err == nil {
 		return out, nil
 	}
-	if _, isPanic := err.(*PanicError); isPanic {
-		return out, err
-	}
-	err = retry.Do(ctx, st.retry, err, func() error {
+	err = retryCall(ctx, st, env, c, tok, err, "handler", func() error {
 		var e error
 		out, e = protect(ctx, f, v)
-		if _, isPanic := e.(*PanicError); isPanic {
-			return retry.Permanent(e)
-		}
 		return e
-	}, func(attempt int, err error, wait time.Duration) {
-		env.metrics.retries.Add(context.Background(), 1, c.attrs)
-		env.log.Warn("handler failed; retrying", "stage", st.name, "attempt", attempt, "wait", wait, "err", err)
 	})
 	return out, err
 }
 
-// settleFailure applies the stage's failure policy to a value that failed
-// for good: the dead-letter handler when there is one, else the failure of
-// its record(s), which stops the pipeline.
-//
-// c counts the outcome; onLane says whether this runs on the lane's
-// goroutine (which alone may touch c's plain counts).
-func settleFailure[In any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, onLane bool, dl func(context.Context, In, error) error, v In, tok token, err error) {
-	if dl != nil {
-		_, dlErr := protect(ctx, func(ctx context.Context, v In) (struct{}, error) { return struct{}{}, dl(ctx, v, err) }, v)
-		if dlErr == nil {
-			env.log.Warn("record sent to the dead-letter handler", "stage", st.name,
-				"sequence_number", tok.position().SequenceNumber, "err", err)
-			env.metrics.recordsDeadLettered.Add(context.Background(), 1, c.attrs)
-			if onLane {
-				c.failedOnLane(true)
+// failed applies the failure policy of a stage with handler f to a value
+// that failed for good: with Bisect, the parts of a batch that fail on
+// their own go to settleFailure and the others to pass (the stage's own
+// way of passing f's output on), else the whole value goes to
+// settleFailure. It returns how many outcomes (parts passed on or
+// settled) the value had, for the stage's counts of values out.
+func failed[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, dl func(context.Context, In, error) error,
+	f func(context.Context, In) (Out, error), pass func(In, Out, token), it item[In], err error) int {
+	if st.bisect {
+		try := func(part In, t token) error {
+			out, err := protect(ctx, f, part)
+			if err == nil {
+				pass(part, out, t)
 			}
-			tok.done(nil)
-			return
+			return err
 		}
-		err = fmt.Errorf("%w; dead-letter handler failed too: %w", err, dlErr)
+		settle := func(part In, t token, err error) { settleFailure(ctx, st, env, c, true, dl, part, t, err) }
+		if parts, ok := bisect(ctx, it.v, it.tok, err, try, settle); ok {
+			return parts
+		}
 	}
-	env.metrics.recordsFailed.Add(context.Background(), 1, c.attrs)
-	if onLane {
-		c.failedOnLane(false)
-	}
-	tok.done(&StageError{Stage: st.name, Stream: env.stream, ShardID: env.shard, Position: tok.position(), Err: err})
+	settleFailure(ctx, st, env, c, true, dl, it.v, it.tok, err)
+	return 1
 }
 
 // Map applies f to each value. A record whose f fails for good is handled by
@@ -252,9 +252,11 @@ type mapNode[In, Out any] struct {
 }
 
 func (n *mapNode[In, Out]) push(ctx context.Context, it item[In]) {
-	out, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v)
+	out, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok)
 	if err != nil {
-		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
+		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(_ In, out Out, t token) {
+			n.next.push(ctx, item[Out]{v: out, tok: t})
+		}, it, err) - 1)
 		return
 	}
 	n.next.push(ctx, item[Out]{v: out, tok: it.tok})
@@ -291,10 +293,17 @@ type filterNode[T any] struct {
 }
 
 func (n *filterNode[T]) push(ctx context.Context, it item[T]) {
-	keep, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v)
+	keep, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok)
 	switch {
 	case err != nil:
-		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
+		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(part T, keep bool, t token) {
+			if keep {
+				n.next.push(ctx, item[T]{v: part, tok: t})
+				return
+			}
+			n.c.dropped++
+			t.done(nil)
+		}, it, err) - 1)
 	case keep:
 		n.next.push(ctx, it)
 	default:
@@ -335,20 +344,27 @@ type flatMapNode[In, Out any] struct {
 }
 
 func (n *flatMapNode[In, Out]) push(ctx context.Context, it item[In]) {
-	outs, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v)
+	outs, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok)
 	if err != nil {
-		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
+		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(_ In, outs []Out, t token) {
+			n.pass(ctx, outs, t)
+		}, it, err) - 1)
 		return
 	}
+	n.pass(ctx, outs, it.tok)
+}
+
+// pass hands the values f gave for the record(s) of tok on.
+func (n *flatMapNode[In, Out]) pass(ctx context.Context, outs []Out, tok token) {
 	n.c.grown += int64(len(outs)) - 1
 	if len(outs) == 0 {
-		it.tok.done(nil)
+		tok.done(nil)
 		return
 	}
 	// Declare every child before the first can complete.
-	it.tok.addRef(int32(len(outs) - 1))
+	tok.addRef(int32(len(outs) - 1))
 	for _, o := range outs {
-		n.next.push(ctx, item[Out]{v: o, tok: it.tok})
+		n.next.push(ctx, item[Out]{v: o, tok: tok})
 	}
 }
 
@@ -387,8 +403,10 @@ type tapNode[T any] struct {
 }
 
 func (n *tapNode[T]) push(ctx context.Context, it item[T]) {
-	if _, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v); err != nil {
-		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
+	if _, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok); err != nil {
+		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(part T, _ struct{}, t token) {
+			n.next.push(ctx, item[T]{v: part, tok: t})
+		}, it, err) - 1)
 		return
 	}
 	n.next.push(ctx, it)
@@ -435,37 +453,37 @@ type sinkNode[T any] struct {
 }
 
 func (n *sinkNode[T]) push(ctx context.Context, it item[T]) {
-	ack := Ack{tok: it.tok, h: n}
-	if n.dl != nil {
-		// The dead-letter handler of a record the sink fails later needs
-		// the value: the one allocation per record this option costs.
-		ack.h = &sinkLetter[T]{n: n, v: it.v, ctx: ctx}
-	}
 	if n.c.sample() {
 		start := time.Now()
 		defer n.c.timed(ctx, n.env.metrics, start)
 	}
+	ack := n.ack(ctx, it.v, it.tok)
 	err := n.write(ctx, it.v, ack)
 	if err == nil {
 		return
 	}
-	if _, isPanic := err.(*PanicError); !isPanic {
-		err = retry.Do(ctx, n.st.retry, err, func() error {
-			if err := n.write(ctx, it.v, ack); err != nil {
-				if _, isPanic := err.(*PanicError); isPanic {
-					return retry.Permanent(err)
-				}
-				return err
-			}
-			return nil
-		}, func(attempt int, err error, wait time.Duration) {
-			n.env.metrics.retries.Add(context.Background(), 1, n.c.attrs)
-			n.env.log.Warn("sink write failed; retrying", "stage", n.st.name, "attempt", attempt, "wait", wait, "err", err)
-		})
+	err = retryCall(ctx, n.st, n.env, n.c, it.tok, err, "sink write", func() error { return n.write(ctx, it.v, ack) })
+	if err == nil {
+		return
 	}
-	if err != nil {
-		settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
+	if n.st.bisect {
+		try := func(part T, t token) error { return n.write(ctx, part, n.ack(ctx, part, t)) }
+		settle := func(part T, t token, err error) { settleFailure(ctx, n.st, n.env, n.c, true, n.dl, part, t, err) }
+		if _, ok := bisect(ctx, it.v, it.tok, err, try, settle); ok {
+			return
+		}
 	}
+	settleFailure(ctx, n.st, n.env, n.c, true, n.dl, it.v, it.tok, err)
+}
+
+// ack returns the Ack of v, whose record(s) tok holds.
+func (n *sinkNode[T]) ack(ctx context.Context, v T, tok token) Ack {
+	if n.dl != nil {
+		// The dead-letter handler of a record the sink fails later needs
+		// the value: the one allocation per record this option costs.
+		return Ack{tok: tok, h: &sinkLetter[T]{n: n, v: v, ctx: ctx}}
+	}
+	return Ack{tok: tok, h: n}
 }
 
 // write calls the sink, turning a panic into a *PanicError.

@@ -70,6 +70,7 @@ type slot struct {
 	pos     Position
 	idx     uint64
 	readAt  int64 // run clock when it was emitted
+	arrival int64 // when the record arrived in its stream (Unix ns); 0: unknown
 	pending int32
 	failed  bool
 }
@@ -91,7 +92,7 @@ func newTracker(limit int, clock *atomic.Int64, onFail func(error)) *tracker {
 // it to the lane's goroutine) and then calls endEmit, so that close never
 // falls between a reservation and its publication. On failure it returns
 // the tracker's close error, ctx's cause or ErrLaneClosed, without the lock.
-func (t *tracker) beginEmit(ctx, lane context.Context, pos Position) (uint64, error) {
+func (t *tracker) beginEmit(ctx, lane context.Context, pos Position, arrival int64) (uint64, error) {
 	t.emitMu.Lock()
 	var idx uint64
 	for {
@@ -130,7 +131,7 @@ func (t *tracker) beginEmit(ctx, lane context.Context, pos Position) (uint64, er
 		}
 		t.emitMu.Lock()
 	}
-	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, readAt: t.clock.Load(), pending: 1}
+	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, readAt: t.clock.Load(), arrival: arrival, pending: 1}
 	t.tail.Store(idx + 1)
 	return idx, nil
 }
@@ -235,6 +236,17 @@ func (t *tracker) position(idx uint64) Position {
 		return s.pos
 	}
 	return Position{}
+}
+
+// arrival returns when the record at idx arrived in its stream (Unix ns),
+// 0 when the source did not say or the record is not in flight.
+func (t *tracker) arrival(idx uint64) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.live(idx); s != nil {
+		return s.arrival
+	}
+	return 0
 }
 
 // notifyLocked wakes the goroutines waiting for progress, if any. The wake

@@ -72,7 +72,10 @@ func NewSource[T any](stream string, optFns ...func(*SourceOptions)) *Source[T] 
 }
 
 // AddShard adds a shard holding values, at sequence numbers 1, 2, 3, ... and
-// returns s.
+// returns s. Values of type shardflow.Record are emitted with their
+// ApproximateArrivalTimestamp as arrival time ([shardflow.Lane.EmitArrived]),
+// as the Kinesis source emits them, for tests of
+// [shardflow.RetryPolicy].MaxRecordAge.
 func (s *Source[T]) AddShard(shardID string, values ...T) *Source[T] {
 	sh := testShard[T]{id: shardID, values: values, pos: make([]shardflow.Position, len(values))}
 	for i := range values {
@@ -120,8 +123,16 @@ func (s *Source[T]) runShard(ctx context.Context, shards *shardflow.Shards[T], s
 	if err != nil {
 		return err
 	}
+	// Records go in with their arrival time, as the Kinesis source's do.
+	recs, _ := any(sh.values).([]shardflow.Record)
 	for i := start; i < len(sh.values); i++ {
-		if err := lane.Emit(ctx, sh.pos[i], sh.values[i]); err != nil {
+		var err error
+		if recs != nil {
+			err = lane.EmitArrived(ctx, sh.pos[i], recs[i].ApproximateArrivalTimestamp, sh.values[i])
+		} else {
+			err = lane.Emit(ctx, sh.pos[i], sh.values[i])
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -98,6 +98,18 @@
 // re-send, once. A reader that does not filter by hash range reads those
 // members twice.
 //
+// # Dead letters
+//
+// [DeadLetterTo] turns a Sink into a pipeline's dead-letter destination:
+// each value a stage fails is written as one JSON [DeadLetterRecord] with
+// its provenance (stream, shard, sequence and sub-sequence number, stage,
+// attempts, first and last error, arrival time) and the value, and the
+// failed record counts as done once that document is written:
+//
+//	dlq, err := kinesissink.NewFromConfig(cfg, "orders-dlq")
+//	...
+//	records.DeadLetter(kinesissink.DeadLetterTo[shardflow.Record](dlq, nil)).Map(decode)
+//
 // # Retries and the SDK's retryer
 //
 // The sink retries PutRecords itself, per entry. NewFromConfig and
