@@ -246,8 +246,8 @@ func (h *callHealth) freezeLocked() {
 
 // stopError is the error of a command stopped by a signal, nil when it was
 // working: why its AWS calls were failing (or one had no answer for
-// slowCall), or, with mustRead set, why no GetRecords call of stream had
-// succeeded. It takes the verdict now if the stop did not.
+// slowCall), or, with mustRead set, why no GetRecords call of stream (nor
+// SubscribeToShard, with enhanced fan-out) had succeeded. It takes the verdict now if the stop did not.
 func (h *callHealth) stopError(mustRead bool, stream string) error {
 	h.freeze()
 	h.mu.Lock()
@@ -255,8 +255,8 @@ func (h *callHealth) stopError(mustRead bool, stream string) error {
 	switch {
 	case h.verdict != nil:
 		return fmt.Errorf("stopped while retrying: %w", h.verdict)
-	case mustRead && !h.succeeded["GetRecords"]:
-		why := "no GetRecords call had succeeded"
+	case mustRead && !h.succeeded["GetRecords"] && !h.succeeded["SubscribeToShard"]:
+		why := "no GetRecords or SubscribeToShard call had succeeded"
 		if h.waiting != "" {
 			why = h.waiting
 		}
