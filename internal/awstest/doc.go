@@ -39,9 +39,10 @@
 //
 // Neither emulator throttles or injects 5xx errors; test those paths with an HTTP client
 // wrapper or an in-memory fake. kinesis-local accepts oversized PutRecords batches that AWS
-// rejects and omits SubscribeToShard's initial-response event (give the client
-// [KinesisInitialResponse] to read it by enhanced fan-out); dynalite does not implement
-// TransactWriteItems or ReturnValuesOnConditionCheckFailure. kinesis-local handles about
+// rejects, and its SubscribeToShard streams lack the initial-response event and never end
+// a closed shard (give the client [KinesisLocalFanOut] to read it by enhanced fan-out);
+// dynalite does not implement TransactWriteItems or ReturnValuesOnConditionCheckFailure.
+// kinesis-local handles about
 // 1,000 PutRecords entries per second, so use a fresh stream per test and keep volumes
 // to a few thousand records.
 //

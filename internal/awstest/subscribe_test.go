@@ -2,26 +2,33 @@ package awstest
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/aws/smithy-go/eventstream"
 	"github.com/google/go-cmp/cmp"
 )
 
-type answer struct{ body []byte }
+// emulator answers each operation with the body its test gives.
+type emulator map[string][]byte
 
-func (a answer) Do(req *http.Request) (*http.Response, error) {
-	return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(bytes.NewReader(a.body)), Request: req}, nil
+func (e emulator) Do(req *http.Request) (*http.Response, error) {
+	op := req.Header.Get("X-Amz-Target")
+	op = op[strings.LastIndexByte(op, '.')+1:]
+	h := http.Header{}
+	h.Set("Content-Type", "application/x-amz-json-1.1")
+	return &http.Response{StatusCode: http.StatusOK, Header: h, Body: io.NopCloser(bytes.NewReader(e[op])), Request: req}, nil
 }
 
-func event(t *testing.T, typ string) []byte {
+func event(t *testing.T, typ, payload string) []byte {
 	t.Helper()
 	var msg eventstream.Message
 	msg.Headers.Set(eventstream.MessageTypeHeader, eventstream.StringValue(eventstream.EventMessageType))
 	msg.Headers.Set(eventstream.EventTypeHeader, eventstream.StringValue(typ))
-	msg.Payload = []byte("{}")
+	msg.Payload = []byte(payload)
 	var b bytes.Buffer
 	if err := eventstream.NewEncoder().Encode(&b, msg); err != nil {
 		t.Fatal(err)
@@ -29,8 +36,8 @@ func event(t *testing.T, typ string) []byte {
 	return b.Bytes()
 }
 
-// eventTypes decodes a body into the types of its events.
-func eventTypes(t *testing.T, body io.Reader) []string {
+// events decodes a body into its events: "type payload".
+func events(t *testing.T, body io.Reader) []string {
 	t.Helper()
 	var out []string
 	for {
@@ -41,42 +48,66 @@ func eventTypes(t *testing.T, body io.Reader) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, msg.Headers.Get(eventstream.EventTypeHeader).String())
+		out = append(out, msg.Headers.Get(eventstream.EventTypeHeader).String()+" "+string(msg.Payload))
 	}
 }
 
-func TestInitialResponseClient(t *testing.T) {
-	stream := append(event(t, "SubscribeToShardEvent"), event(t, "SubscribeToShardEvent")...)
-	fixed := append(event(t, "initial-response"), stream...)
+func subscribeRequest(t *testing.T) *http.Request {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"ConsumerARN": "arn:aws:kinesis:us-east-1:000000000000:stream/s/consumer/c:1", "ShardId": "shardId-000000000000"})
+	req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1:1/", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Amz-Target", "Kinesis_20131202.SubscribeToShard")
+	return req
+}
+
+func TestLocalFanOutClient(t *testing.T) {
+	const (
+		withRecord = `{"Records":[{"Data":"eA==","PartitionKey":"k","SequenceNumber":"5"}],"ContinuationSequenceNumber":"5","MillisBehindLatest":0}`
+		empty      = `{"Records":[],"ContinuationSequenceNumber":"5","MillisBehindLatest":0}`
+		children   = `[{"HashKeyRange":{"EndingHashKey":"9","StartingHashKey":"0"},"ParentShards":["shardId-000000000000"],"ShardId":"shardId-000000000001"}]`
+	)
+	open := emulator{"GetShardIterator": []byte(`{"ShardIterator":"it"}`), "GetRecords": []byte(`{"Records":[],"NextShardIterator":"it2","MillisBehindLatest":0}`)}
+	closed := emulator{"GetShardIterator": []byte(`{"ShardIterator":"it"}`), "GetRecords": []byte(`{"Records":[],"MillisBehindLatest":0,"ChildShards":` + children + `}`)}
 	tests := []struct {
 		name   string
-		target string
-		body   []byte
-		want   []string // event types of the body the SDK gets; nil: unchanged
+		emu    emulator
+		stream [][]byte
+		want   []string
 	}{
-		{"kinesis-local's stream gets an initial-response first", "Kinesis_20131202.SubscribeToShard", stream,
-			[]string{"initial-response", "SubscribeToShardEvent", "SubscribeToShardEvent"}},
-		{"a stream that has its initial-response is left as it is", "Kinesis_20131202.SubscribeToShard", fixed,
-			[]string{"initial-response", "SubscribeToShardEvent", "SubscribeToShardEvent"}},
+		{"an initial-response is prepended", open,
+			[][]byte{event(t, "SubscribeToShardEvent", withRecord), event(t, "SubscribeToShardEvent", empty)},
+			[]string{"initial-response {}", "SubscribeToShardEvent " + withRecord, "SubscribeToShardEvent " + empty}},
+		{"a stream that has its initial-response keeps it alone", open,
+			[][]byte{event(t, "initial-response", "{}"), event(t, "SubscribeToShardEvent", withRecord)},
+			[]string{"initial-response {}", "SubscribeToShardEvent " + withRecord}},
+		{"at the end of a closed shard the stream ends with its children", closed,
+			[][]byte{event(t, "SubscribeToShardEvent", withRecord), event(t, "SubscribeToShardEvent", empty), event(t, "SubscribeToShardEvent", empty)},
+			[]string{"initial-response {}", "SubscribeToShardEvent " + withRecord,
+				`SubscribeToShardEvent {"ChildShards":` + children + `,"MillisBehindLatest":0,"Records":[]}`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &InitialResponseClient{Base: answer{tc.body}}
-			req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1/", nil)
-			req.Header.Set("X-Amz-Target", tc.target)
-			resp, err := c.Do(req)
+			emu := emulator{"SubscribeToShard": bytes.Join(tc.stream, nil)}
+			for op, b := range tc.emu {
+				emu[op] = b
+			}
+			c := &LocalFanOutClient{Base: emu}
+			resp, err := c.Do(subscribeRequest(t))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			if diff := cmp.Diff(tc.want, eventTypes(t, resp.Body)); diff != "" {
+			if diff := cmp.Diff(tc.want, events(t, resp.Body)); diff != "" {
 				t.Errorf("events (-want +got):\n%s", diff)
 			}
 		})
 	}
 	t.Run("other operations pass unchanged", func(t *testing.T) {
-		c := &InitialResponseClient{Base: answer{[]byte(`{"Shards":[]}`)}}
-		req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1/", nil)
+		c := &LocalFanOutClient{Base: emulator{"ListShards": []byte(`{"Shards":[]}`)}}
+		req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1:1/", strings.NewReader("{}"))
 		req.Header.Set("X-Amz-Target", "Kinesis_20131202.ListShards")
 		resp, err := c.Do(req)
 		if err != nil {

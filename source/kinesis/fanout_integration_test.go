@@ -16,7 +16,7 @@ import (
 // reads are pushed, each shard is checkpointed, and a restart resumes from
 // the checkpoints, reading only what was written since.
 func TestEmulatorEnhancedFanOutReadsCheckpointsAndResumesWithoutLoss(t *testing.T) {
-	c := awstest.KinesisClient(t, awstest.KinesisNoRetries, awstest.KinesisInitialResponse)
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries, awstest.KinesisLocalFanOut)
 	stream := awstest.CreateStream(t, c, 2)
 	put(t, c, stream, 0, 300, 20)
 	store := memory.New()

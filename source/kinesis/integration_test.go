@@ -76,7 +76,13 @@ func TestEmulatorReadsFourShardsOnceInOrderAndResumes(t *testing.T) {
 }
 
 func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
-	c := awstest.KinesisClient(t, awstest.KinesisNoRetries)
+	for _, m := range readModes {
+		t.Run(m.name, func(t *testing.T) { testEmulatorSplitAndMergeWhileProducing(t, m) })
+	}
+}
+
+func testEmulatorSplitAndMergeWhileProducing(t *testing.T, m readMode) {
+	c := awstest.KinesisClient(t, awstest.KinesisNoRetries, awstest.KinesisLocalFanOut)
 	stream := awstest.CreateStream(t, c, 2)
 	store := memory.New()
 	sink := &collector{}
@@ -84,7 +90,7 @@ func TestEmulatorSplitAndMergeWhileProducing(t *testing.T) {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- shardflow.Source(newSource(t, c, stream, emulatorOptions(store))).Sink(sink).Run(ctx)
+		errc <- shardflow.Source(newSource(t, c, stream, m.opts, emulatorOptions(store))).Sink(sink).Run(ctx)
 	}()
 
 	put(t, c, stream, 0, 300, 30)
