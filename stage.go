@@ -191,6 +191,12 @@ func invoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeSt
 	if err == nil {
 		return out, nil
 	}
+	return retryInvoke(ctx, st, env, c, f, v, tok, err)
+}
+
+// retryInvoke is invoke's retries, out of its way.
+func retryInvoke[In, Out any](ctx context.Context, st *stage, env *laneEnv, c *nodeStats, f func(context.Context, In) (Out, error), v In, tok token, err error) (Out, error) {
+	var out Out
 	err = retryCall(ctx, st, env, c, tok, err, "handler", func() error {
 		var e error
 		out, e = protect(ctx, f, v)
@@ -254,12 +260,17 @@ type mapNode[In, Out any] struct {
 func (n *mapNode[In, Out]) push(ctx context.Context, it item[In]) {
 	out, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok)
 	if err != nil {
-		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(_ In, out Out, t token) {
-			n.next.push(ctx, item[Out]{v: out, tok: t})
-		}, it, err) - 1)
+		n.fail(ctx, it, err)
 		return
 	}
 	n.next.push(ctx, item[Out]{v: out, tok: it.tok})
+}
+
+// fail applies the stage's failure policy to a value that failed for good.
+func (n *mapNode[In, Out]) fail(ctx context.Context, it item[In], err error) {
+	n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(_ In, out Out, t token) {
+		n.next.push(ctx, item[Out]{v: out, tok: t})
+	}, it, err) - 1)
 }
 
 func (n *mapNode[In, Out]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
@@ -296,20 +307,25 @@ func (n *filterNode[T]) push(ctx context.Context, it item[T]) {
 	keep, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok)
 	switch {
 	case err != nil:
-		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(part T, keep bool, t token) {
-			if keep {
-				n.next.push(ctx, item[T]{v: part, tok: t})
-				return
-			}
-			n.c.dropped++
-			t.done(nil)
-		}, it, err) - 1)
+		n.fail(ctx, it, err)
 	case keep:
 		n.next.push(ctx, it)
 	default:
 		n.c.dropped++
 		it.tok.done(nil)
 	}
+}
+
+// fail applies the stage's failure policy to a value that failed for good.
+func (n *filterNode[T]) fail(ctx context.Context, it item[T], err error) {
+	n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(part T, keep bool, t token) {
+		if keep {
+			n.next.push(ctx, item[T]{v: part, tok: t})
+			return
+		}
+		n.c.dropped++
+		t.done(nil)
+	}, it, err) - 1)
 }
 
 func (n *filterNode[T]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
@@ -346,12 +362,17 @@ type flatMapNode[In, Out any] struct {
 func (n *flatMapNode[In, Out]) push(ctx context.Context, it item[In]) {
 	outs, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok)
 	if err != nil {
-		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(_ In, outs []Out, t token) {
-			n.pass(ctx, outs, t)
-		}, it, err) - 1)
+		n.fail(ctx, it, err)
 		return
 	}
 	n.pass(ctx, outs, it.tok)
+}
+
+// fail applies the stage's failure policy to a value that failed for good.
+func (n *flatMapNode[In, Out]) fail(ctx context.Context, it item[In], err error) {
+	n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(_ In, outs []Out, t token) {
+		n.pass(ctx, outs, t)
+	}, it, err) - 1)
 }
 
 // pass hands the values f gave for the record(s) of tok on.
@@ -404,12 +425,17 @@ type tapNode[T any] struct {
 
 func (n *tapNode[T]) push(ctx context.Context, it item[T]) {
 	if _, err := invoke(ctx, n.st, n.env, n.c, n.f, it.v, it.tok); err != nil {
-		n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(part T, _ struct{}, t token) {
-			n.next.push(ctx, item[T]{v: part, tok: t})
-		}, it, err) - 1)
+		n.fail(ctx, it, err)
 		return
 	}
 	n.next.push(ctx, it)
+}
+
+// fail applies the stage's failure policy to a value that failed for good.
+func (n *tapNode[T]) fail(ctx context.Context, it item[T], err error) {
+	n.c.grown += int64(failed(ctx, n.st, n.env, n.c, n.dl, n.f, func(part T, _ struct{}, t token) {
+		n.next.push(ctx, item[T]{v: part, tok: t})
+	}, it, err) - 1)
 }
 
 func (n *tapNode[T]) tick(ctx context.Context, now time.Time) { n.next.tick(ctx, now) }
@@ -462,6 +488,12 @@ func (n *sinkNode[T]) push(ctx context.Context, it item[T]) {
 	if err == nil {
 		return
 	}
+	n.fail(ctx, it, ack, err)
+}
+
+// fail retries a Write that failed, under the stage's retry policy, then
+// applies its failure policy.
+func (n *sinkNode[T]) fail(ctx context.Context, it item[T], ack Ack, err error) {
 	err = retryCall(ctx, n.st, n.env, n.c, it.tok, err, "sink write", func() error { return n.write(ctx, it.v, ack) })
 	if err == nil {
 		return

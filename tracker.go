@@ -48,6 +48,11 @@ type tracker struct {
 	closed   error         // set once no more records may be emitted; under emitMu
 	tail     atomic.Uint64 // next slot to reserve; written under emitMu
 	headSeen uint64        // head as the emitter last read it (head only grows); under emitMu
+	// arrivals holds, by slot, when each record arrived in its stream (Unix
+	// ns; 0: unknown), written like the slots; nil until a record comes
+	// with one (Lane.EmitArrived), so that slots stay small for sources
+	// that give none. Set under emitMu and mu.
+	arrivals []int64
 
 	// The completing side, on a cache line of its own: the emitter and the
 	// completer write their own side once per record, and sharing a line
@@ -70,7 +75,6 @@ type slot struct {
 	pos     Position
 	idx     uint64
 	readAt  int64 // run clock when it was emitted
-	arrival int64 // when the record arrived in its stream (Unix ns); 0: unknown
 	pending int32
 	failed  bool
 }
@@ -131,9 +135,24 @@ func (t *tracker) beginEmit(ctx, lane context.Context, pos Position, arrival int
 		}
 		t.emitMu.Lock()
 	}
-	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, readAt: t.clock.Load(), arrival: arrival, pending: 1}
+	t.slots[idx&t.mask] = slot{pos: pos, idx: idx, readAt: t.clock.Load(), pending: 1}
+	if arrival != 0 || t.arrivals != nil {
+		t.setArrival(idx, arrival)
+	}
 	t.tail.Store(idx + 1)
 	return idx, nil
+}
+
+// setArrival records the arrival time of the record at idx, being emitted.
+// Called with emitMu held.
+func (t *tracker) setArrival(idx uint64, arrival int64) {
+	if t.arrivals == nil {
+		// Allocated with both locks held: a completer reads it under mu.
+		t.mu.Lock()
+		t.arrivals = make([]int64, len(t.slots))
+		t.mu.Unlock()
+	}
+	t.arrivals[idx&t.mask] = arrival
 }
 
 // endEmit releases the lock beginEmit returned with.
@@ -243,8 +262,8 @@ func (t *tracker) position(idx uint64) Position {
 func (t *tracker) arrival(idx uint64) int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s := t.live(idx); s != nil {
-		return s.arrival
+	if s := t.live(idx); s != nil && t.arrivals != nil {
+		return t.arrivals[idx&t.mask]
 	}
 	return 0
 }
