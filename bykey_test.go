@@ -472,3 +472,52 @@ func TestByKeyWatchdogNamesTheStageAWorkerIsBlockedIn(t *testing.T) {
 		}
 	})
 }
+
+// A Batch after ByKey ships on its linger, from each worker's own timer,
+// while the shard goes on (no drain).
+func TestBatchAfterByKeyShipsOnItsLinger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := shardflowtest.NewSource[int]("s", func(o *shardflowtest.SourceOptions) { o.Follow = true }).
+			AddShard("shard-0", ints(40)...)
+		sink := shardflowtest.NewSink[[]int]()
+		keyed := shardflow.ByKey(shardflow.Source[int](src, quiet), 4, func(v int) string { return strconv.Itoa(v % 8) })
+		pl := shardflow.Batch(keyed, shardflow.BatchOptions[int]{MaxCount: 100, Linger: time.Second}).Sink(sink)
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := runAsync(ctx, pl)
+		synctest.Wait()
+		if got := sink.Items(); len(got) != 0 {
+			t.Fatalf("batches before the linger: %v; want none", got)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		total := 0
+		for _, b := range sink.Items() {
+			total += len(b)
+		}
+		if n := len(sink.Items()); n < 2 || n > 4 || total != 40 {
+			t.Errorf("after the linger: %d batches of %d values; want one per busy worker (2 to 4), 40 values", n, total)
+		}
+		if st := pl.Status(); len(st.Shards) != 1 || st.Shards[0].Checkpoint.SequenceNumber != "40" {
+			t.Errorf("status = %+v; want the shard checkpointed at 40", st)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	})
+}
+
+func TestByKeyKeyThatPanicsFailsItsRecord(t *testing.T) {
+	src := shardflowtest.NewSource[int]("s").AddShard("shard-0", 1, 2, 3)
+	err := shardflow.ByKey(shardflow.Source[int](src, quiet), 2, func(v int) string {
+		if v == 2 {
+			panic("no key")
+		}
+		return strconv.Itoa(v)
+	}, shardflow.WithName("route")).Sink(shardflowtest.NewSink[int]()).Run(t.Context())
+	se, ok := errors.AsType[*shardflow.StageError](err)
+	pe, isPanic := errors.AsType[*shardflow.PanicError](err)
+	if !ok || se.Stage != "route" || se.Position.SequenceNumber != "2" || !isPanic || pe.Value != "no key" {
+		t.Errorf("Run = %v; want a *StageError of route at 2 wrapping the key's panic", err)
+	}
+}
