@@ -155,11 +155,12 @@ type Lane[T any] struct {
 	gid       uint64 // the lane goroutine's id, to find its stack
 
 	// The goroutine's own counts for the metrics (see publish).
-	pushed    uint64     // records taken from the queue into the first stage
-	sinkStats *nodeStats // the sink stage's (of the first key worker, with ByKey)
-	pubTick   int64      // run clock of the last publish
+	pushed    uint64 // records taken from the queue into the first stage
+	pubTick   int64  // run clock of the last publish
 	saveMu    sync.Mutex
 	savedHead uint64
+
+	sinkStats *nodeStats // the sink stage's (of the first key worker, with ByKey); set by Open
 }
 
 // stageNames returns the names of the lane's stages, first to last (with
