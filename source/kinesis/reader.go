@@ -191,7 +191,7 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 			return nil
 		}
 		base.Data = kr.Data // zero-copy: the SDK's slice, not reused by it
-		if err := lane.Emit(ctx, shardflow.Position{SequenceNumber: seq}, base); err != nil {
+		if err := lane.EmitArrived(ctx, shardflow.Position{SequenceNumber: seq}, base.ApproximateArrivalTimestamp, base); err != nil {
 			return err
 		}
 		ev.UserRecords++
@@ -225,7 +225,7 @@ func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 		rec.ExplicitHashKey = u.ExplicitHashKey
 		rec.SubSequenceNumber = uint64(i)
 		pos := shardflow.Position{SequenceNumber: seq, SubSequenceNumber: uint64(i), Partial: i < len(users)-1}
-		if err := lane.Emit(ctx, pos, rec); err != nil {
+		if err := lane.EmitArrived(ctx, pos, rec.ApproximateArrivalTimestamp, rec); err != nil {
 			return err
 		}
 		ev.UserRecords++
