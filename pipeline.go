@@ -267,11 +267,14 @@ type run struct {
 	err     error
 	wg      sync.WaitGroup // lane goroutines
 
-	start    time.Time    // Run's start: the run clock counts from it
-	clock    atomic.Int64 // the run clock, coarse: updated each clockTick
-	metrics  *pipelineMetrics
-	stalls   map[laneHandle]*stallState // the watchdog's, by lane; under mu
-	finished bool                       // Run returned; under mu
+	start   time.Time    // Run's start: the run clock counts from it
+	clock   atomic.Int64 // the run clock, coarse: updated each clockTick
+	metrics *pipelineMetrics
+	stalls  map[laneHandle]*stallState // the watchdog's, by lane; under mu
+	// stallReports queues reports for OnStall (see notifyStall); the
+	// monitor's own.
+	stallReports chan StallReport
+	finished     bool // Run returned; under mu
 
 	drainOnce  sync.Once
 	drainTimer *time.Timer

@@ -57,9 +57,10 @@ func (l *Lane[T]) watch(int64) laneWatch {
 // stallState is the watchdog's memory of one lane. Only the monitor
 // goroutine touches it, except report, which Status reads under r.mu.
 type stallState struct {
-	head    uint64
-	movedAt int64 // run clock when the watchdog saw head move, or nothing in flight
-	report  *StallReport
+	head        uint64
+	movedAt     int64 // run clock when the watchdog saw head move, or nothing in flight
+	headMovedAt int64 // run clock when the watchdog saw head move
+	report      *StallReport
 }
 
 // monitor runs the run clock, publishes the sink's acknowledgements of
@@ -72,6 +73,18 @@ func (r *run) monitor(ctx context.Context) {
 		scanEvery = max(r.opts.StallTimeout/4, clockTick)
 	}
 	var lastScan, lastAcks int64
+	if r.opts.OnStall != nil {
+		r.stallReports = make(chan StallReport, stallQueue)
+		delivered := make(chan struct{})
+		go func() {
+			defer close(delivered)
+			r.deliverStalls(r.stallReports)
+		}()
+		defer func() {
+			close(r.stallReports)
+			<-delivered
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -111,19 +124,26 @@ func (r *run) scan(now int64) {
 		r.mu.Lock()
 		ss := r.stalls[l]
 		if ss == nil {
-			ss = &stallState{head: w.head, movedAt: now}
+			ss = &stallState{head: w.head, movedAt: now, headMovedAt: now}
 			r.stalls[l] = ss
 		}
 		r.mu.Unlock()
+		if w.head != ss.head {
+			ss.headMovedAt = now
+		}
 		if w.head != ss.head || w.head == w.tail {
 			ss.head, ss.movedAt = w.head, now
 		}
+		// A source that made no read for a while may only wait for the
+		// pipeline (Emit blocks at MaxInFlight while it works through a
+		// backlog): it is stalled only when the shard does not move either.
+		sourceIdle := w.head == w.tail || now-ss.headMovedAt >= timeout
 		var rep *StallReport
 		switch {
 		case w.head < w.tail && now-max(ss.movedAt, w.readAt) >= timeout:
 			rep = r.attribute(l, w, now, &stacks)
 			rep.For = time.Duration(now - max(ss.movedAt, w.readAt))
-		case w.lastRead != 0 && !w.closed && !draining && now-w.lastRead >= timeout:
+		case w.lastRead != 0 && !w.closed && !draining && sourceIdle && now-w.lastRead >= timeout:
 			rep = &StallReport{Stage: "source", Detail: "the source made no successful read",
 				For: time.Duration(now - w.lastRead)}
 		}
@@ -151,13 +171,26 @@ func (r *run) scan(now int64) {
 			r.notifyStall(moved)
 		}
 	}
+	var gone []StallReport
 	r.mu.Lock()
-	for l := range r.stalls {
+	for l, ss := range r.stalls {
 		if !seen[l] {
+			if ss.report != nil {
+				gone = append(gone, *ss.report)
+			}
 			delete(r.stalls, l)
 		}
 	}
 	r.mu.Unlock()
+	for _, rep := range gone {
+		// The shard's lane closed (handed over, lease lost, ended) while
+		// stalled: the report ends, so that an alert opened by OnStall
+		// resolves.
+		rep.Recovered = true
+		rep.Detail = "the shard is no longer read here"
+		r.log.Info("stalled shard no longer read here", "stream", rep.Stream, "shard_id", rep.ShardID, "stage", rep.Stage)
+		r.notifyStall(rep)
+	}
 }
 
 func withStage(shard attribute.Set, stage string) metric.MeasurementOption {
@@ -165,8 +198,27 @@ func withStage(shard attribute.Set, stage string) metric.MeasurementOption {
 	return metric.WithAttributeSet(attribute.NewSet(kvs...))
 }
 
+// notifyStall hands a report to OnStall on a goroutine of its own, in
+// order: a slow OnStall must not hold the monitor, which drives the run
+// clock. Reports beyond stallQueue waiting are dropped, and logged.
 func (r *run) notifyStall(rep StallReport) {
-	if r.opts.OnStall != nil {
+	if r.opts.OnStall == nil {
+		return
+	}
+	select {
+	case r.stallReports <- rep:
+	default:
+		r.log.Warn("OnStall is slow: a stall report was not delivered", "stream", rep.Stream, "shard_id", rep.ShardID,
+			"recovered", rep.Recovered)
+	}
+}
+
+// stallQueue is how many stall reports may wait for a slow OnStall.
+const stallQueue = 256
+
+// deliverStalls calls OnStall with each report, until reports is closed.
+func (r *run) deliverStalls(reports <-chan StallReport) {
+	for rep := range reports {
 		r.opts.OnStall(rep)
 	}
 }

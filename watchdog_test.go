@@ -293,3 +293,50 @@ func TestReadyAsksTheSourceAndFollowsTheRun(t *testing.T) {
 		}
 	})
 }
+
+// backlogSource reads a backlog in one successful call, as a Kinesis reader
+// does with a large Limit, then emits it: Emit blocks at MaxInFlight while
+// the pipeline works through it, so no read (and no heartbeat) comes for
+// longer than StallTimeout although the shard keeps moving.
+type backlogSource struct{ n int }
+
+func (s *backlogSource) Run(ctx context.Context, shards *shardflow.Shards[int]) error {
+	lane, err := shards.Open("orders", "shard-1", nil)
+	if err != nil {
+		return err
+	}
+	lane.Heartbeat()
+	for i := 1; i <= s.n; i++ {
+		if err := lane.Emit(ctx, shardflow.Position{SequenceNumber: strconv.Itoa(i)}, i); err != nil {
+			return err
+		}
+	}
+	lane.Heartbeat()
+	<-ctx.Done()
+	return nil
+}
+
+func TestWatchdogDoesNotReportASourceWaitingForAPipelineThatMoves(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		log := newStallLog()
+		slow := func(_ context.Context, v int) (int, error) {
+			time.Sleep(time.Second)
+			return v, nil
+		}
+		sink := shardflowtest.NewSink[int]()
+		pl := shardflow.Source[int](&backlogSource{n: 300}, log.options, quiet,
+			func(o *shardflow.Options) { o.MaxInFlight = 10 }).Map(slow).Sink(sink)
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := runAsync(ctx, pl)
+		if err := sink.WaitFor(ctx, 300); err != nil { // five minutes of work, a record a second
+			t.Fatal(err)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if r := log.all(); len(r) != 0 {
+			t.Errorf("a shard working through its backlog was reported: %+v", r)
+		}
+	})
+}
