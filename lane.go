@@ -334,14 +334,28 @@ func (l *Lane[T]) End(ctx context.Context) error {
 // Close stops the lane of a shard that is not finished (the source hands it
 // to another reader): it waits, within ctx, until the records already emitted
 // are done, then saves the checkpoint as far as they got.
+//
+// When ctx ends before the records are done, the checkpoint is still saved
+// as far as they got, within closeSaveTimeout of that: the lease is still
+// this instance's until the source releases it, and every record saved is
+// one the next owner does not read again.
 func (l *Lane[T]) Close(ctx context.Context) error {
 	waitErr := l.finish(ctx)
 	defer l.r.removeLane(l)
-	if err := l.saveProgress(ctx, false); err != nil {
-		return err
+	saveCtx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		saveCtx, cancel = context.WithTimeout(context.WithoutCancel(ctx), closeSaveTimeout)
+		defer cancel()
+	}
+	if err := l.saveProgress(saveCtx, false); err != nil {
+		return errors.Join(waitErr, err)
 	}
 	return waitErr
 }
+
+// closeSaveTimeout bounds the checkpoint save of a Close whose wait ran out.
+const closeSaveTimeout = 2 * time.Second
 
 // Abandon stops the lane at once, without waiting for its records and
 // without saving its checkpoint again: the source lost the shard, and its new

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strconv"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -123,5 +125,82 @@ func TestAHandlerCutShortByALostLeaseDoesNotFailThePipeline(t *testing.T) {
 		if diff := cmp.Diff(map[string]shardflow.Checkpoint{"a": seq(30)}, store.Checkpoints("s")); diff != "" {
 			t.Errorf("checkpoints mismatch (-want +got):\n%s", diff)
 		}
+	})
+}
+
+// closingSource emits n records of one shard, waits until the first done
+// are done, then closes the lane with a context that runs out while the
+// rest are still in flight, as a source handing a shard over does.
+type closingSource struct {
+	store    shardflow.CheckpointStore
+	n        int
+	done     <-chan struct{}
+	closeErr chan error
+}
+
+func (s *closingSource) Run(ctx context.Context, shards *shardflow.Shards[int]) error {
+	lane, err := shards.Open("s", "shard-1", s.store)
+	if err != nil {
+		return err
+	}
+	for i := 1; i <= s.n; i++ {
+		if err := lane.Emit(ctx, shardflow.Position{SequenceNumber: strconv.Itoa(i)}, i); err != nil {
+			return err
+		}
+	}
+	<-s.done
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s.closeErr <- lane.Close(cctx)
+	return nil
+}
+
+// ctxStore is a memory store whose Save fails once its context is done, as
+// a store that calls a service does.
+type ctxStore struct{ *memory.Store }
+
+func (s ctxStore) Save(ctx context.Context, stream, shard string, cp shardflow.Checkpoint) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.Store.Save(ctx, stream, shard, cp)
+}
+
+// TestACloseThatTimesOutStillSavesWhatFinished: the hand-over's wait ran
+// out, but the records finished before it are checkpointed, so the next
+// owner does not read them again.
+func TestACloseThatTimesOutStillSavesWhatFinished(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := memory.New()
+		release := make(chan struct{})
+		threeDone := make(chan struct{})
+		handler := func(ctx context.Context, v int) (int, error) {
+			if v == 3 {
+				close(threeDone)
+			}
+			if v == 4 {
+				select { // blocks past the hand-over's wait
+				case <-release:
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			}
+			return v, nil
+		}
+		src := &closingSource{store: ctxStore{store}, n: 6, done: threeDone, closeErr: make(chan error, 1)}
+		pl := shardflow.Source[int](src, fastRetry, func(o *shardflow.Options) {
+			o.Logger = slog.New(slog.DiscardHandler)
+			o.CheckpointInterval = time.Hour // only Close saves
+		}).
+			Map(handler).Sink(shardflowtest.NewSink[int]())
+		errc := runAsync(t.Context(), pl)
+		if err := <-src.closeErr; !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Close = %v; want its wait's deadline exceeded", err)
+		}
+		if cp, _ := store.Checkpoint("s", "shard-1"); cp != seq(3) {
+			t.Errorf("checkpoint after the timed-out Close = %+v; want %+v (records 1-3 finished)", cp, seq(3))
+		}
+		close(release)
+		<-errc
 	})
 }
