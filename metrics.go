@@ -153,6 +153,15 @@ func (e *laneEnv) addStage(st *stage, kind nodeKind) *nodeStats {
 	c := &nodeStats{st: st, kind: kind, clock: e.clock,
 		attrs: metric.WithAttributeSet(attribute.NewSet(telemetry.KeyStream.String(e.stream), telemetry.KeyStage.String(st.name)))}
 	e.stages = append(e.stages, c)
+	if m := e.metrics; m != nil {
+		// The counters of rare events exist from the start, at 0, so that
+		// Prometheus' increase() sees their first event.
+		ctx := context.Background()
+		m.recordsFailed.Add(ctx, 0, c.attrs)
+		m.recordsDeadLettered.Add(ctx, 0, c.attrs)
+		m.retries.Add(ctx, 0, c.attrs)
+		m.saveFailures.Add(ctx, 0, e.streamOpt)
+	}
 	return c
 }
 

@@ -128,11 +128,25 @@ func TestStageCountsAreExactAfterARun(t *testing.T) {
 	if got := mr.value(t, "shardflow.checkpoint.saves", "stream=orders"); got < 2 {
 		t.Errorf("checkpoint saves = %v; want one final save per shard at least", got)
 	}
+	// The counters of rare events exist at 0 (so that increase() sees the
+	// first one), for every stage.
 	for _, name := range []string{"shardflow.stage.records.failed", "shardflow.stage.records.dead_lettered",
-		"shardflow.stage.retries", "shardflow.checkpoint.failures", "shardflow.stalls"} {
-		if p := mr.points(t, name); len(p) != 0 {
-			t.Errorf("%s = %v; want none", name, p)
+		"shardflow.stage.retries"} {
+		p := mr.points(t, name)
+		for _, stage := range []string{"map#1", "filter#2", "flatmap#3", "sink"} {
+			if v, ok := p["stage="+stage+",stream=orders"]; !ok || v != 0 {
+				t.Errorf("%s{%s} = %v (present: %v); want 0", name, stage, v, ok)
+			}
 		}
+		if len(p) != 4 {
+			t.Errorf("%s = %v; want the four stages at 0", name, p)
+		}
+	}
+	if p := mr.points(t, "shardflow.checkpoint.failures"); len(p) != 1 || p["stream=orders"] != 0 {
+		t.Errorf("checkpoint failures = %v; want orders at 0", p)
+	}
+	if p := mr.points(t, "shardflow.stalls"); len(p) != 0 {
+		t.Errorf("stalls = %v; want none", p)
 	}
 	// Each shard times its first call, then at most one per 10ms.
 	if got := mr.value(t, "shardflow.stage.handler.duration", "stage=map#1,stream=orders"); got < 2 || got > float64(2*n) {
@@ -191,7 +205,9 @@ func TestFailuresRetriesAndDeadLettersAreCounted(t *testing.T) {
 			t.Errorf("%s{%s} = %v; want %v", c.name, c.stage, got, c.want)
 		}
 	}
-	if p := mr.points(t, "shardflow.stage.records.failed"); len(p) != 0 {
-		t.Errorf("failed = %v; want none (the dead-letter handler took them)", p)
+	for attrs, v := range mr.points(t, "shardflow.stage.records.failed") {
+		if v != 0 {
+			t.Errorf("failed{%s} = %v; want 0 (the dead-letter handler took them)", attrs, v)
+		}
 	}
 }
