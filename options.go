@@ -26,9 +26,10 @@ type Options struct {
 	// it. Records still in flight when DrainTimeout less a fifth of it (at
 	// most 5s, kept for the final saves) has passed are abandoned (not
 	// checkpointed) and Run returns ErrDrainTimeout; the final saves get
-	// whatever is left of DrainTimeout. Keep it below your platform's grace
-	// period (Kubernetes: 30s by default, less the time the source needs to
-	// stop). Default: 30s. Must not be negative.
+	// whatever is left of DrainTimeout. Set it below your platform's grace
+	// period, less the time the source needs to stop (Kubernetes gives 30s
+	// by default: set 20-25s). Default: 30s, which suits a process stopped
+	// by hand. Must not be negative.
 	DrainTimeout time.Duration
 
 	// MaxInFlight caps the records of one shard that were emitted but are not
@@ -61,7 +62,9 @@ type Options struct {
 	// StallTimeout is how long a shard may go without progress before the
 	// watchdog reports it stalled: its oldest unfinished record has not
 	// finished for StallTimeout, or its source made no successful read for
-	// StallTimeout (sources that call [Lane.Heartbeat]). A report is a WARN
+	// StallTimeout while the shard did not move either (sources that call
+	// [Lane.Heartbeat]; a source waiting in Emit for a busy pipeline is not
+	// stalled). A report is a WARN
 	// log naming the shard, the stage holding the record and for how long,
 	// the shardflow.shard.stalled metric, and OnStall. A stall is reported
 	// within 1.25 × StallTimeout of the last progress. Default: 2 minutes.
@@ -69,9 +72,10 @@ type Options struct {
 	StallTimeout time.Duration
 
 	// OnStall, if set, is called with each stall report when the shard is
-	// first found stalled, and again with Recovered set once it moves. It
-	// is called from the watchdog's goroutine and must not block. Default:
-	// nil, none.
+	// first found stalled, and again with Recovered set once it moves (or
+	// is no longer read here). Reports are delivered in order on a
+	// goroutine of their own; while OnStall is slow, up to 256 wait and
+	// later ones are dropped (and logged). Default: nil, none.
 	OnStall func(StallReport)
 }
 
