@@ -114,7 +114,8 @@
 //
 // A watchdog reports a shard whose oldest unfinished record has not
 // finished for [Options].StallTimeout (default 2 minutes), or whose source
-// made no successful read for that long: a WARN log line, the
+// made no successful read for that long while the shard did not move: a
+// WARN log line, the
 // shardflow.shard.stalled gauge and [Options].OnStall name the shard, the
 // stage holding the record (for a blocked handler, the function it is
 // blocked in) and for how long. [Pipeline.Status] returns the same view on
