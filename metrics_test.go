@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"testing"
 
-	"go.opentelemetry.io/otel/attribute"
+	"github.com/shardflow/shardflow/internal/metrictest"
+
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
@@ -22,54 +22,19 @@ type metricsReader struct {
 }
 
 func newMetricsReader() *metricsReader {
-	r := sdkmetric.NewManualReader()
-	return &metricsReader{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(r)), r: r}
+	r, mp := metrictest.NewReader()
+	return &metricsReader{MeterProvider: mp, r: r}
 }
 
 // points collects and returns every data point of the named instrument, by
-// its attributes written as "k=v,k=v" (sorted by key).
+// its attributes written as "k=v,k=v" (sorted by key); a histogram's is its
+// count.
 func (m *metricsReader) points(t *testing.T, name string) map[string]float64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := m.r.Collect(context.Background(), &rm); err != nil {
-		t.Fatalf("collect: %v", err)
-	}
 	out := map[string]float64{}
-	key := func(s attribute.Set) string {
-		k := ""
-		for _, kv := range s.ToSlice() {
-			if k != "" {
-				k += ","
-			}
-			k += string(kv.Key) + "=" + kv.Value.String()
-		}
-		return k
-	}
-	for _, sm := range rm.ScopeMetrics {
-		for _, md := range sm.Metrics {
-			if md.Name != name {
-				continue
-			}
-			switch d := md.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					out[key(p.Attributes)] = float64(p.Value)
-				}
-			case metricdata.Gauge[int64]:
-				for _, p := range d.DataPoints {
-					out[key(p.Attributes)] = float64(p.Value)
-				}
-			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					out[key(p.Attributes)] = p.Value
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					out[key(p.Attributes)] = float64(p.Count)
-				}
-			default:
-				t.Fatalf("%s: unexpected data %T", name, md.Data)
-			}
+	for p, v := range metrictest.Collect(t, m.r) {
+		if p.Name == name {
+			out[p.Attrs] = v
 		}
 	}
 	return out

@@ -3,8 +3,9 @@ package memory_test
 import (
 	"testing"
 
+	"github.com/shardflow/shardflow/internal/metrictest"
+
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/shardflow/shardflow/checkpoint/memory"
 )
@@ -12,23 +13,7 @@ import (
 // leasesTaken collects r and returns shardflow.lease.taken of stream "st".
 func leasesTaken(t *testing.T, r *sdkmetric.ManualReader) int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(t.Context(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if s, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "shardflow.lease.taken" {
-				for _, p := range s.DataPoints {
-					if v, _ := p.Attributes.Value("stream"); v.AsString() == "st" {
-						n += p.Value
-					}
-				}
-			}
-		}
-	}
-	return n
+	return int64(metrictest.Total(metrictest.Collect(t, r), "shardflow.lease.taken", "stream=st"))
 }
 
 func TestANilInstanceMeterProviderRecordsThroughThePipelinesProvider(t *testing.T) {

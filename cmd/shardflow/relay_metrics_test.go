@@ -11,13 +11,14 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/shardflow/shardflow/internal/metrictest"
+
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/aws/smithy-go"
 	"github.com/google/go-cmp/cmp"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/shardflow/shardflow/checkpoint/memory"
 	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
@@ -80,30 +81,13 @@ func relayMetricsRun(t *testing.T, n int, faults func(*kinesisfake.Fake)) map[st
 	return sumMetrics(t, reader)
 }
 
-// sumMetrics collects r and returns each int64 sum or gauge, summed over
-// its data points.
+// sumMetrics collects r and returns each sum or gauge, summed over its
+// data points.
 func sumMetrics(t *testing.T, r *sdkmetric.ManualReader) map[string]int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatalf("collect metrics: %v", err)
-	}
 	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			var dps []metricdata.DataPoint[int64]
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				dps = d.DataPoints
-			case metricdata.Gauge[int64]:
-				dps = d.DataPoints
-			default:
-				continue
-			}
-			for _, p := range dps {
-				got[m.Name] += p.Value
-			}
-		}
+	for p, v := range metrictest.Collect(t, r) {
+		got[p.Name] += int64(v)
 	}
 	return got
 }

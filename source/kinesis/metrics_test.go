@@ -8,12 +8,12 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/shardflow/shardflow/internal/metrictest"
+
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/google/go-cmp/cmp"
-	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint/memory"
@@ -32,37 +32,14 @@ type point struct {
 	attrs string // "k=v,k=v" in key order
 }
 
-// collect returns every int64 sum and gauge data point r holds.
+// collect returns every sum and gauge data point r holds, as int64.
 func collect(t *testing.T, r *sdkmetric.ManualReader) map[point]int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatalf("collect metrics: %v", err)
-	}
 	out := map[point]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			var dps []metricdata.DataPoint[int64]
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				dps = d.DataPoints
-			case metricdata.Gauge[int64]:
-				dps = d.DataPoints
-			}
-			for _, p := range dps {
-				out[point{m.Name, attrString(p.Attributes)}] = p.Value
-			}
-		}
+	for p, v := range metrictest.Collect(t, r) {
+		out[point{p.Name, p.Attrs}] = int64(v)
 	}
 	return out
-}
-
-func attrString(s attribute.Set) string {
-	var kvs []string
-	for _, kv := range s.ToSlice() {
-		kvs = append(kvs, string(kv.Key)+"="+kv.Value.String())
-	}
-	return strings.Join(kvs, ",")
 }
 
 func shardAttrs(stream, shard string) string { return "shard=" + shard + ",stream=" + stream }
