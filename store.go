@@ -53,3 +53,23 @@ type Leaser interface {
 	// instance takes it. A source's hand-over must end well within it.
 	LeaseDuration() time.Duration
 }
+
+// LoadRecorder is implemented by leasing stores that balance shard leases by
+// load (records and bytes read per second) rather than only by count, like
+// the DynamoDB store. A source whose store is a LoadRecorder calls
+// RecordLoad after every successful read of a shard it holds, with what the
+// read returned (records as stored in the stream, before any
+// de-aggregation, and their bytes). It must be cheap and must not block:
+// it is called on every read.
+type LoadRecorder interface {
+	RecordLoad(stream, shardID string, records, bytes int)
+}
+
+// LeaseLeaver is implemented by leasing stores that keep a record of each
+// live instance (the DynamoDB store keeps one heartbeat per instance). A
+// source whose store is a LeaseLeaver calls Leave once when it stops, after
+// releasing its leases, so that the other instances count it gone at once
+// instead of after LeaseDuration. Leave must be safe to call more than once.
+type LeaseLeaver interface {
+	Leave(ctx context.Context) error
+}
