@@ -182,6 +182,7 @@ func (s *Store) ResetCheckpoint(ctx context.Context, stream, shardID string) err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.count("UpdateItem", 1)
 	k := key{stream, shardID}
 	delete(s.cps, k)
 	if r := s.leases[k]; r != nil {
@@ -198,6 +199,10 @@ type leaseRec struct {
 	want    string
 }
 
+// batchGetMax is the most keys one DynamoDB BatchGetItem takes: a lease read
+// counts as one BatchGetItem per batchGetMax shards in Store.Calls.
+const batchGetMax = 100
+
 // memTable is the lease.Table of a Store.
 type memTable struct{ s *Store }
 
@@ -207,6 +212,7 @@ func (t memTable) Leases(ctx context.Context, stream string, shardIDs []string) 
 	}
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
+	t.s.count("BatchGetItem", int64((len(shardIDs)+batchGetMax-1)/batchGetMax))
 	var out []lease.Lease
 	for _, id := range shardIDs {
 		if r := t.s.leases[key{stream, id}]; r != nil {
@@ -225,6 +231,7 @@ func (t memTable) Create(ctx context.Context, stream, shardID, owner string, _ t
 	}
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
+	t.s.count("PutItem", 1)
 	k := key{stream, shardID}
 	if t.s.leases[k] != nil {
 		return lease.ErrConflict
@@ -242,6 +249,7 @@ func (t memTable) Update(ctx context.Context, stream, shardID string, cond lease
 	}
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
+	t.s.count("UpdateItem", 1)
 	k := key{stream, shardID}
 	r := t.s.leases[k]
 	if r == nil || r.owner != cond.Owner || r.counter != cond.Counter || cond.Want != nil && r.want != *cond.Want {

@@ -25,6 +25,12 @@
 // Instance can run inside a testing/synctest bubble, where lease durations pass
 // at once.
 //
+// [Store.Calls] counts the table operations of a Store and its Instances by
+// the name of the DynamoDB call each would be in the DynamoDB store
+// (GetItem, PutItem, UpdateItem, BatchGetItem per 100 keys), so that the
+// DynamoDB traffic of a group of instances can be predicted from a
+// simulation on the memory store.
+//
 // # Metrics
 //
 // An Instance records the lease metrics of the DynamoDB store, through
@@ -56,12 +62,54 @@ type Store struct {
 	cps    map[key]shardflow.Checkpoint
 	n      int
 	leases map[key]*leaseRec // made by the first lease of an Instance
+	calls  map[string]int64  // by DynamoDB-equivalent call name; see Calls
 }
 
 type key struct{ stream, shard string }
 
 // New returns an empty store.
-func New() *Store { return &Store{cps: make(map[key]shardflow.Checkpoint)} }
+func New() *Store {
+	return &Store{cps: make(map[key]shardflow.Checkpoint), calls: make(map[string]int64)}
+}
+
+// Calls returns how many table operations the store has served, by the name
+// of the DynamoDB call the DynamoDB store makes for the same operation, so
+// that the table traffic of a group of Instances (for example a simulation of
+// many instances in a testing/synctest bubble) compares with what it would
+// cost in DynamoDB:
+//
+//   - "GetItem": a Load (of the Store or of an Instance), or a read of the
+//     heartbeat item;
+//   - "PutItem": a Save of the plain Store, the creation of a lease or of the
+//     heartbeat item;
+//   - "UpdateItem": a lease write (take, release, want, fenced checkpoint), a
+//     heartbeat, a Leave, a ResetCheckpoint;
+//   - "BatchGetItem": a read of lease items, one per 100 shards read at once
+//     (the most one BatchGetItem takes).
+//
+// Calls refused by their condition count as DynamoDB counts them: made. The
+// map is a copy; names with no call are absent. [Store.ResetCalls] sets every
+// count back to zero.
+func (s *Store) Calls() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.calls)
+}
+
+// ResetCalls sets the counts of [Store.Calls] back to zero, so that a test
+// can measure the calls of an interval, such as after its instances settled.
+func (s *Store) ResetCalls() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.calls)
+}
+
+// count records n calls named call; s.mu is held.
+func (s *Store) count(call string, n int64) {
+	if n > 0 {
+		s.calls[call] += n
+	}
+}
 
 var _ shardflow.CheckpointStore = (*Store)(nil)
 
@@ -73,6 +121,7 @@ func (s *Store) Load(ctx context.Context, stream, shardID string) (shardflow.Che
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.count("GetItem", 1)
 	cp, ok := s.cps[key{stream, shardID}]
 	return cp, ok, nil
 }
@@ -84,6 +133,7 @@ func (s *Store) Save(ctx context.Context, stream, shardID string, cp shardflow.C
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.count("PutItem", 1)
 	s.cps[key{stream, shardID}] = cp
 	s.n++
 	return nil
