@@ -65,7 +65,18 @@ func (s *Shards[T]) Open(stream, shardID string, store CheckpointStore) (*Lane[T
 		exited: make(chan struct{}),
 		log:    r.log.With("stream", stream, "shard_id", shardID),
 	}
-	l.trk = newTracker(r.opts.MaxInFlight, &r.clock, func(err error) {
+	every := 0
+	if store != nil {
+		every = r.opts.CheckpointEvery
+	}
+	onDue := func() {
+		l.saveDue.Store(true)
+		select {
+		case r.saveDue <- struct{}{}:
+		default:
+		}
+	}
+	l.trk = newSavingTracker(r.opts.MaxInFlight, every, onDue, &r.clock, func(err error) {
 		// Records of a lane whose lease was lost (or that was abandoned)
 		// fail as their handlers see the lane's context end: that is the
 		// lost lease, not a failure of the pipeline, and the lane's
@@ -159,6 +170,7 @@ type Lane[T any] struct {
 	pubTick   int64  // run clock of the last publish
 	saveMu    sync.Mutex
 	savedHead uint64
+	saveDue   atomic.Bool // CheckpointEvery asks for a save (see run.saveDue)
 
 	sinkStats *nodeStats // the sink stage's (of the first key worker, with ByKey); set by Open
 }
@@ -427,6 +439,7 @@ func (l *Lane[T]) saveProgress(ctx context.Context, end bool) error {
 		return fmt.Errorf("save checkpoint of shard %s/%s: %w", l.stream, l.shard, err)
 	}
 	l.savedHead = head
+	l.trk.markSaved(head)
 	l.r.metrics.saves.Add(context.Background(), 1, l.env.streamAttrs())
 	l.log.Debug("checkpoint saved", "sequence_number", last.SequenceNumber,
 		"sub_sequence_number", last.SubSequenceNumber, "shard_end", end)

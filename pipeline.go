@@ -120,6 +120,7 @@ func (pl *Pipeline) run(ctx, stop context.Context) error {
 		log:        o.Logger.With("component", "shardflow.pipeline"),
 		metrics:    metrics,
 		stalls:     make(map[laneHandle]*stallState),
+		saveDue:    make(chan struct{}, 1),
 	}
 	r.clock.Store(r.now())
 	if reg, err := telemetry.Meter(o.MeterProvider).RegisterCallback(r.observe,
@@ -228,6 +229,7 @@ type laneHandle interface {
 	shutdown(err error)
 	waitIdle(ctx context.Context) error
 	saveProgress(ctx context.Context, end bool) error
+	takeSaveDue() bool
 	laneKey() string
 
 	// For metrics, the watchdog and Status.
@@ -244,6 +246,8 @@ type laneHandle interface {
 func (l *Lane[T]) progress() (head, tail uint64, last Position, err error) { return l.trk.progress() }
 
 func (l *Lane[T]) laneKey() string { return l.key }
+
+func (l *Lane[T]) takeSaveDue() bool { return l.saveDue.Swap(false) }
 
 // run is the state of one Pipeline.Run.
 type run struct {
@@ -275,6 +279,10 @@ type run struct {
 	// monitor's own.
 	stallReports chan StallReport
 	finished     bool // Run returned; under mu
+
+	// saveDue wakes checkpointLoop when a lane asks for a save before the
+	// interval (CheckpointEvery); the lanes that asked are flagged.
+	saveDue chan struct{}
 
 	drainOnce  sync.Once
 	drainTimer *time.Timer
@@ -353,17 +361,24 @@ func (r *run) stopDrainClock() {
 	r.mu.Unlock()
 }
 
-// checkpointLoop saves every lane's checkpoint that moved, each interval.
+// checkpointLoop saves every lane's checkpoint that moved, each interval,
+// and the checkpoints of the lanes that asked for a save (CheckpointEvery).
 func (r *run) checkpointLoop(ctx context.Context) {
 	t := time.NewTicker(r.opts.CheckpointInterval)
 	defer t.Stop()
 	for {
+		due := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.saveDue:
+			due = true
 		}
 		for _, l := range r.openLanes() {
+			if due && !l.takeSaveDue() {
+				continue
+			}
 			if err := l.saveProgress(ctx, false); err != nil && ctx.Err() == nil && !errors.Is(err, ErrLeaseLost) {
 				r.log.Warn("checkpoint not saved; retrying next interval", "err", err)
 			}

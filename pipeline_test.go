@@ -682,6 +682,8 @@ func TestConfigurationErrors(t *testing.T) {
 		}(), "sink"},
 		{"a negative checkpoint interval", shardflow.Source(src, func(o *shardflow.Options) { o.CheckpointInterval = -1 }).Sink(sink),
 			"Options.CheckpointInterval"},
+		{"a negative CheckpointEvery", shardflow.Source(src, func(o *shardflow.Options) { o.CheckpointEvery = -1 }).Sink(sink),
+			"Options.CheckpointEvery"},
 		{"a nil sink", shardflow.Source(src).Sink(nil), "sink"},
 		{"a byte limit without a size function", shardflow.Batch(shardflow.Source(src), shardflow.BatchOptions[int]{MaxBytes: 10}).
 			Map(func(_ context.Context, b []int) (int, error) { return len(b), nil }).Sink(sink), "batch#1 MaxBytes"},

@@ -41,6 +41,11 @@ type tracker struct {
 	limit  uint64
 	onFail func(error)
 	clock  *atomic.Int64 // the run's coarse clock, stamped on each slot
+	// every is Options.CheckpointEvery (0: off): at most every records are
+	// emitted past the last saved checkpoint (saved), and onDue asks for a
+	// save once half of them are retired.
+	every uint64
+	onDue func()
 
 	// The emitting side.
 	_        cacheLinePad
@@ -65,7 +70,11 @@ type tracker struct {
 	acked    uint64        // values the sink acknowledged; under mu
 	pubAcked uint64        // acked as last published; under mu
 	wake     chan struct{} // closed on progress while somebody waits
-	_        cacheLinePad
+	// saved is head at the last saved checkpoint (see every); written
+	// under mu, read by the emitter without it.
+	saved   atomic.Uint64
+	dueSent bool // onDue was called since the last save; under mu
+	_       cacheLinePad
 }
 
 // cacheLinePad keeps the fields around it on separate cache lines.
@@ -80,6 +89,13 @@ type slot struct {
 }
 
 func newTracker(limit int, clock *atomic.Int64, onFail func(error)) *tracker {
+	return newSavingTracker(limit, 0, nil, clock, onFail)
+}
+
+// newSavingTracker is newTracker that emits at most every records past the
+// last saved checkpoint (see markSaved) and calls onDue, with mu held (it
+// must not block), once half of them are retired. every 0 turns it off.
+func newSavingTracker(limit, every int, onDue func(), clock *atomic.Int64, onFail func(error)) *tracker {
 	// One slot more than the limit keeps the last retired slot, whose
 	// position is the checkpoint candidate, from being reused while head
 	// stays where it is.
@@ -87,7 +103,8 @@ func newTracker(limit int, clock *atomic.Int64, onFail func(error)) *tracker {
 	for n < limit+1 {
 		n <<= 1
 	}
-	return &tracker{slots: make([]slot, n), mask: uint64(n - 1), limit: uint64(limit), clock: clock, onFail: onFail}
+	return &tracker{slots: make([]slot, n), mask: uint64(n - 1), limit: uint64(limit), clock: clock, onFail: onFail,
+		every: uint64(every), onDue: onDue}
 }
 
 // beginEmit reserves the slot of the next record, at pos, waiting while
@@ -109,17 +126,18 @@ func (t *tracker) beginEmit(ctx, lane context.Context, pos Position, arrival int
 		// Read head, the completer's, only when the head seen last says
 		// the limit is reached: most emits then touch no line the
 		// completer writes.
-		if idx-t.headSeen < t.limit {
+		if idx-t.headSeen < t.limit && t.underSaved(idx) {
 			break
 		}
 		t.headSeen = t.head.Load()
-		if idx-t.headSeen < t.limit {
+		if idx-t.headSeen < t.limit && t.underSaved(idx) {
 			break
 		}
-		// Full: wait for progress. Taking mu before looking again closes the
-		// gap where head moves between the check and the wait.
+		// Full: wait for progress (or a save). Taking mu before looking
+		// again closes the gap where head moves between the check and
+		// the wait.
 		t.mu.Lock()
-		if idx-t.head.Load() < t.limit {
+		if idx-t.head.Load() < t.limit && t.underSaved(idx) {
 			t.mu.Unlock()
 			continue
 		}
@@ -141,6 +159,38 @@ func (t *tracker) beginEmit(ctx, lane context.Context, pos Position, arrival int
 	}
 	t.tail.Store(idx + 1)
 	return idx, nil
+}
+
+// underSaved reports whether the record at idx may be emitted under
+// CheckpointEvery: fewer than every records past the last saved checkpoint.
+func (t *tracker) underSaved(idx uint64) bool {
+	return t.every == 0 || idx-t.saved.Load() < t.every
+}
+
+// markSaved notes that the checkpoint at head (a retired count) was saved:
+// the emitter may go up to every records past it, and a next save is asked
+// for once half of them are retired.
+func (t *tracker) markSaved(head uint64) {
+	if t.every == 0 {
+		return
+	}
+	t.mu.Lock()
+	if head > t.saved.Load() {
+		t.saved.Store(head)
+		t.dueSent = false
+		t.askSaveLocked(t.head.Load())
+		t.notifyLocked()
+	}
+	t.mu.Unlock()
+}
+
+// askSaveLocked calls onDue once half of every records are retired past the
+// last save. Called with mu held.
+func (t *tracker) askSaveLocked(head uint64) {
+	if t.every != 0 && !t.dueSent && head-t.saved.Load() >= (t.every+1)/2 {
+		t.dueSent = true
+		t.onDue()
+	}
 }
 
 // setArrival records the arrival time of the record at idx, being emitted.
@@ -237,6 +287,7 @@ func (t *tracker) completeAcked(idx uint64, err error, acked bool) {
 			head++
 		}
 		t.head.Store(head)
+		t.askSaveLocked(head)
 		// Wake waiters (an emitter at the in-flight limit, or somebody
 		// waiting for the shard to be idle) once a quarter of the limit is
 		// free, not at every retired record: an emitter woken per record
