@@ -26,7 +26,9 @@ type savedStore struct {
 	fail  atomic.Bool
 }
 
-func newSavedStore() *savedStore { return &savedStore{Store: memory.New(), saved: make(map[string]int)} }
+func newSavedStore() *savedStore {
+	return &savedStore{Store: memory.New(), saved: make(map[string]int)}
+}
 
 var errStoreDown = errors.New("store down")
 
