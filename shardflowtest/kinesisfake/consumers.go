@@ -21,7 +21,8 @@ type consumer struct {
 
 	lastSub  map[string]time.Time     // shard -> last successful SubscribeToShard
 	live     map[string]*subscription // shard -> the subscription that reads it now
-	nextSend map[string]time.Time     // shard -> when the next event may go, with ReadLimits
+	nextSend map[string]time.Time     // shard -> when the next event may go, with Limits.FanOutBytesPerSecond
+	subCalls map[string]*window       // shard -> SubscribeToShard calls, with Limits.SubscribeToShardCallsPerSecond
 }
 
 // status returns the consumer's status at now, and false once a
@@ -88,7 +89,8 @@ func (f *Fake) findConsumer(consumerARN, streamARN, name *string) (*consumer, er
 // StreamARN. It is CREATING for Options.ConsumerStatusDelay, then ACTIVE.
 // A name already registered to the stream fails with
 // ResourceInUseException; a stream with MaxConsumersPerStream consumers
-// fails with LimitExceededException.
+// fails with LimitExceededException, and so do calls past
+// Limits.RegisterStreamConsumerCallsPerSecond.
 func (f *Fake) RegisterStreamConsumer(_ context.Context, in *kinesis.RegisterStreamConsumerInput, _ ...func(*kinesis.Options)) (*kinesis.RegisterStreamConsumerOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -104,6 +106,10 @@ func (f *Fake) RegisterStreamConsumer(_ context.Context, in *kinesis.RegisterStr
 		return nil, err
 	}
 	now := time.Now()
+	if n := f.lim.RegisterStreamConsumerCallsPerSecond; n > 0 && !f.registerConsumer.admit(now, n) {
+		f.throttled["RegisterStreamConsumer"]++
+		return nil, streamLimitExceeded(st.name)
+	}
 	existing := f.streamConsumers(st.name, now)
 	for _, c := range existing {
 		if c.name == name {
@@ -125,7 +131,7 @@ func (f *Fake) RegisterStreamConsumer(_ context.Context, in *kinesis.RegisterStr
 		ts++
 	}
 	c := &consumer{name: name, arn: arn, stream: st.name, created: now,
-		lastSub: make(map[string]time.Time), live: make(map[string]*subscription), nextSend: make(map[string]time.Time)}
+		lastSub: make(map[string]time.Time), live: make(map[string]*subscription), nextSend: make(map[string]time.Time), subCalls: make(map[string]*window)}
 	f.consumers[arn] = c
 	status, _ := f.status(c, now)
 	return &kinesis.RegisterStreamConsumerOutput{Consumer: &types.Consumer{

@@ -42,16 +42,28 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 )
 
-// Limits Kinesis enforces on writes; the fake refuses requests past them.
+// Limits Kinesis enforces on every request; the fake always refuses
+// requests past them, with Kinesis' errors.
 const (
+	// MaxPutRecordsEntries is the most entries of a PutRecords call: more
+	// (or none) fail the call with ValidationException.
 	MaxPutRecordsEntries = 500
-	MaxPutRecordsBytes   = 5 << 20
-	MaxRecordBytes       = 1 << 20
-	MaxPartitionKeyLen   = 256
-	IteratorLifetime     = 5 * time.Minute
-	maxGetRecordsLimit   = 10000
-	accountID            = "000000000000"
-	region               = "us-east-1"
+	// MaxPutRecordsBytes is the most bytes (data and partition keys) of a
+	// PutRecords call: more fail it with InvalidArgumentException
+	// "Records size exceeds 5 MB limit".
+	MaxPutRecordsBytes = 5 << 20
+	// MaxRecordBytes is the most bytes of one record: data longer fails
+	// the call with ValidationException; data and partition key together
+	// longer, with InvalidArgumentException.
+	MaxRecordBytes = 1 << 20
+	// MaxPartitionKeyLen is the most characters of a partition key.
+	MaxPartitionKeyLen = 256
+	// IteratorLifetime is how long a shard iterator may be used after it
+	// was issued; later, GetRecords fails with ExpiredIteratorException.
+	IteratorLifetime   = 5 * time.Minute
+	maxGetRecordsLimit = 10000
+	accountID          = "000000000000"
+	region             = "us-east-1"
 )
 
 var maxHashKey = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 128), big.NewInt(1))
@@ -59,6 +71,7 @@ var maxHashKey = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 128), big.NewI
 // Fake is an in-memory Kinesis. The zero Fake is not usable; call New.
 type Fake struct {
 	opts Options
+	lim  Limits // opts.Limits and opts.ReadLimits resolved
 
 	mu        sync.Mutex
 	streams   map[string]*stream
@@ -68,6 +81,9 @@ type Fake struct {
 	inject    func(op string, input any) error
 	failEntry func(stream string, e types.PutRecordsRequestEntry) (code string)
 	calls     map[string]int
+	throttled map[string]int // by operation: calls (PutRecords: entries) refused for rate
+
+	describeSummary, registerConsumer window // the account's call rates, with lim
 
 	consumers map[string]*consumer // by ARN, deregistered ones until they are gone
 	subs      map[*subscription]bool
@@ -76,8 +92,9 @@ type Fake struct {
 }
 
 type stream struct {
-	name   string
-	shards []*shard // in creation order
+	name       string
+	shards     []*shard // in creation order
+	listShards window   // ListShards calls, with lim
 }
 
 type shard struct {
@@ -92,7 +109,7 @@ type shard struct {
 	// changed is closed, and replaced, whenever records are added or the
 	// shard closes: subscriptions wait on it.
 	changed chan struct{}
-	reads   readLimiter // GetRecords calls and bytes, with Options.ReadLimits
+	lim     shardLimits // rates (with Fake.lim) and counts
 }
 
 // notify wakes the subscriptions of the shard. Called with f.mu held.
@@ -124,6 +141,8 @@ func New(optFns ...func(*Options)) *Fake {
 	seq, _ := new(big.Int).SetString("49590338271490256608559692538361571095921575989136588898", 10)
 	return &Fake{
 		opts:      o,
+		lim:       resolveLimits(&o),
+		throttled: make(map[string]int),
 		streams:   make(map[string]*stream),
 		iterators: make(map[string]iterator),
 		seq:       seq,
@@ -243,6 +262,12 @@ func invalidArgument(msg string) error {
 	return &types.InvalidArgumentException{Message: aws.String(msg)}
 }
 
+// validationError is Kinesis' ValidationException of a member's length,
+// in its words (with the value itself left out).
+func validationError(member, bound string, n int) error {
+	return &types.ValidationException{Message: aws.String(fmt.Sprintf("1 validation error detected: Value at '%s' failed to satisfy constraint: Member must have length %s %d", member, bound, n))}
+}
+
 // hashKey returns the 128-bit hash key a record is routed by.
 func hashKey(partitionKey string, explicit *string) (*big.Int, error) {
 	if explicit != nil {
@@ -266,10 +291,15 @@ func (st *stream) route(h *big.Int) *shard {
 	return nil
 }
 
-func validateEntry(data []byte, key *string) error {
+// validateEntry checks a record's partition key and size; field names its
+// data in ValidationException messages ("data", "records.1.member.data").
+func validateEntry(data []byte, key *string, field string) error {
 	k := aws.ToString(key)
 	if k == "" || len([]rune(k)) > MaxPartitionKeyLen {
 		return invalidArgument(fmt.Sprintf("partition key must be 1 to %d characters, got %d", MaxPartitionKeyLen, len([]rune(k))))
+	}
+	if len(data) > MaxRecordBytes {
+		return validationError(field, "less than or equal to", MaxRecordBytes)
 	}
 	if len(data)+len(k) > MaxRecordBytes {
 		return invalidArgument(fmt.Sprintf("record of %d bytes (data + partition key) exceeds the limit of %d", len(data)+len(k), MaxRecordBytes))
@@ -277,16 +307,46 @@ func validateEntry(data []byte, key *string) error {
 	return nil
 }
 
-// put appends one record. Called with f.mu held.
-func (f *Fake) put(st *stream, data []byte, key string, explicit *string) (*shard, string, error) {
+// routeKey finds the open shard a record goes to.
+func (st *stream) routeKey(key string, explicit *string) (*shard, error) {
 	h, err := hashKey(key, explicit)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	s := st.route(h)
 	if s == nil {
-		return nil, "", fmt.Errorf("kinesisfake: no open shard for hash key %s", h)
+		return nil, fmt.Errorf("kinesisfake: no open shard for hash key %s", h)
 	}
+	return s, nil
+}
+
+// admitWrite takes a record of n bytes from the shard's write rates, or
+// refuses it (and counts it throttled). Called with f.mu held.
+func (f *Fake) admitWrite(s *shard, n int) bool {
+	recs, bytes := f.lim.ShardWriteRecordsPerSecond, f.lim.ShardWriteBytesPerSecond
+	if recs <= 0 && bytes <= 0 {
+		return true
+	}
+	now := time.Now()
+	if (recs > 0 && !s.lim.writeRecords.has(now, recs, 1)) || (bytes > 0 && !s.lim.writeBytes.has(now, bytes, n)) {
+		s.lim.stats.ThrottledRecords++
+		s.lim.stats.ThrottledBytes += int64(n)
+		return false
+	}
+	if recs > 0 {
+		s.lim.writeRecords.take(now, recs, 1)
+	}
+	if bytes > 0 {
+		s.lim.writeBytes.take(now, bytes, n)
+	}
+	return true
+}
+
+// put appends one record to s and returns its sequence number. Called
+// with f.mu held.
+func (f *Fake) put(s *shard, data []byte, key string) string {
+	s.lim.stats.WrittenRecords++
+	s.lim.stats.WrittenBytes += int64(len(data) + len(key))
 	seq := f.nextSeq()
 	s.records = append(s.records, types.Record{
 		Data:                        append([]byte(nil), data...),
@@ -295,7 +355,7 @@ func (f *Fake) put(st *stream, data []byte, key string, explicit *string) (*shar
 		ApproximateArrivalTimestamp: aws.Time(time.Now()),
 	})
 	s.notify()
-	return s, seq, nil
+	return seq
 }
 
 // PutRecord writes one record.
@@ -309,13 +369,19 @@ func (f *Fake) PutRecord(_ context.Context, in *kinesis.PutRecordInput, _ ...fun
 	if err != nil {
 		return nil, err
 	}
-	if err := validateEntry(in.Data, in.PartitionKey); err != nil {
+	if err := validateEntry(in.Data, in.PartitionKey, "data"); err != nil {
 		return nil, err
 	}
-	s, seq, err := f.put(st, in.Data, aws.ToString(in.PartitionKey), in.ExplicitHashKey)
+	key := aws.ToString(in.PartitionKey)
+	s, err := st.routeKey(key, in.ExplicitHashKey)
 	if err != nil {
 		return nil, err
 	}
+	if !f.admitWrite(s, len(in.Data)+len(key)) {
+		f.throttled["PutRecord"]++
+		return nil, shardThrottled(st.name, s.id)
+	}
+	seq := f.put(s, in.Data, key)
 	return &kinesis.PutRecordOutput{ShardId: aws.String(s.id), SequenceNumber: aws.String(seq)}, nil
 }
 
@@ -331,12 +397,15 @@ func (f *Fake) PutRecords(_ context.Context, in *kinesis.PutRecordsInput, _ ...f
 	if err != nil {
 		return nil, err
 	}
-	if n := len(in.Records); n == 0 || n > MaxPutRecordsEntries {
-		return nil, invalidArgument(fmt.Sprintf("PutRecords takes 1 to %d records, got %d", MaxPutRecordsEntries, n))
+	switch n := len(in.Records); {
+	case n == 0:
+		return nil, validationError("records", "greater than or equal to", 1)
+	case n > MaxPutRecordsEntries:
+		return nil, validationError("records", "less than or equal to", MaxPutRecordsEntries)
 	}
 	total := 0
-	for _, e := range in.Records {
-		if err := validateEntry(e.Data, e.PartitionKey); err != nil {
+	for i, e := range in.Records {
+		if err := validateEntry(e.Data, e.PartitionKey, "records."+strconv.Itoa(i+1)+".member.data"); err != nil {
 			return nil, err
 		}
 		if _, err := hashKey("", e.ExplicitHashKey); e.ExplicitHashKey != nil && err != nil {
@@ -345,7 +414,7 @@ func (f *Fake) PutRecords(_ context.Context, in *kinesis.PutRecordsInput, _ ...f
 		total += len(e.Data) + len(aws.ToString(e.PartitionKey))
 	}
 	if total > MaxPutRecordsBytes {
-		return nil, invalidArgument(fmt.Sprintf("PutRecords request of %d bytes exceeds the limit of %d", total, MaxPutRecordsBytes))
+		return nil, invalidArgument("Records size exceeds 5 MB limit")
 	}
 	out := &kinesis.PutRecordsOutput{Records: make([]types.PutRecordsResultEntry, len(in.Records))}
 	failed := int32(0)
@@ -357,11 +426,18 @@ func (f *Fake) PutRecords(_ context.Context, in *kinesis.PutRecordsInput, _ ...f
 				continue
 			}
 		}
-		s, seq, err := f.put(st, e.Data, aws.ToString(e.PartitionKey), e.ExplicitHashKey)
+		key := aws.ToString(e.PartitionKey)
+		s, err := st.routeKey(key, e.ExplicitHashKey)
 		if err != nil {
 			return nil, err
 		}
-		out.Records[i] = types.PutRecordsResultEntry{ShardId: aws.String(s.id), SequenceNumber: aws.String(seq)}
+		if !f.admitWrite(s, len(e.Data)+len(key)) {
+			f.throttled["PutRecords"]++
+			out.Records[i] = types.PutRecordsResultEntry{ErrorCode: aws.String("ProvisionedThroughputExceededException"), ErrorMessage: aws.String(shardThrottledMessage(st.name, s.id))}
+			failed++
+			continue
+		}
+		out.Records[i] = types.PutRecordsResultEntry{ShardId: aws.String(s.id), SequenceNumber: aws.String(f.put(s, e.Data, key))}
 	}
 	out.FailedRecordCount = aws.Int32(failed)
 	return out, nil
@@ -369,7 +445,8 @@ func (f *Fake) PutRecords(_ context.Context, in *kinesis.PutRecordsInput, _ ...f
 
 // ListShards lists the stream's shards, open and closed, in creation order,
 // at most MaxResults (default 1000) per page. ShardFilter AT_LATEST lists
-// the open shards only.
+// the open shards only. With Limits.ListShardsCallsPerSecond, calls for a
+// stream past it fail with LimitExceededException.
 func (f *Fake) ListShards(_ context.Context, in *kinesis.ListShardsInput, _ ...func(*kinesis.Options)) (*kinesis.ListShardsOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -394,6 +471,10 @@ func (f *Fake) ListShards(_ context.Context, in *kinesis.ListShardsInput, _ ...f
 	st, err := f.lookup(name, arn)
 	if err != nil {
 		return nil, err
+	}
+	if n := f.lim.ListShardsCallsPerSecond; n > 0 && !st.listShards.admit(time.Now(), n) {
+		f.throttled["ListShards"]++
+		return nil, streamLimitExceeded(st.name)
 	}
 	limit := int(aws.ToInt32(in.MaxResults))
 	if limit <= 0 || limit > 10000 {
@@ -438,7 +519,9 @@ func (s *shard) describe() types.Shard {
 	return d
 }
 
-// GetShardIterator returns an iterator of any type Kinesis knows.
+// GetShardIterator returns an iterator of any type Kinesis knows. With
+// Limits.GetShardIteratorCallsPerSecond, calls for a shard past it fail
+// with ProvisionedThroughputExceededException.
 func (f *Fake) GetShardIterator(_ context.Context, in *kinesis.GetShardIteratorInput, _ ...func(*kinesis.Options)) (*kinesis.GetShardIteratorOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -453,10 +536,16 @@ func (f *Fake) GetShardIterator(_ context.Context, in *kinesis.GetShardIteratorI
 	if s == nil {
 		return nil, &types.ResourceNotFoundException{Message: aws.String("Shard " + aws.ToString(in.ShardId) + " in stream " + st.name + " not found")}
 	}
+	if n := f.lim.GetShardIteratorCallsPerSecond; n > 0 && !s.lim.iterators.admit(time.Now(), n) {
+		f.throttled["GetShardIterator"]++
+		s.lim.stats.ThrottledGetShardIterator++
+		return nil, shardThrottled(st.name, s.id)
+	}
 	next, err := startIndex(s, in.ShardIteratorType, in.StartingSequenceNumber, in.Timestamp)
 	if err != nil {
 		return nil, err
 	}
+	s.lim.stats.GetShardIteratorCalls++
 	return &kinesis.GetShardIteratorOutput{ShardIterator: aws.String(f.issue(st.name, s.id, next))}, nil
 }
 
@@ -527,20 +616,26 @@ func (f *Fake) GetRecords(_ context.Context, in *kinesis.GetRecordsInput, _ ...f
 		return nil, err
 	}
 	s := st.shard(it.shard)
-	if f.opts.ReadLimits {
-		if err := s.reads.admit(time.Now()); err != nil {
-			return nil, err
-		}
+	if !f.admitRead(s) {
+		f.throttled["GetRecords"]++
+		s.lim.stats.ThrottledGetRecords++
+		return nil, shardThrottled(st.name, s.id)
 	}
 	limit := int(aws.ToInt32(in.Limit))
 	if limit <= 0 || limit > maxGetRecordsLimit {
 		limit = maxGetRecordsLimit
 	}
 	end := min(it.next+limit, len(s.records))
-	if f.opts.ReadLimits {
-		end = it.next + fitBytes(s.records[it.next:end], MaxGetRecordsBytes)
-		s.reads.spend(time.Now(), recordBytes(s.records[it.next:end]))
+	if f.lim.GetRecordsMaxBytes > 0 {
+		end = it.next + fitBytes(s.records[it.next:end], f.lim.GetRecordsMaxBytes)
 	}
+	n := recordBytes(s.records[it.next:end])
+	if f.lim.ShardReadBytesPerSecond > 0 {
+		s.lim.readBytes.take(time.Now(), f.lim.ShardReadBytesPerSecond, n)
+	}
+	s.lim.stats.GetRecordsCalls++
+	s.lim.stats.ReadRecords += end - it.next
+	s.lim.stats.ReadBytes += int64(n)
 	out := &kinesis.GetRecordsOutput{Records: append([]types.Record(nil), s.records[it.next:end]...), MillisBehindLatest: aws.Int64(behindLatest(s, end))}
 	if s.closed() && end == len(s.records) {
 		out.ChildShards = st.children(s)
@@ -548,6 +643,21 @@ func (f *Fake) GetRecords(_ context.Context, in *kinesis.GetRecordsInput, _ ...f
 	}
 	out.NextShardIterator = aws.String(f.issue(it.stream, it.shard, end))
 	return out, nil
+}
+
+// admitRead admits a GetRecords call to s under the shard's read rates:
+// its call rate, and its bytes allowance, which a big read may have
+// overdrawn. Called with f.mu held.
+func (f *Fake) admitRead(s *shard) bool {
+	calls, bytes := f.lim.GetRecordsCallsPerSecond, f.lim.ShardReadBytesPerSecond
+	if calls <= 0 && bytes <= 0 {
+		return true
+	}
+	now := time.Now()
+	if bytes > 0 && !s.lim.readBytes.has(now, bytes, 0) {
+		return false
+	}
+	return calls <= 0 || s.lim.getRecords.admit(now, calls)
 }
 
 // behindLatest is MillisBehindLatest for a reader whose next record is
@@ -639,7 +749,8 @@ func (f *Fake) MergeShards(_ context.Context, in *kinesis.MergeShardsInput, _ ..
 }
 
 // DescribeStreamSummary describes the stream: name, ARN, status ACTIVE and
-// the number of open shards.
+// the number of open shards. With Limits.DescribeStreamSummaryCallsPerSecond,
+// calls past it fail with LimitExceededException.
 func (f *Fake) DescribeStreamSummary(_ context.Context, in *kinesis.DescribeStreamSummaryInput, _ ...func(*kinesis.Options)) (*kinesis.DescribeStreamSummaryOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -649,6 +760,10 @@ func (f *Fake) DescribeStreamSummary(_ context.Context, in *kinesis.DescribeStre
 	st, err := f.lookup(in.StreamName, in.StreamARN)
 	if err != nil {
 		return nil, err
+	}
+	if n := f.lim.DescribeStreamSummaryCallsPerSecond; n > 0 && !f.describeSummary.admit(time.Now(), n) {
+		f.throttled["DescribeStreamSummary"]++
+		return nil, streamLimitExceeded(st.name)
 	}
 	open := int32(0)
 	for _, s := range st.shards {

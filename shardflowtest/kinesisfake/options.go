@@ -1,7 +1,6 @@
 package kinesisfake
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -70,50 +69,20 @@ type Options struct {
 	// MaxGetRecordsPerSecond calls and ShardReadBytesPerSecond, shared by
 	// every GetRecords caller, each call returning at most
 	// MaxGetRecordsBytes; and FanOutBytesPerSecond pushed to each
-	// consumer's subscription, whatever the others read. Default: false,
-	// no read limit (tests run as fast as the machine allows).
+	// consumer's subscription, whatever the others read. It is a shorthand
+	// for the read fields of AWSLimits in Limits (where Limits sets one,
+	// Limits' value wins). Default: false, no read limit (tests run as
+	// fast as the machine allows).
 	ReadLimits bool
-}
 
-// readLimiter is a shard's GetRecords allowance, with Options.ReadLimits.
-type readLimiter struct {
-	calls  [MaxGetRecordsPerSecond]time.Time // the last admitted calls, a ring
-	n      int                               // admitted calls so far
-	tokens float64                           // bytes that may be read now; negative after a big read
-	at     time.Time                         // when tokens were last refilled; zero: never
-}
-
-// admit admits a GetRecords call at now, or refuses it for rate.
-func (l *readLimiter) admit(now time.Time) error {
-	if oldest := l.calls[l.n%len(l.calls)]; !oldest.IsZero() && now.Sub(oldest) < time.Second {
-		return throughputExceeded(fmt.Sprintf("Rate exceeded for shard: more than %d GetRecords calls per second", MaxGetRecordsPerSecond))
-	}
-	l.refill(now)
-	if l.tokens < 0 {
-		return throughputExceeded(fmt.Sprintf("Rate exceeded for shard: more than %d bytes per second read", ShardReadBytesPerSecond))
-	}
-	l.calls[l.n%len(l.calls)] = now
-	l.n++
-	return nil
-}
-
-// spend takes n bytes read at now from the allowance.
-func (l *readLimiter) spend(now time.Time, n int) {
-	l.refill(now)
-	l.tokens -= float64(n)
-}
-
-func (l *readLimiter) refill(now time.Time) {
-	if l.at.IsZero() {
-		l.tokens = ShardReadBytesPerSecond
-	} else {
-		l.tokens = min(ShardReadBytesPerSecond, l.tokens+now.Sub(l.at).Seconds()*ShardReadBytesPerSecond)
-	}
-	l.at = now
-}
-
-func throughputExceeded(msg string) error {
-	return &types.ProvisionedThroughputExceededException{Message: aws.String(msg)}
+	// Limits enforces the rate limits of Kinesis it sets: writes, reads
+	// and control-plane calls, per shard, stream, consumer or account
+	// (see Limits; AWSLimits returns them all at AWS's values). Refused
+	// calls and entries fail with the errors Kinesis returns; ShardStats
+	// and Throttled count them. Default: nil, no rate limit. The request
+	// limits (MaxPutRecordsEntries, MaxPutRecordsBytes, MaxRecordBytes,
+	// MaxPartitionKeyLen) are always enforced.
+	Limits *Limits
 }
 
 // recordBytes is what records count against the read limits: their data

@@ -86,8 +86,10 @@ func (f *Fake) Subscriptions() int {
 // EventInterval. At the end of a closed shard, the last event has the
 // shard's ChildShards and no ContinuationSequenceNumber, and the stream
 // ends. A subscription ends on its own after Options.SubscriptionDuration
-// (Events closes, Err is nil). With Options.ReadLimits, events are paced at
-// FanOutBytesPerSecond per consumer and shard. A reader that does not read
+// (Events closes, Err is nil). With Limits.FanOutBytesPerSecond (or
+// Options.ReadLimits), events are paced at that rate per consumer and
+// shard; with Limits.SubscribeToShardCallsPerSecond, calls past it for one
+// consumer and shard fail with LimitExceededException. A reader that does not read
 // holds the events back, as HTTP/2 flow control does.
 //
 // The stream ends when ctx ends, as the SDK's does. Close it when done.
@@ -124,6 +126,17 @@ func (f *Fake) subscribe(in *kinesis.SubscribeToShardInput) (*subscription, erro
 		return nil, err
 	}
 	now := time.Now()
+	if n := f.lim.SubscribeToShardCallsPerSecond; n > 0 {
+		w := c.subCalls[aws.ToString(in.ShardId)]
+		if w == nil {
+			w = new(window)
+			c.subCalls[aws.ToString(in.ShardId)] = w
+		}
+		if !w.admit(now, n) {
+			f.throttled["SubscribeToShard"]++
+			return nil, &types.LimitExceededException{Message: aws.String("Rate exceeded for consumer " + c.arn + " and shard " + aws.ToString(in.ShardId) + ".")}
+		}
+	}
 	if status, _ := f.status(c, now); status != types.ConsumerStatusActive {
 		return nil, &types.ResourceInUseException{Message: aws.String("Consumer " + c.arn + " is " + string(status) + ", not ACTIVE.")}
 	}
@@ -243,8 +256,8 @@ func (f *Fake) serve(ctx context.Context, sub *subscription, pw *io.PipeWriter) 
 			if f.injectSub != nil {
 				injected = f.injectSub(sub.c.arn, sub.shard.id)
 			}
-			if f.opts.ReadLimits {
-				pace = sub.c.reserve(sub.shard.id, recordBytes(ev.Records))
+			if rate := f.lim.FanOutBytesPerSecond; rate > 0 {
+				pace = sub.c.reserve(sub.shard.id, recordBytes(ev.Records), rate)
 			}
 		}
 		f.mu.Unlock()
@@ -317,15 +330,15 @@ func (f *Fake) nextEvent(sub *subscription, last time.Time) (ev *types.Subscribe
 }
 
 // reserve books the sending of n bytes of shard's records to the consumer
-// at FanOutBytesPerSecond, and returns how long to wait before sending
+// at rate bytes per second, and returns how long to wait before sending
 // them. Called with f.mu held.
-func (c *consumer) reserve(shard string, n int) time.Duration {
+func (c *consumer) reserve(shard string, n, rate int) time.Duration {
 	now := time.Now()
 	at := c.nextSend[shard]
 	if at.Before(now) {
 		at = now
 	}
-	c.nextSend[shard] = at.Add(time.Duration(float64(n) / FanOutBytesPerSecond * float64(time.Second)))
+	c.nextSend[shard] = at.Add(time.Duration(float64(n) / float64(rate) * float64(time.Second)))
 	return at.Sub(now)
 }
 

@@ -1,0 +1,235 @@
+package kinesisfake_test
+
+import (
+	"errors"
+	"math/big"
+	"regexp"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/aws/smithy-go"
+	"github.com/google/go-cmp/cmp"
+	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
+)
+
+// newStream returns a fake with a stream "s" of n shards.
+func newStream(t *testing.T, n int32, optFns ...func(*kinesisfake.Options)) *kinesisfake.Fake {
+	t.Helper()
+	f := kinesisfake.New(optFns...)
+	if _, err := f.CreateStream(t.Context(), &kinesis.CreateStreamInput{StreamName: aws.String("s"), ShardCount: aws.Int32(n)}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func withLimits(l kinesisfake.Limits) func(*kinesisfake.Options) {
+	return func(o *kinesisfake.Options) { o.Limits = &l }
+}
+
+// entries returns n entries of size bytes of data and partition key "k",
+// routed to shard i of a stream of shards shards.
+func entries(n, size, i, shards int) []types.PutRecordsRequestEntry {
+	// The first hash key of shard i of an evenly split key space.
+	h := new(big.Int).Lsh(big.NewInt(1), 128)
+	h.Div(h, big.NewInt(int64(shards)))
+	h.Mul(h, big.NewInt(int64(i)))
+	out := make([]types.PutRecordsRequestEntry, n)
+	for j := range out {
+		out[j] = types.PutRecordsRequestEntry{Data: make([]byte, size), PartitionKey: aws.String("k"), ExplicitHashKey: aws.String(h.String())}
+	}
+	return out
+}
+
+// putRecords calls PutRecords to stream "s" and returns how many entries
+// were written and how many throttled, checking that every failed entry
+// is a throttle in Kinesis' words and that written ones come first.
+func putRecords(t *testing.T, f *kinesisfake.Fake, es []types.PutRecordsRequestEntry) (written, throttled int) {
+	t.Helper()
+	out, err := f.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String("s"), Records: es})
+	if err != nil {
+		t.Fatalf("PutRecords: %v", err)
+	}
+	for i, r := range out.Records {
+		if r.ErrorCode == nil {
+			if r.SequenceNumber == nil || r.ShardId == nil {
+				t.Fatalf("entry %d neither failed nor written: %+v", i, r)
+			}
+			written++
+			continue
+		}
+		throttled++
+		if aws.ToString(r.ErrorCode) != "ProvisionedThroughputExceededException" || !throttleMessage.MatchString(aws.ToString(r.ErrorMessage)) {
+			t.Fatalf("entry %d failed with %q: %q; want a throttle", i, aws.ToString(r.ErrorCode), aws.ToString(r.ErrorMessage))
+		}
+	}
+	if got := int(aws.ToInt32(out.FailedRecordCount)); got != throttled {
+		t.Errorf("FailedRecordCount %d; %d entries failed", got, throttled)
+	}
+	return written, throttled
+}
+
+// throttleMessage is Kinesis' message of a shard's throttle.
+var throttleMessage = regexp.MustCompile(`^Rate exceeded for shard shardId-\d{12} in stream s under account 000000000000\.$`)
+
+func TestWriteLimits(t *testing.T) {
+	t.Run("a shard takes a burst of 1,000 records, refuses the next, and refills at 1,000 per second", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 1, withLimits(kinesisfake.Limits{ShardWriteRecordsPerSecond: 1000}))
+			for range 2 {
+				if w, thr := putRecords(t, f, entries(500, 10, 0, 1)); w != 500 || thr != 0 {
+					t.Fatalf("a burst within 1,000 records: %d written, %d throttled; want all written", w, thr)
+				}
+			}
+			_, err := f.PutRecord(t.Context(), &kinesis.PutRecordInput{StreamName: aws.String("s"), Data: []byte("x"), PartitionKey: aws.String("k")})
+			pte, ok := errors.AsType[*types.ProvisionedThroughputExceededException](err)
+			if !ok {
+				t.Fatalf("the 1,001st record (PutRecord): %v; want ProvisionedThroughputExceededException", err)
+			}
+			if want := "Rate exceeded for shard shardId-000000000000 in stream s under account 000000000000."; pte.ErrorMessage() != want {
+				t.Errorf("message %q; want %q", pte.ErrorMessage(), want)
+			}
+			if w, thr := putRecords(t, f, entries(10, 10, 0, 1)); w != 0 || thr != 10 {
+				t.Fatalf("with the bucket empty: %d written, %d throttled; want all throttled", w, thr)
+			}
+			time.Sleep(100 * time.Millisecond) // virtual: refills 100 records
+			if w, thr := putRecords(t, f, entries(150, 10, 0, 1)); w != 100 || thr != 50 {
+				t.Errorf("100ms later: %d written, %d throttled; want 100 and 50", w, thr)
+			}
+			time.Sleep(time.Hour) // the bucket holds one second's worth, no more
+			if w, thr := putRecords(t, f, entries(500, 10, 0, 1)); w != 500 || thr != 0 {
+				t.Fatalf("after an idle hour: %d written, %d throttled", w, thr)
+			}
+			if w, thr := putRecords(t, f, entries(500, 10, 0, 1)); w != 500 || thr != 0 {
+				t.Fatalf("after an idle hour: %d written, %d throttled", w, thr)
+			}
+			if w, thr := putRecords(t, f, entries(1, 10, 0, 1)); w != 0 || thr != 1 {
+				t.Errorf("after an idle hour, the 1,001st record: %d written, %d throttled; want it throttled", w, thr)
+			}
+			if got, want := f.Throttled("PutRecords"), 10+50+1; got != want {
+				t.Errorf("Throttled(PutRecords) = %d; want %d", got, want)
+			}
+			if got := f.Throttled("PutRecord"); got != 1 {
+				t.Errorf("Throttled(PutRecord) = %d; want 1", got)
+			}
+			stats, err := f.ShardStats("s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []kinesisfake.ShardStats{{ShardID: "shardId-000000000000",
+				WrittenRecords: 2100, WrittenBytes: 2100 * 11, ThrottledRecords: 62, ThrottledBytes: 10*11 + 50*11 + 1*11 + 2}}
+			if diff := cmp.Diff(want, stats); diff != "" {
+				t.Errorf("ShardStats mismatch (-want +got):\n%s", diff)
+			}
+		})
+	})
+	t.Run("a shard takes 1 MiB per second, partition keys counted", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 1, withLimits(kinesisfake.Limits{ShardWriteBytesPerSecond: 1 << 20}))
+			// Four records of 256 KiB of data and a 1-byte key: 4 bytes too
+			// many for 1 MiB, so the fourth is refused.
+			if w, thr := putRecords(t, f, entries(4, 256<<10, 0, 1)); w != 3 || thr != 1 {
+				t.Fatalf("4 × (256 KiB + key): %d written, %d throttled; want 3 and 1", w, thr)
+			}
+			// A record that fits what is left (256 KiB - 3 bytes) goes
+			// through: a refused entry does not block smaller ones.
+			if w, thr := putRecords(t, f, entries(2, 256<<10-4, 0, 1)); w != 1 || thr != 1 {
+				t.Fatalf("2 × (256 KiB - 3): %d written, %d throttled; want 1 and 1", w, thr)
+			}
+			time.Sleep(time.Second / 4)
+			if w, thr := putRecords(t, f, entries(2, 256<<10-1, 0, 1)); w != 1 || thr != 1 {
+				t.Errorf("a quarter second later, 2 × 256 KiB: %d written, %d throttled; want 1 and 1", w, thr)
+			}
+		})
+	})
+	t.Run("each shard has its own allowance", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 2, withLimits(kinesisfake.Limits{ShardWriteRecordsPerSecond: 1000}))
+			batch := append(entries(300, 1, 0, 2), entries(200, 1, 1, 2)...)
+			for _, want := range []int{500, 500, 500, 300} {
+				if w, _ := putRecords(t, f, batch); w != want {
+					t.Fatalf("%d written; want %d", w, want)
+				}
+			}
+			stats, err := f.ShardStats("s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := [][2]int{{stats[0].WrittenRecords, stats[0].ThrottledRecords}, {stats[1].WrittenRecords, stats[1].ThrottledRecords}}
+			if diff := cmp.Diff([][2]int{{1000, 200}, {800, 0}}, got); diff != "" {
+				t.Errorf("written and throttled per shard mismatch (-want +got):\n%s", diff)
+			}
+		})
+	})
+	t.Run("without limits, nothing is throttled", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 1)
+			for range 10 {
+				if w, thr := putRecords(t, f, entries(500, 10<<10, 0, 1)); w != 500 || thr != 0 {
+					t.Fatalf("%d written, %d throttled; want all written", w, thr)
+				}
+			}
+		})
+	})
+}
+
+func TestRequestLimits(t *testing.T) {
+	big := func(n int) []byte { return make([]byte, n) }
+	one := func(data []byte) []types.PutRecordsRequestEntry {
+		return []types.PutRecordsRequestEntry{{Data: data, PartitionKey: aws.String("k")}}
+	}
+	for _, tc := range []struct {
+		name    string
+		records []types.PutRecordsRequestEntry // PutRecords, or PutRecord of data when nil
+		data    []byte
+		check   func(error) bool
+		want    string
+	}{
+		{name: "501 entries", records: entries(501, 1, 0, 1),
+			check: isType[*types.ValidationException], want: "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length less than or equal to 500"},
+		{name: "no entry", records: []types.PutRecordsRequestEntry{},
+			check: isType[*types.ValidationException], want: "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length greater than or equal to 1"},
+		{name: "more than 5 MiB in a request", records: append(entries(5, 1<<20-1, 0, 1), one([]byte("x"))...),
+			check: isType[*types.InvalidArgumentException], want: "Records size exceeds 5 MB limit"},
+		{name: "a PutRecords entry of more than 1 MiB of data", records: append(one([]byte("x")), one(big(1<<20+1))...),
+			check: isType[*types.ValidationException], want: "1 validation error detected: Value at 'records.2.member.data' failed to satisfy constraint: Member must have length less than or equal to 1048576"},
+		{name: "a PutRecord of more than 1 MiB of data", data: big(1<<20 + 1),
+			check: isType[*types.ValidationException], want: "1 validation error detected: Value at 'data' failed to satisfy constraint: Member must have length less than or equal to 1048576"},
+		{name: "a record of 1 MiB of data and a partition key", data: big(1 << 20),
+			check: isType[*types.InvalidArgumentException], want: "record of 1048577 bytes (data + partition key) exceeds the limit of 1048576"},
+	} {
+		t.Run(tc.name+" is refused whole", func(t *testing.T) {
+			f := newStream(t, 1)
+			var err error
+			if tc.records != nil {
+				_, err = f.PutRecords(t.Context(), &kinesis.PutRecordsInput{StreamName: aws.String("s"), Records: tc.records})
+			} else {
+				_, err = f.PutRecord(t.Context(), &kinesis.PutRecordInput{StreamName: aws.String("s"), Data: tc.data, PartitionKey: aws.String("k")})
+			}
+			if !tc.check(err) {
+				t.Fatalf("error %T %v", err, err)
+			}
+			if msg := errorMessage(err); msg != tc.want {
+				t.Errorf("message %q; want %q", msg, tc.want)
+			}
+			if recs, _ := f.Records("s", shard0); len(recs) != 0 {
+				t.Errorf("%d records written", len(recs))
+			}
+		})
+	}
+}
+
+func isType[E error](err error) bool {
+	_, ok := errors.AsType[E](err)
+	return ok
+}
+
+func errorMessage(err error) string {
+	if ae, ok := errors.AsType[smithy.APIError](err); ok {
+		return ae.ErrorMessage()
+	}
+	return ""
+}
