@@ -138,15 +138,16 @@ type bucket struct {
 	at   time.Time // when nano was last refilled; zero: never, full
 }
 
-// refill brings the bucket to now at rate tokens per second, holding at
-// most one second's worth.
+// refill brings the bucket to now at rate (> 0) tokens per second,
+// holding at most one second's worth.
 func (b *bucket) refill(now time.Time, rate int) {
 	capacity := int64(rate) * 1e9
-	switch d := now.Sub(b.at); {
-	case b.at.IsZero(), d >= time.Second:
+	switch d := int64(now.Sub(b.at)); {
+	case b.at.IsZero(), d >= (capacity-b.nano)/int64(rate)+1:
+		// Full (compared so, rate·d cannot overflow for a long d).
 		b.nano = capacity
 	case d > 0:
-		b.nano = min(capacity, b.nano+int64(rate)*int64(d))
+		b.nano += int64(rate) * d
 	}
 	if now.After(b.at) {
 		b.at = now

@@ -233,3 +233,102 @@ func errorMessage(err error) string {
 	}
 	return ""
 }
+
+// iterator returns a TRIM_HORIZON iterator of shard0 of stream "s".
+func iterator(t *testing.T, f *kinesisfake.Fake) *string {
+	t.Helper()
+	it, err := f.GetShardIterator(t.Context(), &kinesis.GetShardIteratorInput{StreamName: aws.String("s"), ShardId: aws.String(shard0), ShardIteratorType: types.ShardIteratorTypeTrimHorizon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return it.ShardIterator
+}
+
+// wantThrottle fails unless err is Kinesis' throttle of shard0 of "s".
+func wantThrottle(t *testing.T, err error) {
+	t.Helper()
+	pte, ok := errors.AsType[*types.ProvisionedThroughputExceededException](err)
+	if !ok {
+		t.Fatalf("error %T %v; want ProvisionedThroughputExceededException", err, err)
+	}
+	if want := "Rate exceeded for shard " + shard0 + " in stream s under account 000000000000."; pte.ErrorMessage() != want {
+		t.Errorf("message %q; want %q", pte.ErrorMessage(), want)
+	}
+}
+
+func TestReadRateLimits(t *testing.T) {
+	const mib = 1 << 20
+	t.Run("a shard serves 5 GetRecords calls in any second and refuses the 6th", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 1, withLimits(kinesisfake.Limits{GetRecordsCallsPerSecond: 5}))
+			it := iterator(t, f)
+			for i := range 5 {
+				if _, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: it}); err != nil {
+					t.Fatalf("call %d: %v", i+1, err)
+				}
+			}
+			_, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: it})
+			wantThrottle(t, err)
+			time.Sleep(time.Second)
+			if _, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: it}); err != nil {
+				t.Fatalf("a second later: %v", err)
+			}
+			stats, _ := f.ShardStats("s")
+			if s := stats[0]; s.GetRecordsCalls != 6 || s.ThrottledGetRecords != 1 || f.Throttled("GetRecords") != 1 {
+				t.Errorf("stats %+v, Throttled(GetRecords) %d; want 6 served, 1 throttled", s, f.Throttled("GetRecords"))
+			}
+		})
+	})
+	t.Run("a 10 MiB read overdraws 2 MiB per second: the shard's calls are refused until it is paid back", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 1, withLimits(kinesisfake.Limits{ShardReadBytesPerSecond: 2 * mib, GetRecordsMaxBytes: 10 * mib}))
+			putN(t, f, 0, 10, mib-1) // 1 MiB each with the key "k"
+			out, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: iterator(t, f)})
+			if err != nil || len(out.Records) != 10 {
+				t.Fatalf("first read: %d records, %v; want all 10 MiB", len(out.Records), err)
+			}
+			// 2 MiB allowed, 10 MiB taken: 8 MiB to pay back at 2 MiB/s.
+			time.Sleep(4*time.Second - time.Millisecond)
+			_, err = f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: out.NextShardIterator})
+			wantThrottle(t, err)
+			time.Sleep(time.Millisecond)
+			if _, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: out.NextShardIterator}); err != nil {
+				t.Fatalf("4s after: %v", err)
+			}
+			stats, _ := f.ShardStats("s")
+			if s := stats[0]; s.ReadRecords != 10 || s.ReadBytes != 10*mib || s.ThrottledGetRecords != 1 {
+				t.Errorf("stats %+v; want 10 records, 10 MiB read, 1 call throttled", s)
+			}
+		})
+	})
+	t.Run("GetRecords returns at most 10 MiB, at least one record", func(t *testing.T) {
+		f := newStream(t, 1, withLimits(kinesisfake.Limits{GetRecordsMaxBytes: 10 * mib}))
+		putN(t, f, 0, 11, mib-1)
+		out, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: iterator(t, f)})
+		if err != nil || len(out.Records) != 10 {
+			t.Fatalf("%d records, %v; want 10 (10 MiB)", len(out.Records), err)
+		}
+		if out, err = f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: out.NextShardIterator}); err != nil || len(out.Records) != 1 {
+			t.Fatalf("next call: %d records, %v; want the 11th", len(out.Records), err)
+		}
+		small := newStream(t, 1, withLimits(kinesisfake.Limits{GetRecordsMaxBytes: 100}))
+		putN(t, small, 0, 2, 1000)
+		if out, err := small.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: iterator(t, small)}); err != nil || len(out.Records) != 1 {
+			t.Errorf("a record larger than the cap: %d records, %v; want it alone", len(out.Records), err)
+		}
+	})
+	t.Run("without limits, one GetRecords returns 11 MiB and nothing is throttled", func(t *testing.T) {
+		f := newStream(t, 1)
+		putN(t, f, 0, 11, mib-1)
+		it := iterator(t, f)
+		for i := range 20 {
+			out, err := f.GetRecords(t.Context(), &kinesis.GetRecordsInput{ShardIterator: it})
+			if err != nil {
+				t.Fatalf("call %d: %v", i+1, err)
+			}
+			if i == 0 && len(out.Records) != 11 {
+				t.Fatalf("%d records; want 11", len(out.Records))
+			}
+		}
+	})
+}
