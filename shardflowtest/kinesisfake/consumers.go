@@ -106,7 +106,7 @@ func (f *Fake) RegisterStreamConsumer(_ context.Context, in *kinesis.RegisterStr
 		return nil, err
 	}
 	now := time.Now()
-	if n := f.lim.RegisterStreamConsumerCallsPerSecond; n > 0 && !f.registerConsumer.admit(now, n) {
+	if n := f.lim.RegisterStreamConsumerCallsPerSecond; n > 0 && !f.registerConsumer.admit(f.now(), n) {
 		f.throttled["RegisterStreamConsumer"]++
 		return nil, streamLimitExceeded(st.name)
 	}

@@ -18,11 +18,25 @@
 // SubscribeToShard, which returns a real *kinesis.SubscribeToShardOutput
 // whose GetStream() yields the events, encoded and decoded by the AWS SDK's
 // own event stream code exactly as it reads them from Kinesis (see
-// [Fake.SubscribeToShard]). With [Options.ReadLimits] the fake also enforces
-// Kinesis' read limits per shard, for GetRecords and for subscriptions.
+// [Fake.SubscribeToShard]).
+//
+// Kinesis' rate limits are enforced when a test asks, with [Options.Limits]:
+// [AWSLimits] returns all of them at AWS's values (writes of 1,000 records
+// and 1 MiB per second per shard, reads of 5 calls and 2 MiB per second per
+// shard, control-plane call rates), and a test may keep only those it
+// studies. Refusals are Kinesis' own: a PutRecords entry fails alone with
+// ErrorCode ProvisionedThroughputExceededException, a call with
+// *types.ProvisionedThroughputExceededException or
+// *types.LimitExceededException, in Kinesis' words. [Fake.ShardStats] and
+// [Fake.Throttled] count what was written, read and refused, so a test
+// computes the share throttled and the throughput as a share of the limit.
+// Without Limits (the default) nothing is rate limited, and tests run as
+// fast as the machine allows. [Options.ReadLimits] is a shorthand for the
+// read limits only.
 //
 // Time comes from the time package, so tests under testing/synctest control
-// iterator expiry, arrival timestamps, subscription lengths and read limits.
+// iterator expiry, arrival timestamps, subscription lengths and rate limits;
+// [Options.Now] gives the rate limits a clock of the test's own.
 // A Fake is safe for concurrent use.
 package kinesisfake
 
@@ -327,7 +341,7 @@ func (f *Fake) admitWrite(s *shard, n int) bool {
 	if recs <= 0 && bytes <= 0 {
 		return true
 	}
-	now := time.Now()
+	now := f.now()
 	if (recs > 0 && !s.lim.writeRecords.has(now, recs, 1)) || (bytes > 0 && !s.lim.writeBytes.has(now, bytes, n)) {
 		s.lim.stats.ThrottledRecords++
 		s.lim.stats.ThrottledBytes += int64(n)
@@ -472,7 +486,7 @@ func (f *Fake) ListShards(_ context.Context, in *kinesis.ListShardsInput, _ ...f
 	if err != nil {
 		return nil, err
 	}
-	if n := f.lim.ListShardsCallsPerSecond; n > 0 && !st.listShards.admit(time.Now(), n) {
+	if n := f.lim.ListShardsCallsPerSecond; n > 0 && !st.listShards.admit(f.now(), n) {
 		f.throttled["ListShards"]++
 		return nil, streamLimitExceeded(st.name)
 	}
@@ -536,7 +550,7 @@ func (f *Fake) GetShardIterator(_ context.Context, in *kinesis.GetShardIteratorI
 	if s == nil {
 		return nil, &types.ResourceNotFoundException{Message: aws.String("Shard " + aws.ToString(in.ShardId) + " in stream " + st.name + " not found")}
 	}
-	if n := f.lim.GetShardIteratorCallsPerSecond; n > 0 && !s.lim.iterators.admit(time.Now(), n) {
+	if n := f.lim.GetShardIteratorCallsPerSecond; n > 0 && !s.lim.iterators.admit(f.now(), n) {
 		f.throttled["GetShardIterator"]++
 		s.lim.stats.ThrottledGetShardIterator++
 		return nil, shardThrottled(st.name, s.id)
@@ -631,7 +645,7 @@ func (f *Fake) GetRecords(_ context.Context, in *kinesis.GetRecordsInput, _ ...f
 	}
 	n := recordBytes(s.records[it.next:end])
 	if f.lim.ShardReadBytesPerSecond > 0 {
-		s.lim.readBytes.take(time.Now(), f.lim.ShardReadBytesPerSecond, n)
+		s.lim.readBytes.take(f.now(), f.lim.ShardReadBytesPerSecond, n)
 	}
 	s.lim.stats.GetRecordsCalls++
 	s.lim.stats.ReadRecords += end - it.next
@@ -653,7 +667,7 @@ func (f *Fake) admitRead(s *shard) bool {
 	if calls <= 0 && bytes <= 0 {
 		return true
 	}
-	now := time.Now()
+	now := f.now()
 	if bytes > 0 && !s.lim.readBytes.has(now, bytes, 0) {
 		return false
 	}
@@ -761,7 +775,7 @@ func (f *Fake) DescribeStreamSummary(_ context.Context, in *kinesis.DescribeStre
 	if err != nil {
 		return nil, err
 	}
-	if n := f.lim.DescribeStreamSummaryCallsPerSecond; n > 0 && !f.describeSummary.admit(time.Now(), n) {
+	if n := f.lim.DescribeStreamSummaryCallsPerSecond; n > 0 && !f.describeSummary.admit(f.now(), n) {
 		f.throttled["DescribeStreamSummary"]++
 		return nil, streamLimitExceeded(st.name)
 	}

@@ -188,6 +188,14 @@ func (w *window) admit(now time.Time, limit int) bool {
 	return true
 }
 
+// now is the time of the rate limits: Options.Now, or time.Now.
+func (f *Fake) now() time.Time {
+	if f.opts.Now != nil {
+		return f.opts.Now()
+	}
+	return time.Now()
+}
+
 // shardLimits is a shard's rate state and counts.
 type shardLimits struct {
 	writeRecords, writeBytes bucket

@@ -1,7 +1,9 @@
 package kinesisfake_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"math/big"
 	"regexp"
 	"testing"
@@ -330,5 +332,119 @@ func TestReadRateLimits(t *testing.T) {
 				t.Fatalf("%d records; want 11", len(out.Records))
 			}
 		}
+	})
+}
+
+func TestControlPlaneLimits(t *testing.T) {
+	streamLimit := func(stream string) string {
+		return "Rate exceeded for stream " + stream + " under account 000000000000."
+	}
+	type call func(ctx context.Context, f *kinesisfake.Fake, stream string, i int) error
+	listShards := func(ctx context.Context, f *kinesisfake.Fake, stream string, _ int) error {
+		_, err := f.ListShards(ctx, &kinesis.ListShardsInput{StreamName: aws.String(stream)})
+		return err
+	}
+	describe := func(ctx context.Context, f *kinesisfake.Fake, stream string, _ int) error {
+		_, err := f.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)})
+		return err
+	}
+	iterator := func(ctx context.Context, f *kinesisfake.Fake, stream string, _ int) error {
+		_, err := f.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: aws.String(stream), ShardId: aws.String(shard0), ShardIteratorType: types.ShardIteratorTypeLatest})
+		return err
+	}
+	register := func(ctx context.Context, f *kinesisfake.Fake, stream string, i int) error {
+		_, err := f.RegisterStreamConsumer(ctx, &kinesis.RegisterStreamConsumerInput{StreamARN: aws.String(kinesisfake.StreamARN(stream)), ConsumerName: aws.String(fmt.Sprintf("c%d", i))})
+		return err
+	}
+	for _, tc := range []struct {
+		name     string
+		limits   kinesisfake.Limits
+		op       string
+		n        int  // calls served in a second
+		call     call // the i-th call, to stream "s" or "t"
+		perShard bool // whether "t" has an allowance of its own; else shared (per account)
+		wantType func(error) bool
+		wantMsg  string
+	}{
+		{name: "ListShards: 1,000 calls per second per stream", limits: kinesisfake.Limits{ListShardsCallsPerSecond: 1000},
+			op: "ListShards", n: 1000, call: listShards, perShard: true,
+			wantType: isType[*types.LimitExceededException], wantMsg: streamLimit("s")},
+		{name: "DescribeStreamSummary: 20 calls per second per account", limits: kinesisfake.Limits{DescribeStreamSummaryCallsPerSecond: 20},
+			op: "DescribeStreamSummary", n: 20, call: describe,
+			wantType: isType[*types.LimitExceededException], wantMsg: streamLimit("s")},
+		{name: "GetShardIterator: 5 calls per second per shard", limits: kinesisfake.Limits{GetShardIteratorCallsPerSecond: 5},
+			op: "GetShardIterator", n: 5, call: iterator, perShard: true,
+			wantType: isType[*types.ProvisionedThroughputExceededException], wantMsg: "Rate exceeded for shard " + shard0 + " in stream s under account 000000000000."},
+		{name: "RegisterStreamConsumer: 5 calls per second per account", limits: kinesisfake.Limits{RegisterStreamConsumerCallsPerSecond: 5},
+			op: "RegisterStreamConsumer", n: 5, call: register,
+			wantType: isType[*types.LimitExceededException], wantMsg: streamLimit("s")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newStream(t, 1, withLimits(tc.limits))
+				if _, err := f.CreateStream(t.Context(), &kinesis.CreateStreamInput{StreamName: aws.String("t"), ShardCount: aws.Int32(1)}); err != nil {
+					t.Fatal(err)
+				}
+				i := 0
+				for ; i < tc.n; i++ {
+					if err := tc.call(t.Context(), f, "s", i); err != nil {
+						t.Fatalf("call %d of %d: %v", i+1, tc.n, err)
+					}
+				}
+				err := tc.call(t.Context(), f, "s", i)
+				if !tc.wantType(err) || errorMessage(err) != tc.wantMsg {
+					t.Fatalf("call %d: %T %v; want %q", tc.n+1, err, err, tc.wantMsg)
+				}
+				i++
+				err = tc.call(t.Context(), f, "t", i)
+				if tc.perShard && err != nil {
+					t.Errorf("a call for another stream: %v; want it served", err)
+				}
+				if !tc.perShard && !tc.wantType(err) {
+					t.Errorf("a call for another stream: %v; want it refused (per account)", err)
+				}
+				if got, want := f.Throttled(tc.op), map[bool]int{true: 1, false: 2}[tc.perShard]; got != want {
+					t.Errorf("Throttled(%s) = %d; want %d", tc.op, got, want)
+				}
+				time.Sleep(time.Second)
+				if err := tc.call(t.Context(), f, "s", i+1); err != nil {
+					t.Errorf("a second later: %v", err)
+				}
+			})
+		})
+	}
+	t.Run("SubscribeToShard: 1 call per second per consumer and shard, before the 5-second rule", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f, arn := setup(t, 2, withLimits(kinesisfake.Limits{SubscribeToShardCallsPerSecond: 1}))
+			sub := func(shard string) error {
+				out, err := f.SubscribeToShard(t.Context(), &kinesis.SubscribeToShardInput{ConsumerARN: aws.String(arn), ShardId: aws.String(shard),
+					StartingPosition: &types.StartingPosition{Type: types.ShardIteratorTypeLatest}})
+				if err == nil {
+					t.Cleanup(func() { out.GetStream().Close() })
+				}
+				return err
+			}
+			if err := sub(shard0); err != nil {
+				t.Fatal(err)
+			}
+			err := sub(shard0)
+			if want := "Rate exceeded for consumer " + arn + " and shard " + shard0 + "."; !isType[*types.LimitExceededException](err) || errorMessage(err) != want {
+				t.Fatalf("a second call at once: %T %v; want LimitExceededException %q", err, err, want)
+			}
+			if err := sub("shardId-000000000001"); err != nil {
+				t.Errorf("another shard: %v; want it served", err)
+			}
+			time.Sleep(time.Second)
+			// The rate allows it; the 5-second rule still refuses it.
+			if err := sub(shard0); !isType[*types.ResourceInUseException](err) {
+				t.Errorf("a second later: %T %v; want ResourceInUseException", err, err)
+			}
+			if err := sub(shard0); !isType[*types.LimitExceededException](err) {
+				t.Errorf("a failed call counts: %T %v; want LimitExceededException", err, err)
+			}
+			if got := f.Throttled("SubscribeToShard"); got != 2 {
+				t.Errorf("Throttled(SubscribeToShard) = %d; want 2", got)
+			}
+		})
 	})
 }

@@ -83,6 +83,16 @@ type Options struct {
 	// limits (MaxPutRecordsEntries, MaxPutRecordsBytes, MaxRecordBytes,
 	// MaxPartitionKeyLen) are always enforced.
 	Limits *Limits
+
+	// Now is the clock of the rate limits of Limits and ReadLimits: a
+	// test or simulation that drives time itself (a clock it advances by
+	// hand, or a frozen one for a deterministic example) sets it. The
+	// rest of the fake (iterator expiry, arrival timestamps, consumer
+	// status, subscriptions and the pacing of their events) runs on the
+	// time package, which testing/synctest makes virtual. Default:
+	// time.Now. It is called with the fake's lock held, so it must not
+	// call the Fake.
+	Now func() time.Time
 }
 
 // recordBytes is what records count against the read limits: their data

@@ -132,7 +132,7 @@ func (f *Fake) subscribe(in *kinesis.SubscribeToShardInput) (*subscription, erro
 			w = new(window)
 			c.subCalls[aws.ToString(in.ShardId)] = w
 		}
-		if !w.admit(now, n) {
+		if !w.admit(f.now(), n) {
 			f.throttled["SubscribeToShard"]++
 			return nil, &types.LimitExceededException{Message: aws.String("Rate exceeded for consumer " + c.arn + " and shard " + aws.ToString(in.ShardId) + ".")}
 		}
