@@ -20,29 +20,37 @@ func benchEntries() []types.PutRecordsRequestEntry {
 	return entries
 }
 
-// BenchmarkPutRecords measures the fake's write path: ns and allocations
-// per record of 500-entry PutRecords calls to a 4-shard stream, with no
-// limits (the default) and with AWSLimits' write rates raised so high
-// that no entry is refused but every entry pays the bookkeeping.
+// benchCases are the fake with no limits (the default), and with every
+// limit on but set so high that nothing is refused: every call pays the
+// bookkeeping, and the two do the same work otherwise.
+var benchCases = []struct {
+	name string
+	opts func(*kinesisfake.Options)
+}{
+	{"limits off", func(*kinesisfake.Options) {}},
+	{"limits on", func(o *kinesisfake.Options) {
+		o.Limits = &kinesisfake.Limits{
+			ShardWriteRecordsPerSecond: 1 << 30, ShardWriteBytesPerSecond: 1 << 40,
+			GetRecordsCallsPerSecond: 1 << 30, ShardReadBytesPerSecond: 1 << 40, GetRecordsMaxBytes: 10 << 20,
+			GetShardIteratorCallsPerSecond: 1 << 30, ListShardsCallsPerSecond: 1 << 30,
+		}
+	}},
+}
+
+func benchStream(b *testing.B, shards int32, opts func(*kinesisfake.Options)) *kinesisfake.Fake {
+	f := kinesisfake.New(opts)
+	if _, err := f.CreateStream(b.Context(), &kinesis.CreateStreamInput{StreamName: aws.String("s"), ShardCount: aws.Int32(shards)}); err != nil {
+		b.Fatal(err)
+	}
+	return f
+}
+
+// BenchmarkPutRecords measures the fake's write path: 500-entry PutRecords
+// calls to a 4-shard stream.
 func BenchmarkPutRecords(b *testing.B) {
-	for _, bc := range []struct {
-		name   string
-		shards int32
-		opts   func(*kinesisfake.Options)
-	}{
-		{"limits off", 4, func(*kinesisfake.Options) {}},
-		{"AWSLimits", 4, func(o *kinesisfake.Options) {
-			o.Limits = kinesisfake.AWSLimits()
-			// Wide enough never to throttle: every entry pays the
-			// bookkeeping and is written, as with limits off.
-			o.Limits.ShardWriteRecordsPerSecond, o.Limits.ShardWriteBytesPerSecond = 1<<30, 1<<40
-		}},
-	} {
+	for _, bc := range benchCases {
 		b.Run(bc.name, func(b *testing.B) {
-			f := kinesisfake.New(bc.opts)
-			if _, err := f.CreateStream(b.Context(), &kinesis.CreateStreamInput{StreamName: aws.String("s"), ShardCount: aws.Int32(bc.shards)}); err != nil {
-				b.Fatal(err)
-			}
+			f := benchStream(b, 4, bc.opts)
 			in := &kinesis.PutRecordsInput{StreamName: aws.String("s"), Records: benchEntries()}
 			b.ReportAllocs()
 			for b.Loop() {
@@ -51,6 +59,35 @@ func BenchmarkPutRecords(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(in.Records)), "ns/record")
+		})
+	}
+}
+
+// BenchmarkGetRecords measures the fake's read path: a GetShardIterator and
+// a GetRecords of 500 records of 100 bytes per iteration.
+func BenchmarkGetRecords(b *testing.B) {
+	for _, bc := range benchCases {
+		b.Run(bc.name, func(b *testing.B) {
+			f := benchStream(b, 1, bc.opts)
+			for range 10 {
+				if _, err := f.PutRecords(b.Context(), &kinesis.PutRecordsInput{StreamName: aws.String("s"), Records: benchEntries()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				it, err := f.GetShardIterator(b.Context(), &kinesis.GetShardIteratorInput{StreamName: aws.String("s"), ShardId: aws.String(shard0), ShardIteratorType: types.ShardIteratorTypeTrimHorizon})
+				if err != nil {
+					b.Fatal(err)
+				}
+				out, err := f.GetRecords(b.Context(), &kinesis.GetRecordsInput{ShardIterator: it.ShardIterator, Limit: aws.Int32(500)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(out.Records) != 500 {
+					b.Fatalf("%d records; want 500", len(out.Records))
+				}
+			}
 		})
 	}
 }

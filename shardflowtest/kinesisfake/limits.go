@@ -138,9 +138,15 @@ type bucket struct {
 	at   time.Time // when nano was last refilled; zero: never, full
 }
 
+// maxRate is the highest rate a bucket keeps: a higher one is taken as
+// maxRate (4 Gi a second, no limit in practice), so that its nano-tokens
+// fit an int64.
+const maxRate = 1 << 32
+
 // refill brings the bucket to now at rate (> 0) tokens per second,
 // holding at most one second's worth.
 func (b *bucket) refill(now time.Time, rate int) {
+	rate = min(rate, maxRate)
 	capacity := int64(rate) * 1e9
 	switch d := int64(now.Sub(b.at)); {
 	case b.at.IsZero(), d >= (capacity-b.nano)/int64(rate)+1:
@@ -160,31 +166,32 @@ func (b *bucket) has(now time.Time, rate, n int) bool {
 	return b.nano >= int64(n)*1e9
 }
 
-// take removes n tokens at now; the bucket may go negative.
+// take removes n (at most a request's size, far below maxRate) tokens at
+// now; the bucket may go negative.
 func (b *bucket) take(now time.Time, rate, n int) {
 	b.refill(now, rate)
 	b.nano -= int64(n) * 1e9
 }
 
-// window admits at most limit calls in any second: a ring of the times of
-// the last limit calls admitted.
+// window admits at most limit calls in any second. It keeps the times of
+// the calls admitted in the last second, oldest first: never more than
+// limit, and no more than were made, however high the limit.
 type window struct {
 	calls []time.Time
-	n     int // calls admitted so far
 }
 
 // admit admits a call at now, or refuses it when limit calls were admitted
 // in the second before now.
 func (w *window) admit(now time.Time, limit int) bool {
-	if len(w.calls) != limit {
-		w.calls, w.n = make([]time.Time, limit), 0
+	i := 0
+	for i < len(w.calls) && now.Sub(w.calls[i]) >= time.Second {
+		i++
 	}
-	i := w.n % limit
-	if oldest := w.calls[i]; !oldest.IsZero() && now.Sub(oldest) < time.Second {
+	w.calls = w.calls[i:]
+	if len(w.calls) >= limit {
 		return false
 	}
-	w.calls[i] = now
-	w.n++
+	w.calls = append(w.calls, now)
 	return true
 }
 

@@ -166,6 +166,16 @@ func TestWriteLimits(t *testing.T) {
 			}
 		})
 	})
+	t.Run("a rate too high to matter refuses nothing", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newStream(t, 1, withLimits(kinesisfake.Limits{ShardWriteRecordsPerSecond: 1 << 40, ShardWriteBytesPerSecond: 1 << 50}))
+			for range 10 {
+				if w, thr := putRecords(t, f, entries(500, 10<<10, 0, 1)); w != 500 || thr != 0 {
+					t.Fatalf("%d written, %d throttled; want all written", w, thr)
+				}
+			}
+		})
+	})
 	t.Run("without limits, nothing is throttled", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newStream(t, 1)
