@@ -305,14 +305,19 @@ func (st *stream) route(h *big.Int) *shard {
 	return nil
 }
 
-// validateEntry checks a record's partition key and size; field names its
-// data in ValidationException messages ("data", "records.1.member.data").
-func validateEntry(data []byte, key *string, field string) error {
+// validateEntry checks a record's partition key and size: that of
+// PutRecord for entry < 0, else of the PutRecords entry of that index, as
+// ValidationException messages name its data.
+func validateEntry(data []byte, key *string, entry int) error {
 	k := aws.ToString(key)
 	if k == "" || len([]rune(k)) > MaxPartitionKeyLen {
 		return invalidArgument(fmt.Sprintf("partition key must be 1 to %d characters, got %d", MaxPartitionKeyLen, len([]rune(k))))
 	}
 	if len(data) > MaxRecordBytes {
+		field := "data"
+		if entry >= 0 {
+			field = "records." + strconv.Itoa(entry+1) + ".member.data"
+		}
 		return validationError(field, "less than or equal to", MaxRecordBytes)
 	}
 	if len(data)+len(k) > MaxRecordBytes {
@@ -383,7 +388,7 @@ func (f *Fake) PutRecord(_ context.Context, in *kinesis.PutRecordInput, _ ...fun
 	if err != nil {
 		return nil, err
 	}
-	if err := validateEntry(in.Data, in.PartitionKey, "data"); err != nil {
+	if err := validateEntry(in.Data, in.PartitionKey, -1); err != nil {
 		return nil, err
 	}
 	key := aws.ToString(in.PartitionKey)
@@ -419,7 +424,7 @@ func (f *Fake) PutRecords(_ context.Context, in *kinesis.PutRecordsInput, _ ...f
 	}
 	total := 0
 	for i, e := range in.Records {
-		if err := validateEntry(e.Data, e.PartitionKey, "records."+strconv.Itoa(i+1)+".member.data"); err != nil {
+		if err := validateEntry(e.Data, e.PartitionKey, i); err != nil {
 			return nil, err
 		}
 		if _, err := hashKey("", e.ExplicitHashKey); e.ExplicitHashKey != nil && err != nil {
