@@ -12,12 +12,21 @@ import (
 // Options.AggregateMaxBytes, which go into requests in any order. A shard's
 // queue is packed as soon as it holds a full aggregate; everything queued
 // goes when the oldest open record lingered Options.Linger, or on Flush.
+//
+// With Options.RateLimit, a shard's queue is packed only while its budget
+// (the engine's limiter) allows the next aggregate; what it holds back
+// waits in the queue, in held, until the timer fires when the budget
+// allows it. Packed aggregates are reserved in the budget and charged when
+// their request is taken (next).
 type aggregateScheduler struct {
 	e *engine
 	requests
 	queues    shardQueues
 	openSince time.Time // when the oldest record not yet packed was accepted
 	agg       kpl.Aggregator
+	// held are the queues the limiter held back: true when all their
+	// records are due (lingered or flushed), false for full aggregates only.
+	held map[*queue]bool
 }
 
 func (s *aggregateScheduler) routed() bool { return true }
@@ -30,7 +39,7 @@ func (s *aggregateScheduler) add(r *record) {
 	}
 	flushing := s.e.flushing > 0
 	if q.bytes >= s.e.o.AggregateMaxBytes || flushing {
-		s.pack(q, flushing)
+		s.pack(q, flushing, r.accepted)
 	}
 	if flushing {
 		s.seal()
@@ -39,6 +48,19 @@ func (s *aggregateScheduler) add(r *record) {
 }
 
 func (s *aggregateScheduler) timer(now time.Time) {
+	if len(s.held) > 0 {
+		held := s.held
+		s.held = make(map[*queue]bool, len(held))
+		for q, all := range held {
+			if s.queues[q.id] == q {
+				s.pack(q, all, now)
+			}
+		}
+		// What the budget let go goes now: an aggregate charged to its
+		// shard must not wait in an open request while the shard's bucket
+		// fills again.
+		s.seal()
+	}
 	if s.openSince.IsZero() {
 		return
 	}
@@ -50,23 +72,76 @@ func (s *aggregateScheduler) timer(now time.Time) {
 }
 
 func (s *aggregateScheduler) flushOpen() {
+	now := time.Now()
 	for _, q := range s.queues {
-		s.pack(q, true)
+		s.pack(q, true, now)
 	}
 	s.seal()
 	s.openSince = time.Time{}
 }
 
 // pack turns a shard queue into aggregates for the request batcher: the
-// full ones, or with all, every record.
-func (s *aggregateScheduler) pack(q *queue, all bool) {
+// full ones, or with all, every record, as far as the shard's budget
+// allows.
+func (s *aggregateScheduler) pack(q *queue, all bool, now time.Time) {
+	lim := s.e.lim
 	for len(q.recs) > 0 && (all || q.bytes >= s.e.o.AggregateMaxBytes) {
-		w, _, ok := takeAggregate(&s.agg, q, s.e.o.AggregateMaxBytes, nil)
+		limit := s.e.o.AggregateMaxBytes
+		if lim != nil && q.id != "" {
+			need := nextAggregateBytes(q, limit)
+			a := lim.allowance(q.id, now)
+			if !a.admits(0, 0, need) {
+				s.hold(q, all, need, now)
+				return
+			}
+			if !a.whole {
+				limit = min(limit, a.bytes)
+			}
+		}
+		w, _, ok := takeAggregate(&s.agg, q, limit, nil)
 		if !ok {
 			return
 		}
+		if lim != nil && q.id != "" {
+			lim.reserve(q.id, 1, w.size)
+			s.tookHeld(q, len(w.members()))
+		}
 		s.addWire(w)
 	}
+}
+
+// hold keeps q's records back until its budget allows need bytes, and arms
+// the timer for then.
+func (s *aggregateScheduler) hold(q *queue, all bool, need int, now time.Time) {
+	if s.held == nil {
+		s.held = make(map[*queue]bool)
+	}
+	s.held[q] = s.held[q] || all
+	q.held = len(q.recs)
+	s.e.armLocked(now.Add(s.e.lim.wait(q.id, 1, need, now)))
+}
+
+// tookHeld counts the records taken from q that the limiter had held back.
+func (s *aggregateScheduler) tookHeld(q *queue, n int) {
+	if n = min(n, q.held); n > 0 {
+		q.held -= n
+		s.e.lim.noteHeld(n)
+	}
+}
+
+// next takes the next sealed request, and charges its entries, reserved
+// when packed, to their shards' budgets: they are sent now.
+func (s *aggregateScheduler) next() (job, bool) {
+	j, ok := s.requests.next()
+	if ok && s.e.lim != nil {
+		now := time.Now()
+		for i := range j.wires {
+			if w := &j.wires[i]; w.shard != "" {
+				s.e.lim.chargeReserved(w.shard, 1, w.size, now)
+			}
+		}
+	}
+	return j, ok
 }
 
 func (s *aggregateScheduler) release(job) {}
@@ -74,18 +149,49 @@ func (s *aggregateScheduler) release(job) {}
 // requeue re-aggregates the records by their shard and sends them at once,
 // ahead of newer records of that shard.
 func (s *aggregateScheduler) requeue(recs []*record) {
+	now := time.Now()
 	for _, q := range s.queues.requeue(s.e.smap, recs) {
-		s.pack(q, true)
+		s.pack(q, true, now)
 		s.seal()
 	}
 }
 
-func (s *aggregateScheduler) remap(m *shardMap) { s.queues = s.queues.remap(m) }
+// remap moves the queued records to their shards in m. Every queue is
+// then packed at the next timer, as far as the new shards' budgets allow,
+// since records held back before were due.
+func (s *aggregateScheduler) remap(m *shardMap) {
+	s.queues = s.queues.remap(m)
+	clear(s.held)
+	if s.e.lim == nil {
+		return
+	}
+	for _, q := range s.queues {
+		if s.held == nil {
+			s.held = make(map[*queue]bool)
+		}
+		s.held[q] = true
+	}
+	s.e.armLocked(time.Now())
+}
 
 func (s *aggregateScheduler) drain() []*record {
 	recs := s.requests.drain()
 	s.openSince = time.Time{}
+	clear(s.held)
 	return append(recs, s.queues.drain()...)
+}
+
+// nextAggregateBytes is at least the size of the next aggregate q's head
+// would make with limit: the budget it needs to be sent. It is the limit,
+// or, for a queue holding less, its records with room for the aggregate's
+// framing; never less than the head record (which goes alone when too
+// large to share).
+func nextAggregateBytes(q *queue, limit int) int {
+	est := min(limit, q.bytes+kpl.Overhead+8*len(q.recs))
+	if len(q.recs) > 0 {
+		est = max(est, wrappedSize(&q.recs[0].e))
+	}
+	return est
 }
 
 // startsWithMagic reports whether data begins with the KPL magic bytes: a

@@ -169,6 +169,7 @@ type engine struct {
 
 	smap      *shardMap
 	mapLoaded time.Time
+	lim       *limiter // Options.RateLimit; nil: no limit
 	timer     *time.Timer
 	timerAt   time.Time
 	workers   int
@@ -207,6 +208,7 @@ func newEngine(client API, stream, component string, optFns []func(*Options)) (*
 	}
 	e.setLogger(log)
 	e.mp, e.ownMeter = o.MeterProvider, o.MeterProvider != nil
+	e.lim = newLimiter(s.rateLimit)
 	if e.sched, err = newScheduler(e); err != nil {
 		return nil, err
 	}
@@ -350,7 +352,9 @@ func (e *engine) work() {
 			e.mu.Unlock()
 			return
 		}
+		held := e.lim.takeHeld()
 		e.mu.Unlock()
+		e.metrics().limited(held)
 		e.run(j)
 	}
 }

@@ -3,8 +3,11 @@ package kinesissink_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,4 +92,43 @@ func ExampleProducer() {
 	// Output:
 	// last event written to shardId-000000000000 error: <nil>
 	// 4 records written
+}
+
+// A producer held to each shard's write limit: 1.5 MB of aggregated
+// records into one shard of a fake that enforces Kinesis' limits, which
+// takes 1 MiB at once, then 1 MiB/s. Nothing is throttled; the producer
+// waits instead.
+func ExampleOptions_rateLimit() {
+	f := kinesisfake.New(func(o *kinesisfake.Options) { o.Limits = kinesisfake.AWSLimits() })
+	ctx := context.Background()
+	if _, err := f.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String("events"), ShardCount: aws.Int32(1)}); err != nil {
+		panic(err)
+	}
+	p, err := kinesissink.NewProducer(f, "events", func(o *kinesissink.Options) {
+		o.Aggregate = true
+		o.RateLimit = 1 // the default with Aggregate: 100 % of the limit
+		o.Logger = slog.New(slog.DiscardHandler)
+	})
+	if err != nil {
+		panic(err)
+	}
+	var written atomic.Int64
+	data := make([]byte, 1000)
+	for i := range 1500 {
+		err := p.PutEntry(ctx, kinesissink.Entry{Data: data, PartitionKey: strconv.Itoa(i)}, func(r kinesissink.Result) {
+			if r.Err == nil {
+				written.Add(1)
+			}
+		})
+		if err != nil {
+			panic(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		panic(err)
+	}
+	stats, _ := f.ShardStats("events")
+	fmt.Println("written:", written.Load(), "throttled:", stats[0].ThrottledRecords)
+	// Output:
+	// written: 1500 throttled: 0
 }

@@ -27,6 +27,7 @@ const (
 	metricCallEntries   = "shardflow.sink.putrecords.entries"
 	metricBufRecords    = "shardflow.sink.buffered.records"
 	metricBufBytes      = "shardflow.sink.buffered.bytes"
+	metricRateLimited   = "shardflow.sink.rate_limited"
 )
 
 // maxCodeSets bounds the error_code attribute sets a metrics keeps: AWS
@@ -40,6 +41,7 @@ const maxCodeSets = 64
 type metrics struct {
 	records, bytes, givenUp  metric.Int64Counter
 	failed, retries, callErr metric.Int64Counter
+	rateLimited              metric.Int64Counter
 	duration                 metric.Float64Histogram
 	entries                  metric.Int64Histogram
 	gauges                   metric.Registration // nil: not registered
@@ -78,6 +80,7 @@ func newMetrics(mp metric.MeterProvider, stream string, buffered func() (records
 	m.failed = counter(metricFailedEntries, "{record}", "PutRecords entries that an answer refused, retried or not.")
 	m.retries = counter(metricRetries, "{retry}", "PutRecords entries sent again after a refusal, a failed call or a misrouted aggregate.")
 	m.callErr = counter(metricCallErrors, "{call}", "PutRecords calls that failed as a whole.")
+	m.rateLimited = counter(metricRateLimited, "{record}", "Records that waited for their shard's share of its write limit (Options.RateLimit) before they were sent.")
 	var err error
 	m.duration, err = meter.Float64Histogram(metricCallDuration, metric.WithUnit("s"),
 		metric.WithDescription("Latency of PutRecords calls, failed ones included."),
@@ -179,6 +182,13 @@ func (m *metrics) refused(cs []codeCount) { m.addByCode(m.failed, cs) }
 func (m *metrics) resent(n int) {
 	if n > 0 {
 		m.retries.Add(context.Background(), int64(n), m.add...)
+	}
+}
+
+// limited records n records that waited for their shard's budget.
+func (m *metrics) limited(n int) {
+	if n > 0 {
+		m.rateLimited.Add(context.Background(), int64(n), m.add...)
 	}
 }
 

@@ -3,6 +3,7 @@ package kinesissink
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -89,6 +90,26 @@ type Options struct {
 	// most MaxRecordBytes.
 	AggregateMaxBytes int
 
+	// RateLimit holds back the entries of each predicted shard beyond this
+	// share of the shard's write limit, 1,000 records/s and 1 MiB/s (data
+	// plus partition key; an aggregate counts as one record of its full
+	// size), as the KPL's RateLimit does, so that the stream is not asked
+	// for more than it takes. Records beyond the budget wait in the sink's
+	// queues (Write and Put block once MaxBufferedRecords or
+	// MaxBufferedBytes is reached). 1 is 100 %. It needs the shard map, so
+	// it applies with Aggregate or Ordered only.
+	//
+	// Default (0): 1 with Aggregate or Ordered, the whole limit and no more:
+	// the KPL's default of 150 % relies on retries, which here back off
+	// from 100 ms and, with Ordered, hold up the shard meanwhile, so asking
+	// for more than a shard takes makes it slower, not faster. Without
+	// Aggregate and Ordered: no limit (the sink then calls no ListShards).
+	// Negative: no limit. Larger than 1 only when Kinesis lets the shard
+	// take more than its documented limit, and at most 10 (a share, not a
+	// percentage: 1.5 for the KPL's 150). Without Aggregate and Ordered it
+	// must be 0 or negative.
+	RateLimit float64
+
 	// Logger receives lifecycle (Info), retried failures (Warn) and batches
 	// (Debug). Default (nil): the pipeline's logger when a Sink runs in a
 	// pipeline (see shardflow.PipelineLogger), else slog.Default(). Record
@@ -105,6 +126,10 @@ type Options struct {
 	MeterProvider metric.MeterProvider
 }
 
+// maxRateLimit is the largest Options.RateLimit: ten times a shard's
+// limit. More is surely a percentage given for a share.
+const maxRateLimit = 10
+
 // settings are Options resolved: every default filled in, and "none"
 // spelled as the engine uses it.
 type settings struct {
@@ -112,6 +137,7 @@ type settings struct {
 	linger         time.Duration // 0: no linger
 	requestTimeout time.Duration // 0: no timeout
 	retry          retry.Policy
+	rateLimit      float64 // 0: no limit
 }
 
 // resolve validates o and fills in its defaults.
@@ -157,6 +183,10 @@ func (o Options) resolve() (settings, error) {
 		return settings{}, bad("RecordTTL", "%v is negative", o.RecordTTL)
 	case o.Aggregate && (o.AggregateMaxBytes < 1 || o.AggregateMaxBytes > o.MaxRecordBytes):
 		return settings{}, bad("AggregateMaxBytes", "%d is not from 1 to MaxRecordBytes (%d)", o.AggregateMaxBytes, o.MaxRecordBytes)
+	case math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) || o.RateLimit > maxRateLimit:
+		return settings{}, bad("RateLimit", "%v is not a share from 0 to %v of a shard's write limit (1 is 100 %%; negative: no limit)", o.RateLimit, maxRateLimit)
+	case o.RateLimit > 0 && !o.Aggregate && !o.Ordered:
+		return settings{}, bad("RateLimit", "%v needs Aggregate or Ordered: the limit is per predicted shard, and only they predict shards", o.RateLimit)
 	}
 	if err := o.Retry.Validate("Options.Retry"); err != nil {
 		return settings{}, err
@@ -173,6 +203,12 @@ func (o Options) resolve() (settings, error) {
 		s.requestTimeout = 30 * time.Second
 	case o.RequestTimeout > 0:
 		s.requestTimeout = o.RequestTimeout
+	}
+	switch {
+	case o.RateLimit > 0:
+		s.rateLimit = o.RateLimit
+	case o.RateLimit == 0 && (o.Aggregate || o.Ordered):
+		s.rateLimit = 1
 	}
 	p := o.Retry
 	s.retry = retry.ForAWS(p.MaxAttempts, p.InitialInterval, p.MaxInterval, p.Multiplier, p.Timeout)

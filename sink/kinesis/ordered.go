@@ -27,11 +27,18 @@ type orderedScheduler struct {
 type packer interface {
 	// full reports whether q holds enough to send without lingering.
 	full(q *queue) bool
+	// need is the budget, in bytes, the next request of q needs at least
+	// (Options.RateLimit): a shard waits until its budget allows it.
+	need(q *queue) int
+	// batchRecords is how many records of budget a shard held back waits
+	// for: what makes a request worth sending.
+	batchRecords(l *limiter, q *queue) int
 	// take removes the next request's records from the head of q, skipping
 	// every record whose key is in inFlight and every later record of a
-	// skipped key. It returns the request's entries and their distinct
-	// partition keys; no entries when every head record was skipped.
-	take(q *queue, inFlight map[string]int) (ws []wire, keys []string)
+	// skipped key, within what the shard's budget allows. It returns the
+	// request's entries and their distinct partition keys; no entries when
+	// every head record was skipped.
+	take(q *queue, inFlight map[string]int, a allowance) (ws []wire, keys []string)
 }
 
 func newOrderedScheduler(e *engine, p packer) *orderedScheduler {
@@ -54,6 +61,15 @@ func (s *orderedScheduler) consider(q *queue, now time.Time) {
 	}
 	deadline := q.recs[0].accepted.Add(s.e.o.linger)
 	if s.e.urgentLocked() || s.pack.full(q) || !now.Before(deadline) {
+		if s.e.lim != nil && q.id != "" {
+			if need := s.pack.need(q); !s.e.lim.allowance(q.id, now).admits(0, 0, need) {
+				// Over the shard's budget: wait for it (the timer
+				// considers the shard again).
+				q.held = len(q.recs)
+				s.e.armLocked(now.Add(s.e.lim.wait(q.id, s.pack.batchRecords(s.e.lim, q), need, now)))
+				return
+			}
+		}
 		q.ready = true
 		s.readyQ = append(s.readyQ, q)
 		return
@@ -82,7 +98,17 @@ func (s *orderedScheduler) next() (job, bool) {
 		if q.busy || len(q.recs) == 0 || s.queues[q.id] != q {
 			continue
 		}
-		ws, keys := s.pack.take(q, s.keys)
+		a := unlimited
+		now := time.Now()
+		if s.e.lim != nil && q.id != "" {
+			// Retries charged since the shard was found ready may have
+			// spent its budget.
+			if a = s.e.lim.allowance(q.id, now); !a.admits(0, 0, s.pack.need(q)) {
+				s.consider(q, now)
+				continue
+			}
+		}
+		ws, keys := s.pack.take(q, s.keys, a)
 		if len(ws) == 0 {
 			// Every record at the head has a key still in flight on
 			// another shard (after a shard map refresh): try again when
@@ -93,6 +119,17 @@ func (s *orderedScheduler) next() (job, bool) {
 		q.busy = true
 		for _, k := range keys {
 			s.keys[k]++
+		}
+		if s.e.lim != nil && q.id != "" {
+			n := 0
+			for i := range ws {
+				s.e.lim.charge(q.id, 1, ws[i].size, now)
+				n += len(ws[i].members())
+			}
+			if n = min(n, q.held); n > 0 {
+				q.held -= n
+				s.e.lim.noteHeld(n)
+			}
 		}
 		return job{wires: ws, q: q, keys: keys}, true
 	}
@@ -154,7 +191,13 @@ func (p *plainPacker) full(q *queue) bool {
 	return len(q.recs) >= p.maxEntries || q.bytes >= p.maxBytes
 }
 
-func (p *plainPacker) take(q *queue, inFlight map[string]int) (ws []wire, keys []string) {
+func (p *plainPacker) need(q *queue) int { return q.recs[0].size }
+
+func (p *plainPacker) batchRecords(l *limiter, q *queue) int {
+	return l.batchRecords(min(len(q.recs), p.maxEntries))
+}
+
+func (p *plainPacker) take(q *queue, inFlight map[string]int, a allowance) (ws []wire, keys []string) {
 	seen := make(map[string]struct{})
 	limit := min(len(q.recs), 4*p.maxEntries) // bound the scan past skipped records
 	old := q.recs
@@ -171,7 +214,7 @@ func (p *plainPacker) take(q *queue, inFlight map[string]int) (ws []wire, keys [
 			kept = append(kept, r)
 			continue
 		}
-		if bytes+r.size > p.maxBytes {
+		if bytes+r.size > p.maxBytes || !a.admits(len(ws), bytes, r.size) {
 			break // the request is full; r stays at the head of the rest
 		}
 		seen[k] = struct{}{}

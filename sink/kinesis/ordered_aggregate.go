@@ -13,8 +13,17 @@ type aggregatePacker struct {
 
 func (p *aggregatePacker) full(q *queue) bool { return q.bytes >= p.limit }
 
-func (p *aggregatePacker) take(q *queue, inFlight map[string]int) ([]wire, []string) {
-	w, keys, ok := takeAggregate(&p.agg, q, p.limit, inFlight)
+func (p *aggregatePacker) need(q *queue) int { return nextAggregateBytes(q, p.limit) }
+
+// batchRecords is 1: a request is one aggregate.
+func (p *aggregatePacker) batchRecords(*limiter, *queue) int { return 1 }
+
+func (p *aggregatePacker) take(q *queue, inFlight map[string]int, a allowance) ([]wire, []string) {
+	limit := p.limit
+	if !a.whole {
+		limit = min(limit, a.bytes)
+	}
+	w, keys, ok := takeAggregate(&p.agg, q, limit, inFlight)
 	if !ok {
 		return nil, nil
 	}

@@ -143,6 +143,7 @@ type queue struct {
 	bytes int
 	busy  bool // ordered: a request for this shard is in flight
 	ready bool // ordered: in orderedScheduler.readyQ
+	held  int  // head records the limiter held back, not taken since
 }
 
 func (q *queue) push(r *record) {

@@ -39,6 +39,7 @@ func (e *engine) run(j job) {
 		}
 		if round > 0 {
 			m.resent(len(pending))
+			e.chargeRetry(pending)
 		}
 		sentAt := time.Now()
 		out, err := e.putRecords(pending)
@@ -137,6 +138,23 @@ func (e *engine) run(j job) {
 	e.sched.release(j)
 	e.kickLocked()
 	e.mu.Unlock()
+}
+
+// chargeRetry charges entries sent again to their shards' budgets: they
+// are not held back (they waited once, and Kinesis or the network refused
+// them), but newer records of their shards wait for them.
+func (e *engine) chargeRetry(ws []wire) {
+	if e.lim == nil {
+		return
+	}
+	now := time.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := range ws {
+		if ws[i].routed {
+			e.lim.charge(ws[i].shard, 1, ws[i].size, now)
+		}
+	}
 }
 
 // putRecords sends one PutRecords request. Its error is marked by
