@@ -34,7 +34,8 @@ type Limits struct {
 	ShardWriteRecordsPerSecond int
 	// ShardWriteBytesPerSecond is how many bytes a shard accepts per
 	// second, counting each record's data and partition key, as Kinesis
-	// does. AWS: 1 MiB (PutRecords, PutRecord API reference).
+	// does. A record larger than one second's worth is never accepted.
+	// AWS: 1 MiB (PutRecords, PutRecord API reference).
 	ShardWriteBytesPerSecond int
 
 	// GetRecordsCallsPerSecond is how many GetRecords calls a shard serves

@@ -286,7 +286,7 @@ func TestReadRateLimits(t *testing.T) {
 				t.Fatalf("a second later: %v", err)
 			}
 			stats, _ := f.ShardStats("s")
-			if s := stats[0]; s.GetRecordsCalls != 6 || s.ThrottledGetRecords != 1 || f.Throttled("GetRecords") != 1 {
+			if s := stats[0]; s.GetRecordsCalls != 6 || s.ThrottledGetRecords != 1 || s.GetShardIteratorCalls != 1 || f.Throttled("GetRecords") != 1 {
 				t.Errorf("stats %+v, Throttled(GetRecords) %d; want 6 served, 1 throttled", s, f.Throttled("GetRecords"))
 			}
 		})
