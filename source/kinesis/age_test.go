@@ -46,7 +46,7 @@ func TestTheArrivalTimeReachesTheFailureControls(t *testing.T) {
 					mu.Unlock()
 					return nil
 				}
-				src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
+				src := m.newSource(t, f, "in", func(o *kinesissource.Options) {
 					o.InitialPosition = kinesissource.TrimHorizon()
 				})
 				sink := shardflowtest.NewSink[shardflow.Record]()

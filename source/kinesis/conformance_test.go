@@ -1,8 +1,15 @@
 package kinesissource_test
 
 import (
+	"errors"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+
+	"github.com/shardflow/shardflow/internal/awstest"
+	"github.com/shardflow/shardflow/shardflowtest/kinesisfake"
 	kinesissource "github.com/shardflow/shardflow/source/kinesis"
 )
 
@@ -11,13 +18,55 @@ import (
 type readMode struct {
 	name string
 	opts func(*kinesissource.Options) // applied first to every source of a case
+	// side: the source is made by NewStreams, and reads a second stream,
+	// sideStream, with 2 empty shards, besides the case's: what a case
+	// checks of its stream holds as well in a source of several streams.
+	side bool
+}
+
+func polling(*kinesissource.Options) {}
+
+func enhancedFanOut(o *kinesissource.Options) {
+	o.EnhancedFanOut = &kinesissource.EnhancedFanOut{ConsumerName: "app"}
 }
 
 var readModes = []readMode{
-	{"polling", func(*kinesissource.Options) {}},
-	{"enhanced fan-out", func(o *kinesissource.Options) {
-		o.EnhancedFanOut = &kinesissource.EnhancedFanOut{ConsumerName: "app"}
-	}},
+	{name: "polling", opts: polling},
+	{name: "enhanced fan-out", opts: enhancedFanOut},
+	{name: "polling, two streams", opts: polling, side: true},
+	{name: "enhanced fan-out, two streams", opts: enhancedFanOut, side: true},
+}
+
+// sideStream is the second stream of the readModes with side set, on the
+// in-memory fake (on an emulator it gets a name of its own).
+const sideStream = "side"
+
+// newSource returns a source of the mode reading stream (and the side
+// stream), with the mode's options applied first.
+func (m readMode) newSource(t *testing.T, client kinesissource.API, stream string, optFns ...func(*kinesissource.Options)) *kinesissource.Source {
+	t.Helper()
+	optFns = append([]func(*kinesissource.Options){m.opts}, optFns...)
+	if !m.side {
+		return newSource(t, client, stream, optFns...)
+	}
+	var side string
+	switch c := client.(type) {
+	case *kinesisfake.Fake:
+		side = sideStream
+		_, err := c.CreateStream(t.Context(), &kinesis.CreateStreamInput{StreamName: aws.String(side), ShardCount: aws.Int32(2)})
+		if _, exists := errors.AsType[*types.ResourceInUseException](err); err != nil && !exists {
+			t.Fatal(err)
+		}
+	case *kinesis.Client:
+		side = awstest.CreateStream(t, c, 2)
+	default:
+		t.Fatalf("no side stream on a %T", client)
+	}
+	src, err := kinesissource.NewStreams(client, []kinesissource.Stream{{Name: stream}, {Name: side}}, optFns...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
 }
 
 // TestConformance runs the source's behaviour cases for every read mode:

@@ -89,13 +89,14 @@ const deregisterTimeout = 10 * time.Second
 // readMode is how a source's readers receive records, chosen by New:
 // polling (the default), or enhanced fan-out.
 type readMode interface {
-	// begin prepares a Run, before any shard is read (enhanced fan-out
-	// makes sure its consumer exists and is ACTIVE), and returns the
-	// mode's state for that Run.
-	begin(ctx context.Context, s *Source) (runReads, error)
+	// begin prepares a Run's reading of stream st, before any of its
+	// shards is read (enhanced fan-out makes sure its consumer exists
+	// and is ACTIVE), and returns the mode's state for that stream in
+	// that Run.
+	begin(ctx context.Context, s *Source, st *streamConf) (runReads, error)
 }
 
-// runReads is a read mode's state for one Run.
+// runReads is a read mode's state for one stream in one Run.
 type runReads interface {
 	newFetcher(r *reader) fetcher
 	// counters are the mode's read counters among m's.
@@ -112,10 +113,11 @@ type fanOut struct {
 	opts   EnhancedFanOut
 }
 
-// newFanOut checks the enhanced fan-out options of a source.
-func newFanOut(client API, o EnhancedFanOut) (*fanOut, error) {
-	bad := func(field, reason string) error {
-		return &shardflow.ConfigError{Field: "Options.EnhancedFanOut." + field, Reason: reason}
+// newFanOut checks the enhanced fan-out options of a source, or of one of
+// its streams, found in field.
+func newFanOut(client API, o EnhancedFanOut, field string) (*fanOut, error) {
+	bad := func(name, reason string) error {
+		return &shardflow.ConfigError{Field: field + "." + name, Reason: reason}
 	}
 	fc, ok := client.(FanOutAPI)
 	if !ok {
@@ -134,24 +136,24 @@ func newFanOut(client API, o EnhancedFanOut) (*fanOut, error) {
 	return &fanOut{client: fc, opts: o}, nil
 }
 
-func (m *fanOut) begin(ctx context.Context, s *Source) (runReads, error) {
-	arn, registered, err := m.consumer(ctx, s)
+func (m *fanOut) begin(ctx context.Context, s *Source, st *streamConf) (runReads, error) {
+	arn, registered, err := m.consumer(ctx, s, st)
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("reading by enhanced fan-out", "consumer_arn", arn, "registered", registered)
-	return &fanOutRun{s: s, client: m.client, arn: arn, registered: registered, deregister: m.opts.DeregisterOnClose}, nil
+	st.log.Info("reading by enhanced fan-out", "consumer_arn", arn, "registered", registered)
+	return &fanOutRun{s: s, st: st, client: m.client, arn: arn, registered: registered, deregister: m.opts.DeregisterOnClose}, nil
 }
 
 // consumer returns the ARN of the source's consumer once it is ACTIVE,
 // registering it first when it is named and missing, and whether it did.
-func (m *fanOut) consumer(ctx context.Context, s *Source) (arn string, registered bool, err error) {
+func (m *fanOut) consumer(ctx context.Context, s *Source, st *streamConf) (arn string, registered bool, err error) {
 	in := &kinesis.DescribeStreamConsumerInput{}
 	streamARN := ""
 	if m.opts.ConsumerARN != "" {
 		in.ConsumerARN = aws.String(m.opts.ConsumerARN)
 	} else {
-		if streamARN, err = m.streamARN(ctx, s); err != nil {
+		if streamARN, err = m.streamARN(ctx, s, st); err != nil {
 			return "", false, err
 		}
 		in.StreamARN, in.ConsumerName = aws.String(streamARN), aws.String(m.opts.ConsumerName)
@@ -159,7 +161,7 @@ func (m *fanOut) consumer(ctx context.Context, s *Source) (arn string, registere
 	start := time.Now()
 	for {
 		var d *types.ConsumerDescription
-		err := s.call(ctx, s.log, "describe stream consumer", func(ctx context.Context) error {
+		err := s.call(ctx, st.log, "describe stream consumer", func(ctx context.Context) error {
 			out, err := m.client.DescribeStreamConsumer(ctx, in)
 			if err == nil {
 				d = out.ConsumerDescription
@@ -168,9 +170,9 @@ func (m *fanOut) consumer(ctx context.Context, s *Source) (arn string, registere
 		})
 		switch {
 		case isNotFound(err) && m.opts.ConsumerARN != "":
-			return "", false, &ConsumerDeletedError{Stream: s.stream, ConsumerARN: m.opts.ConsumerARN, Err: err}
+			return "", false, &ConsumerDeletedError{Stream: st.name, ConsumerARN: m.opts.ConsumerARN, Err: err}
 		case isNotFound(err):
-			arn, err := m.register(ctx, s, streamARN)
+			arn, err := m.register(ctx, s, st, streamARN)
 			if errors.Is(err, errConsumerExists) {
 				continue // another instance registered it meanwhile
 			}
@@ -181,16 +183,16 @@ func (m *fanOut) consumer(ctx context.Context, s *Source) (arn string, registere
 			in = &kinesis.DescribeStreamConsumerInput{ConsumerARN: aws.String(arn)}
 			continue
 		case err != nil:
-			return "", false, fmt.Errorf("describe the enhanced fan-out consumer of stream %q: %w", s.stream, err)
+			return "", false, fmt.Errorf("describe the enhanced fan-out consumer of stream %q: %w", st.name, err)
 		case d.ConsumerStatus == types.ConsumerStatusActive:
 			return aws.ToString(d.ConsumerARN), registered, nil
 		}
 		// CREATING; or DELETING, a consumer of that name being deregistered,
 		// registered anew once it is gone.
 		if s.policy.MaxElapsed > 0 && time.Since(start) >= s.policy.MaxElapsed {
-			return "", false, fmt.Errorf("enhanced fan-out consumer %s of stream %q still %s after %v", aws.ToString(d.ConsumerARN), s.stream, d.ConsumerStatus, time.Since(start).Round(time.Second))
+			return "", false, fmt.Errorf("enhanced fan-out consumer %s of stream %q still %s after %v", aws.ToString(d.ConsumerARN), st.name, d.ConsumerStatus, time.Since(start).Round(time.Second))
 		}
-		s.log.Info("waiting for the enhanced fan-out consumer to be ACTIVE", "consumer_arn", aws.ToString(d.ConsumerARN), "status", d.ConsumerStatus)
+		st.log.Info("waiting for the enhanced fan-out consumer to be ACTIVE", "consumer_arn", aws.ToString(d.ConsumerARN), "status", d.ConsumerStatus)
 		if err := sleepOr(ctx, consumerPollInterval, nil); err != nil {
 			return "", false, err
 		}
@@ -202,9 +204,9 @@ func (m *fanOut) consumer(ctx context.Context, s *Source) (arn string, registere
 var errConsumerExists = errors.New("consumer already registered")
 
 // register registers the source's consumer and returns its ARN.
-func (m *fanOut) register(ctx context.Context, s *Source, streamARN string) (string, error) {
+func (m *fanOut) register(ctx context.Context, s *Source, st *streamConf, streamARN string) (string, error) {
 	var arn string
-	err := s.call(ctx, s.log, "register stream consumer", func(ctx context.Context) error {
+	err := s.call(ctx, st.log, "register stream consumer", func(ctx context.Context) error {
 		out, err := m.client.RegisterStreamConsumer(ctx, &kinesis.RegisterStreamConsumerInput{StreamARN: aws.String(streamARN), ConsumerName: aws.String(m.opts.ConsumerName)})
 		switch {
 		case err == nil:
@@ -217,15 +219,15 @@ func (m *fanOut) register(ctx context.Context, s *Source, streamARN string) (str
 			// stream with all the consumers it may have (permanent):
 			// count them to know.
 			if n, lerr := m.countConsumers(ctx, streamARN); lerr == nil && n >= MaxConsumersPerStream {
-				return retry.Permanent(&ConsumerLimitError{Stream: s.stream, ConsumerName: m.opts.ConsumerName, Consumers: n, Err: err})
+				return retry.Permanent(&ConsumerLimitError{Stream: st.name, ConsumerName: m.opts.ConsumerName, Consumers: n, Err: err})
 			}
 		}
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("register enhanced fan-out consumer %q of stream %q: %w", m.opts.ConsumerName, s.stream, err)
+		return "", fmt.Errorf("register enhanced fan-out consumer %q of stream %q: %w", m.opts.ConsumerName, st.name, err)
 	}
-	s.log.Info("registered enhanced fan-out consumer", "consumer_arn", arn)
+	st.log.Info("registered enhanced fan-out consumer", "consumer_arn", arn)
 	return arn, nil
 }
 
@@ -246,22 +248,22 @@ func (m *fanOut) countConsumers(ctx context.Context, streamARN string) (int, err
 	}
 }
 
-// streamARN returns the ARN of the source's stream, which consumers are
+// streamARN returns the ARN of stream st, which consumers are
 // registered to.
-func (m *fanOut) streamARN(ctx context.Context, s *Source) (string, error) {
-	if s.arn != "" {
-		return s.arn, nil
+func (m *fanOut) streamARN(ctx context.Context, s *Source, st *streamConf) (string, error) {
+	if st.arn != "" {
+		return st.arn, nil
 	}
 	var arn string
-	err := s.call(ctx, s.log, "describe stream summary", func(ctx context.Context) error {
-		out, err := m.client.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(s.stream)})
+	err := s.call(ctx, st.log, "describe stream summary", func(ctx context.Context) error {
+		out, err := m.client.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(st.name)})
 		if err == nil {
 			arn = aws.ToString(out.StreamDescriptionSummary.StreamARN)
 		}
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("describe stream %q: %w", s.stream, err)
+		return "", fmt.Errorf("describe stream %q: %w", st.name, err)
 	}
 	return arn, nil
 }
@@ -269,6 +271,7 @@ func (m *fanOut) streamARN(ctx context.Context, s *Source) (string, error) {
 // fanOutRun is enhanced fan-out's state for one Run.
 type fanOutRun struct {
 	s          *Source
+	st         *streamConf
 	client     FanOutAPI
 	arn        string // the consumer's, ACTIVE
 	registered bool   // by this Run
@@ -285,22 +288,22 @@ func (f *fanOutRun) end(ctx context.Context) {
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deregisterTimeout)
 	defer cancel()
-	err := f.s.call(dctx, f.s.log, "deregister stream consumer", func(ctx context.Context) error {
+	err := f.s.call(dctx, f.st.log, "deregister stream consumer", func(ctx context.Context) error {
 		_, err := f.client.DeregisterStreamConsumer(ctx, &kinesis.DeregisterStreamConsumerInput{ConsumerARN: aws.String(f.arn)})
 		return err
 	})
 	if err != nil {
-		f.s.log.Warn("enhanced fan-out consumer not deregistered; it goes on costing until it is", "consumer_arn", f.arn, "err", err)
+		f.st.log.Warn("enhanced fan-out consumer not deregistered; it goes on costing until it is", "consumer_arn", f.arn, "err", err)
 		return
 	}
-	f.s.log.Info("deregistered enhanced fan-out consumer", "consumer_arn", f.arn)
+	f.st.log.Info("deregistered enhanced fan-out consumer", "consumer_arn", f.arn)
 }
 
 // consumerGone reports whether the run's consumer was deregistered: it no
 // longer exists, or is being deleted.
 func (f *fanOutRun) consumerGone(ctx context.Context) (bool, error) {
 	var status types.ConsumerStatus
-	err := f.s.call(ctx, f.s.log, "describe stream consumer", func(ctx context.Context) error {
+	err := f.s.call(ctx, f.st.log, "describe stream consumer", func(ctx context.Context) error {
 		out, err := f.client.DescribeStreamConsumer(ctx, &kinesis.DescribeStreamConsumerInput{ConsumerARN: aws.String(f.arn)})
 		if err == nil {
 			status = out.ConsumerDescription.ConsumerStatus

@@ -90,7 +90,7 @@ func testEmulatorSplitAndMergeWhileProducing(t *testing.T, m readMode) {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- shardflow.Source(newSource(t, c, stream, m.opts, emulatorOptions(store))).Sink(sink).Run(ctx)
+		errc <- shardflow.Source(m.newSource(t, c, stream, emulatorOptions(store))).Sink(sink).Run(ctx)
 	}()
 
 	put(t, c, stream, 0, 300, 30)

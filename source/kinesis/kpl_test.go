@@ -119,7 +119,7 @@ func testKPLAggregatesAreDeaggregated(t *testing.T, m readMode) {
 		putRaw(t, f, "short", []byte{0xF3, 0x89, 0x9A, 0xC2, 1})
 
 		sink := &collector{}
-		src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) { o.InitialPosition = kinesissource.TrimHorizon() })
+		src := m.newSource(t, f, "in", func(o *kinesissource.Options) { o.InitialPosition = kinesissource.TrimHorizon() })
 		if err := runUntil(t, shardflow.Source(src).Sink(sink), func() bool { return sink.len() >= 6 }); err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +146,7 @@ func testResumingInsideAnAggregateSkipsTheUserRecordsDone(t *testing.T, m readMo
 		// The first run fails on user record 3: user records 1 and 2 are
 		// checkpointed, inside the aggregate.
 		first := &collector{}
-		err := shardflow.Source(newSource(t, f, "in", m.opts, opts), func(o *shardflow.Options) { o.Retry = shardflow.NoRetry }).
+		err := shardflow.Source(m.newSource(t, f, "in", opts), func(o *shardflow.Options) { o.Retry = shardflow.NoRetry }).
 			Tap(func(_ context.Context, r shardflow.Record) error {
 				if string(r.Data) == "3" {
 					return errors.New("outage")
@@ -161,7 +161,7 @@ func testResumingInsideAnAggregateSkipsTheUserRecordsDone(t *testing.T, m readMo
 			t.Fatalf("checkpoint %+v; want partial at user record 1 (the second)", cp)
 		}
 		second := &collector{}
-		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", m.opts, opts)).Sink(second), func() bool { return second.len() >= 3 }); err != nil {
+		if err := runUntil(t, shardflow.Source(m.newSource(t, f, "in", opts)).Sink(second), func() bool { return second.len() >= 3 }); err != nil {
 			t.Fatal(err)
 		}
 		if diff := cmp.Diff([]string{"1", "2"}, first.data()); diff != "" {

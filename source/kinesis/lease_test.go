@@ -16,7 +16,9 @@ import (
 
 // leaseBoard is a test double of a lease table: the test says which
 // instance should own each shard; an instance gets a shard once its previous
-// owner released it. Each instance sees it through its own leaseView.
+// owner released it. Each instance sees it through its own leaseView. The
+// board is of one stream: every instance holds all the shards of the
+// conformance cases' side stream, which is not the board's.
 type leaseBoard struct {
 	mu    sync.Mutex
 	store *memory.Store
@@ -29,7 +31,10 @@ type leaseView struct {
 	me string
 }
 
-func (v leaseView) SyncLeases(_ context.Context, _ string, eligible []string) ([]string, error) {
+func (v leaseView) SyncLeases(_ context.Context, stream string, eligible []string) ([]string, error) {
+	if stream == sideStream {
+		return eligible, nil
+	}
 	v.b.mu.Lock()
 	defer v.b.mu.Unlock()
 	var held []string
@@ -45,7 +50,10 @@ func (v leaseView) SyncLeases(_ context.Context, _ string, eligible []string) ([
 	return held, nil
 }
 
-func (v leaseView) ReleaseLease(_ context.Context, _ string, id string) error {
+func (v leaseView) ReleaseLease(_ context.Context, stream string, id string) error {
+	if stream == sideStream {
+		return nil
+	}
 	v.b.mu.Lock()
 	defer v.b.mu.Unlock()
 	if v.b.owner[id] == v.me {
@@ -63,6 +71,9 @@ func (v leaseView) Load(ctx context.Context, stream, shard string) (shardflow.Ch
 
 // Save is fenced: only the lease holder may save.
 func (v leaseView) Save(ctx context.Context, stream, shard string, cp shardflow.Checkpoint) error {
+	if stream == sideStream {
+		return v.b.store.Save(ctx, stream, shard, cp)
+	}
 	v.b.mu.Lock()
 	owner := v.b.owner[shard]
 	v.b.mu.Unlock()
@@ -81,7 +92,7 @@ func testHandingAShardToAnotherInstanceLosesAndRepeatsNothing(t *testing.T, m re
 		b := &leaseBoard{store: memory.New(), owner: map[string]string{},
 			want: map[string]string{"shardId-000000000000": "a", "shardId-000000000001": "a"}}
 		run := func(ctx context.Context, me string, sink *collector) <-chan error {
-			src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
+			src := m.newSource(t, f, "in", func(o *kinesissource.Options) {
 				o.Store = leaseView{b, me}
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.Limit = 10
@@ -167,7 +178,7 @@ func testAHandOverThatTimesOutStillReleasesTheLease(t *testing.T, m readMode) {
 		b := &leaseBoard{store: memory.New(), owner: map[string]string{}, want: map[string]string{shard: "a"}}
 		unblock := make(chan struct{})
 		run := func(ctx context.Context, me string, handler func(context.Context, shardflow.Record) error, sink *collector) <-chan error {
-			src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
+			src := m.newSource(t, f, "in", func(o *kinesissource.Options) {
 				o.Store = leaseView{b, me}
 				o.InitialPosition = kinesissource.TrimHorizon()
 				o.HandoffTimeout = 5 * time.Second

@@ -51,7 +51,6 @@ type sourceMetrics struct {
 	polls, fanOut      readCounters
 	subscriptions      metric.Int64Counter
 	millisBehind, held metric.Int64ObservableGauge
-	stream             []metric.ObserveOption // {stream}
 }
 
 // readCounters count a read mode's reads: GetRecords calls when polling,
@@ -66,9 +65,9 @@ type readCounters struct {
 }
 
 // newMetrics makes the source's instruments from its provider, and
-// registers the callback of its gauges, which reads c. The caller
-// unregisters it when Run returns.
-func (s *Source) newMetrics(c *coordinator) (*sourceMetrics, metric.Registration) {
+// registers the callback of its gauges, which reads the coordinators of
+// its streams. The caller unregisters it when Run returns.
+func (s *Source) newMetrics(coords []*coordinator) (*sourceMetrics, metric.Registration) {
 	meter := telemetry.Meter(s.mp)
 	var errs []error
 	counter := func(name, unit, desc string) metric.Int64Counter {
@@ -98,9 +97,13 @@ func (s *Source) newMetrics(c *coordinator) (*sourceMetrics, metric.Registration
 		},
 		millisBehind: gauge(metricMillisBehind, "ms", "How far the shard's reader is behind the tip of the stream, as of its last read."),
 		held:         gauge(metricShardsHeld, "{shard}", "Shards the source reads now."),
-		stream:       []metric.ObserveOption{metric.WithAttributeSet(telemetry.Stream(s.stream))},
 	}
-	if s.opts.EnhancedFanOut != nil {
+	anyFanOut := false
+	for _, st := range s.streams {
+		_, ok := st.mode.(*fanOut)
+		anyFanOut = anyFanOut || ok
+	}
+	if anyFanOut {
 		// Made only when used, so that a polling source's exporter shows
 		// no series it can never move.
 		m.subscriptions = counter(metricSubscriptions, "{subscription}", "SubscribeToShard calls made (enhanced fan-out), failed ones included.")
@@ -111,7 +114,9 @@ func (s *Source) newMetrics(c *coordinator) (*sourceMetrics, metric.Registration
 		}
 	}
 	reg, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		c.observe(o, m)
+		for _, c := range coords {
+			c.observe(o, m)
+		}
 		return nil
 	}, m.millisBehind, m.held)
 	if err != nil {
@@ -182,8 +187,8 @@ func (r *reader) report(ctx context.Context, ev GetRecordsEvent) {
 	r.notify(ev)
 }
 
-// observe reports the gauges: the shards read now, and how far behind
-// each is.
+// observe reports the gauges of c's stream: the shards read now, and how
+// far behind each is.
 func (c *coordinator) observe(o metric.Observer, m *sourceMetrics) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -197,5 +202,5 @@ func (c *coordinator) observe(o metric.Observer, m *sourceMetrics) {
 			o.ObserveInt64(m.millisBehind, v, r.met.obs...)
 		}
 	}
-	o.ObserveInt64(m.held, n, m.stream...)
+	o.ObserveInt64(m.held, n, c.streamObs...)
 }

@@ -16,11 +16,11 @@ func TestRecordingAGetRecordsCallDoesNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &coordinator{src: src, readers: map[string]*reader{}}
-	met, reg := src.newMetrics(c)
+	c := &coordinator{src: src, st: src.streams[0], readers: map[string]*reader{}}
+	met, reg := src.newMetrics([]*coordinator{c})
 	defer func() { _ = reg.Unregister() }()
 	c.met = met
-	r := &reader{src: src, c: c, shardID: "shardId-000000000000"}
+	r := &reader{src: src, c: c, st: c.st, shardID: "shardId-000000000000"}
 	r.met.init(c.met, &c.met.polls, "in", r.shardID)
 	ev := GetRecordsEvent{Stream: "in", ShardID: r.shardID, Records: 100, UserRecords: 100, Bytes: 4096, MillisBehindLatest: 7}
 	ctx := context.Background()

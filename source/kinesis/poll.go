@@ -20,10 +20,10 @@ const minCallSpacing = 200 * time.Millisecond
 // GetRecords.
 type polling struct{}
 
-func (polling) begin(context.Context, *Source) (runReads, error) { return polling{}, nil }
-func (polling) newFetcher(r *reader) fetcher                     { return &pollFetcher{r: r} }
-func (polling) counters(m *sourceMetrics) *readCounters          { return &m.polls }
-func (polling) end(context.Context)                              {}
+func (polling) begin(context.Context, *Source, *streamConf) (runReads, error) { return polling{}, nil }
+func (polling) newFetcher(r *reader) fetcher                                  { return &pollFetcher{r: r} }
+func (polling) counters(m *sourceMetrics) *readCounters                       { return &m.polls }
+func (polling) end(context.Context)                                           {}
 
 // pollFetcher reads a shard with GetRecords: back to back while behind the
 // tip, every IdleInterval at the tip, at most 5 calls per second.
@@ -101,10 +101,10 @@ func (p *pollFetcher) next(ctx context.Context) (batch, error) {
 func (r *reader) getRecords(ctx context.Context, iter string, lastCall *time.Time) (*kinesis.GetRecordsOutput, time.Duration, error) {
 	s := r.src
 	*lastCall = time.Now()
-	out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: s.streamARN()})
+	out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: aws.String(iter), Limit: aws.Int32(s.opts.Limit), StreamARN: r.st.arnRef()})
 	took := time.Since(*lastCall)
 	if err != nil {
-		r.report(ctx, GetRecordsEvent{Stream: s.stream, ShardID: r.shardID, Err: err, Duration: took,
+		r.report(ctx, GetRecordsEvent{Stream: r.st.name, ShardID: r.shardID, Err: err, Duration: took,
 			Throttled: awserr.Classify(err) == awserr.Throttled})
 	}
 	return out, took, err
@@ -141,7 +141,7 @@ func (r *reader) resumeIterator(ctx context.Context) (string, error) {
 
 func (r *reader) positionIterator(ctx context.Context, p startPosition) (string, error) {
 	in := &kinesis.GetShardIteratorInput{ShardIteratorType: p.typ,
-		StreamName: r.src.streamName(), StreamARN: r.src.streamARN(), ShardId: aws.String(r.shardID)}
+		StreamName: r.st.nameRef(), StreamARN: r.st.arnRef(), ShardId: aws.String(r.shardID)}
 	switch p.typ {
 	case types.ShardIteratorTypeAtTimestamp:
 		in.Timestamp = aws.Time(p.at)

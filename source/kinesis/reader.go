@@ -32,6 +32,7 @@ type startSpec struct {
 type reader struct {
 	src     *Source
 	c       *coordinator
+	st      *streamConf // the stream of the shard
 	shardID string
 	start   startSpec
 	log     *slog.Logger
@@ -101,7 +102,7 @@ func (r *reader) run(ctx context.Context) error {
 		return nil
 	}
 	r.start.checkpoint, r.start.hasCheckpoint = cp, hasCP
-	lane, err := r.c.shards.Open(s.stream, r.shardID, s.opts.Store)
+	lane, err := r.c.shards.Open(r.st.name, r.shardID, s.opts.Store)
 	if err != nil {
 		r.c.stopped(r)
 		return r.exitErr(ctx, err)
@@ -135,7 +136,8 @@ func (r *reader) read(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 			return nil, err
 		}
 		lane.Heartbeat() // a successful read, records or not
-		ev := GetRecordsEvent{Stream: r.src.stream, ShardID: r.shardID, Duration: b.took, Records: len(b.records), MillisBehindLatest: b.millisBehind}
+		ev := GetRecordsEvent{Stream: r.st.name, ShardID: r.shardID, Duration: b.took, Records: len(b.records),
+			Bytes: r.recordLoad(b.records), MillisBehindLatest: b.millisBehind}
 		for i := range b.records {
 			if err := r.emit(ctx, lane, &b.records[i], &ev); err != nil {
 				r.report(ctx, ev)
@@ -147,6 +149,20 @@ func (r *reader) read(ctx context.Context, lane *shardflow.Lane[shardflow.Record
 			return b.children, nil
 		}
 	}
+}
+
+// recordLoad returns the data bytes of the records of a successful read,
+// and reports the read to a store that balances leases by load
+// (shardflow.LoadRecorder). It runs on every read: it neither allocates
+// nor locks.
+func (r *reader) recordLoad(records []types.Record) (bytes int) {
+	for i := range records {
+		bytes += len(records[i].Data)
+	}
+	if r.c.loads != nil {
+		r.c.loads.RecordLoad(r.st.name, r.shardID, len(records), bytes)
+	}
+	return bytes
 }
 
 // requestStop asks the reader to hand its shard over: it stops reading,
@@ -164,12 +180,11 @@ func (r *reader) sleep(ctx context.Context, d time.Duration) error {
 }
 
 // emit hands the user records of one Kinesis record to the lane, and counts
-// what it read and handed on in ev.
+// what it handed on in ev.
 func (r *reader) emit(ctx context.Context, lane *shardflow.Lane[shardflow.Record], kr *types.Record, ev *GetRecordsEvent) error {
 	seq := aws.ToString(kr.SequenceNumber)
-	ev.Bytes += len(kr.Data)
 	base := shardflow.Record{
-		Stream:                      r.src.stream,
+		Stream:                      r.st.name,
 		ShardID:                     r.shardID,
 		PartitionKey:                aws.ToString(kr.PartitionKey),
 		SequenceNumber:              seq,
@@ -301,7 +316,7 @@ func (r *reader) exitErr(ctx context.Context, err error) error {
 		r.log.Info("stopped reading shard", "err", err)
 		return nil
 	}
-	return fmt.Errorf("read shard %s of stream %q: %w", r.shardID, r.src.stream, err)
+	return fmt.Errorf("read shard %s of stream %q: %w", r.shardID, r.st.name, err)
 }
 
 // releaseTimeout bounds the release of a lease, one conditional write: it
@@ -317,7 +332,7 @@ func (r *reader) release(ctx context.Context) bool {
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if err := r.c.leaser.ReleaseLease(rctx, r.src.stream, r.shardID); err != nil {
+	if err := r.c.leaser.ReleaseLease(rctx, r.st.name, r.shardID); err != nil {
 		r.log.Warn("lease not released; it expires instead", "err", err)
 		return false
 	}
@@ -407,7 +422,7 @@ func (r *reader) startAt() startPosition {
 func (r *reader) checkpointRefused(err error) error {
 	cp := r.start.checkpoint
 	if !r.src.opts.FallbackToTrimHorizon {
-		return &CheckpointExpiredError{Stream: r.src.stream, ShardID: r.shardID, Checkpoint: cp.SequenceNumber, Err: err}
+		return &CheckpointExpiredError{Stream: r.st.name, ShardID: r.shardID, Checkpoint: cp.SequenceNumber, Err: err}
 	}
 	r.log.Warn("checkpoint refused; starting at the trim horizon as FallbackToTrimHorizon allows: records may have been lost",
 		"sequence_number", cp.SequenceNumber, "err", err)

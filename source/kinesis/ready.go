@@ -9,7 +9,8 @@ import (
 
 // Ready reports whether the source is reading what it should, for a
 // readiness probe (the CLI's /readyz calls it). It returns nil when all of
-// these hold, and otherwise an error naming the first that does not:
+// these hold, for every stream it reads, and otherwise an error naming the
+// stream and the first that does not:
 //
 //   - Run is running and not stopping (so before Run starts, and once its
 //     context is cancelled or it failed, the source is not ready);
@@ -24,14 +25,24 @@ import (
 // Ready is safe for concurrent use, does not block on I/O, and calls no
 // API: it reads the state Run keeps.
 func (s *Source) Ready() error {
-	c := s.cur.Load()
-	if c == nil {
-		return fmt.Errorf("kinesis source of stream %q is not ready: it is not running", s.stream)
+	rs := s.cur.Load()
+	if rs == nil {
+		return fmt.Errorf("kinesis source of %s is not ready: it is not running", s.describe())
 	}
-	if err := c.ready(); err != nil {
-		return fmt.Errorf("kinesis source of stream %q is not ready: %w", s.stream, err)
+	for _, c := range rs.coords {
+		if err := c.ready(); err != nil {
+			return fmt.Errorf("kinesis source of stream %q is not ready: %w", c.st.name, err)
+		}
 	}
 	return nil
+}
+
+// describe names the source's streams, for messages.
+func (s *Source) describe() string {
+	if len(s.streams) == 1 {
+		return fmt.Sprintf("stream %q", s.streams[0].name)
+	}
+	return fmt.Sprintf("streams %q", s.Streams())
 }
 
 func (c *coordinator) ready() error {

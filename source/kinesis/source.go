@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/awsclient"
 	"github.com/shardflow/shardflow/internal/retry"
+	"github.com/shardflow/shardflow/internal/telemetry"
 )
 
 // API is the part of the Kinesis API the source calls, with the exact
@@ -207,21 +207,27 @@ type GetRecordsEvent struct {
 	Duration time.Duration
 }
 
-// Source reads a Kinesis stream. Create it with New or NewFromConfig; Run
-// it through shardflow.Source. One Source may be run by one pipeline at a
-// time.
+// Source reads one Kinesis stream, or several (NewStreams). Create it
+// with New, NewFromConfig or NewStreams; Run it through shardflow.Source.
+// One Source may be run by one pipeline at a time.
 type Source struct {
-	client API
-	stream string // the name, also for ARN-addressed streams
-	arn    string // set when addressed by ARN
-	opts   Options
-	leaser shardflow.Leaser     // opts.Store as a Leaser, or nil
-	policy retry.Policy         // opts.Retry resolved
-	mode   readMode             // polling, or enhanced fan-out
-	log    *slog.Logger         // set before Run, read by its goroutines
-	mp     metric.MeterProvider // set before Run; nil: the global provider
+	client  API
+	streams []*streamConf // at least one, in the order given
+	opts    Options
+	leaser  shardflow.Leaser       // opts.Store as a Leaser, or nil
+	loads   shardflow.LoadRecorder // opts.Store as a LoadRecorder, or nil
+	leaver  shardflow.LeaseLeaver  // opts.Store as a LeaseLeaver, or nil
+	policy  retry.Policy           // opts.Retry resolved
+	log     *slog.Logger           // set before Run, read by its goroutines
+	mp      metric.MeterProvider   // set before Run; nil: the global provider
 
-	cur atomic.Pointer[coordinator] // the Run in progress, for Ready
+	cur atomic.Pointer[running] // the Run in progress, for Ready
+}
+
+// running is the state of a Run that Ready reads: one coordinator per
+// stream, in the order of s.streams.
+type running struct {
+	coords []*coordinator
 }
 
 var (
@@ -256,24 +262,38 @@ func NewFromConfig(cfg aws.Config, stream string, optFns ...func(*Options)) (*So
 // the client a retryer that does not retry on its own (aws.NopRetryer),
 // as NewFromConfig does. New checks the options, and returns a
 // *shardflow.ConfigError naming the field at fault, but calls no API.
+// NewStreams reads several streams in one source.
 func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
+	return newSource(client, []Stream{{Name: stream}}, true, optFns)
+}
+
+// NewStreams returns a source reading several streams through client, at
+// most MaxStreams: one pipeline, one checkpoint store, and with a leasing
+// store one lease table and one group of instances for all of them.
+//
+//	src, err := kinesissource.NewStreams(client, []kinesissource.Stream{
+//		{Name: "orders", InitialPosition: kinesissource.TrimHorizon()},
+//		{Name: "payments"}, // Options.InitialPosition
+//	}, func(o *kinesissource.Options) { o.Store = store })
+//
+// Each stream is read as New reads one (its shards, resharding, leases
+// and hand-overs are its own), and each record carries its stream's name
+// in shardflow.Record.Stream. A Stream's zero fields take the source's
+// Options. Like New it checks the options and calls no API: no streams,
+// more than MaxStreams, an empty or repeated name, or a bad field of a
+// Stream is a *shardflow.ConfigError naming the field (streams[i].Name,
+// say). A stream that does not exist stops Run with an error naming it.
+func NewStreams(client API, streams []Stream, optFns ...func(*Options)) (*Source, error) {
+	return newSource(client, streams, false, optFns)
+}
+
+func newSource(client API, streams []Stream, single bool, optFns []func(*Options)) (*Source, error) {
 	var o Options
 	for _, fn := range optFns {
 		fn(&o)
 	}
 	if client == nil {
 		return nil, &shardflow.ConfigError{Field: "client", Reason: "nil"}
-	}
-	s := &Source{client: client, stream: stream}
-	if strings.HasPrefix(stream, "arn:") {
-		i := strings.LastIndex(stream, ":stream/")
-		if i < 0 || i+len(":stream/") == len(stream) {
-			return nil, &shardflow.ConfigError{Field: "stream", Reason: fmt.Sprintf("%q is not a Kinesis stream ARN", stream)}
-		}
-		s.arn, s.stream = stream, stream[i+len(":stream/"):]
-	}
-	if s.stream == "" {
-		return nil, &shardflow.ConfigError{Field: "stream", Reason: "empty"}
 	}
 	bad := func(field, reason string) error {
 		return &shardflow.ConfigError{Field: "Options." + field, Reason: reason}
@@ -295,18 +315,17 @@ func New(client API, stream string, optFns ...func(*Options)) (*Source, error) {
 	if err := o.Retry.Validate("Options.Retry"); err != nil {
 		return nil, err
 	}
-	s.mode = polling{}
-	if o.EnhancedFanOut != nil {
-		m, err := newFanOut(client, *o.EnhancedFanOut)
-		if err != nil {
-			return nil, err
-		}
-		s.mode = m
-	}
-	s.leaser, _ = o.Store.(shardflow.Leaser)
 	if o.InitialPosition.typ == "" {
 		o.InitialPosition = Latest()
 	}
+	sts, err := resolveStreams(client, streams, &o, single)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{client: client, streams: sts}
+	s.leaser, _ = o.Store.(shardflow.Leaser)
+	s.loads, _ = o.Store.(shardflow.LoadRecorder)
+	s.leaver, _ = o.Store.(shardflow.LeaseLeaver)
 	if o.Limit == 0 {
 		o.Limit = 10000
 	}
@@ -354,26 +373,16 @@ func (s *Source) setLogger(l *slog.Logger) {
 	if l == nil {
 		l = slog.Default()
 	}
-	s.log = l.With("component", "kinesis.source", "stream", s.stream)
-}
-
-// Stream returns the name of the stream the source reads.
-func (s *Source) Stream() string { return s.stream }
-
-// streamRef fills the stream fields of a request.
-func (s *Source) streamName() *string {
-	if s.arn != "" {
-		return nil
+	s.log = l.With("component", "kinesis.source")
+	for _, st := range s.streams {
+		st.log = s.log.With("stream", st.name)
 	}
-	return aws.String(s.stream)
 }
 
-func (s *Source) streamARN() *string {
-	if s.arn == "" {
-		return nil
-	}
-	return aws.String(s.arn)
-}
+// Stream returns the name of the stream the source reads; of a source
+// reading several (NewStreams), the name of the first. Streams returns
+// them all.
+func (s *Source) Stream() string { return s.streams[0].name }
 
 // shardInfo is what discovery knows of a shard.
 type shardInfo struct {
@@ -384,74 +393,105 @@ type shardInfo struct {
 	hashRange hashRange
 }
 
-// Run reads the stream until ctx is done, handing every record to the
-// pipeline through shards. It returns nil when ctx is cancelled, and an error
-// when a shard cannot be read (a missing stream, denied access, an expired
-// checkpoint without FallbackToTrimHorizon, or retries that ran out), or
-// when the lease store fails a sync with an error marked
-// [shardflow.Permanent] (the DynamoDB store's missing table or wrong key
-// schema, denied access): then it returns at the first sync, wrapping that
-// error. Other sync failures are retried at the next interval.
+// Run reads the stream, or every stream of a source made by NewStreams,
+// until ctx is done, handing every record to the pipeline through shards.
+// It returns nil when ctx is cancelled, and an error when a shard cannot be
+// read (a missing stream, denied access, an expired checkpoint without
+// FallbackToTrimHorizon, or retries that ran out), or when the lease store
+// fails a sync with an error marked [shardflow.Permanent] (the DynamoDB
+// store's missing table or wrong key schema, denied access): then it
+// returns at the first sync, wrapping that error. Other sync failures are
+// retried at the next interval. An error of one stream stops the reading
+// of all, and names the stream.
 //
 // When the checkpoint store is a [shardflow.Leaser], Run reads only the
 // shards it holds a lease of; when it stops holding one, and when ctx is
 // cancelled, it waits for the shard's records in flight (at most
 // HandoffTimeout), saves its checkpoint and releases the lease, so that
-// another instance takes over at once.
+// another instance takes over at once. Once every shard is released, a
+// store that is a [shardflow.LeaseLeaver] is told that this instance
+// leaves (one call, within 5 seconds; a failure is logged, not returned).
 func (s *Source) Run(ctx context.Context, shards *shardflow.Shards[shardflow.Record]) error {
 	g, gctx := errgroup.WithContext(ctx)
-	c := &coordinator{
-		src:       s,
-		shards:    shards,
-		readers:   make(map[string]*reader),
-		finished:  make(map[string]bool),
-		consumed:  make(map[string]bool),
-		eligible:  make(map[string]startSpec),
-		wake:      make(chan struct{}, 1),
-		leaseWake: make(chan struct{}, 1),
-		done:      gctx.Done(),
+	rs := &running{coords: make([]*coordinator, len(s.streams))}
+	for i, st := range s.streams {
+		rs.coords[i] = &coordinator{
+			src:       s,
+			st:        st,
+			shards:    shards,
+			leaser:    s.leaser,
+			loads:     s.loads,
+			readers:   make(map[string]*reader),
+			finished:  make(map[string]bool),
+			consumed:  make(map[string]bool),
+			eligible:  make(map[string]startSpec),
+			wake:      make(chan struct{}, 1),
+			leaseWake: make(chan struct{}, 1),
+			done:      gctx.Done(),
+			streamObs: []metric.ObserveOption{metric.WithAttributeSet(telemetry.Stream(st.name))},
+		}
 	}
-	c.leaser = s.leaser
-	var reg metric.Registration
-	c.met, reg = s.newMetrics(c)
+	met, reg := s.newMetrics(rs.coords)
 	if reg != nil {
 		defer func() { _ = reg.Unregister() }() // an error would change nothing now
 	}
-	s.cur.Store(c)
-	defer s.cur.CompareAndSwap(c, nil)
-	// Enhanced fan-out needs its consumer ACTIVE before any shard is read.
-	reads, err := s.mode.begin(gctx, s)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
+	for _, c := range rs.coords {
+		c.met = met
+		g.Go(func() error { return c.run(gctx, g) })
+	}
+	s.cur.Store(rs)
+	defer s.cur.CompareAndSwap(rs, nil)
+	err := g.Wait()
+	// Every reader stopped, and released its lease: the instance leaves,
+	// then the consumers registered for this Run may be deregistered.
+	s.leave(ctx)
+	var wg sync.WaitGroup
+	for _, c := range rs.coords {
+		if c.reads != nil { // set before c.run started any reader
+			wg.Go(func() { c.reads.end(ctx) })
 		}
-		return err
 	}
-	c.reads = reads
-	// After every reader stopped: a consumer registered for this Run may
-	// be deregistered.
-	defer reads.end(ctx)
-	g.Go(func() error { return c.discoverLoop(gctx, g) })
-	if c.leaser != nil {
-		g.Go(func() error { return c.leaseLoop(gctx, g) })
-	}
-	err = g.Wait()
+	wg.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))) {
 		return nil
 	}
 	return err
 }
 
-// coordinator decides which shards to read and starts their readers.
+// leaveTimeout bounds the call of LeaseLeaver.Leave when Run returns: one
+// write, like a release.
+const leaveTimeout = releaseTimeout
+
+// leave tells a store that keeps a record of live instances that this one
+// is gone, so that the others count it gone at once.
+func (s *Source) leave(ctx context.Context) {
+	if s.leaver == nil {
+		return
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaveTimeout)
+	defer cancel()
+	if err := s.leaver.Leave(lctx); err != nil {
+		s.log.Warn("leaving the lease group failed; the other instances count this one gone once its leases expire", "err", err)
+		return
+	}
+	s.log.Info("left the lease group")
+}
+
+// coordinator decides which shards of one stream to read and starts their
+// readers. A Run has one per stream; they share nothing but the source,
+// its store and its metrics.
 type coordinator struct {
 	src    *Source
+	st     *streamConf
 	shards *shardflow.Shards[shardflow.Record]
-	leaser shardflow.Leaser // nil: read every eligible shard
-	reads  runReads         // the read mode's state for this Run
+	leaser shardflow.Leaser       // nil: read every eligible shard
+	loads  shardflow.LoadRecorder // nil: the store wants no load reports
+	reads  runReads               // the read mode's state for this Run; set before any reader starts
 
-	met    *sourceMetrics
-	done   <-chan struct{} // closed once Run stops
-	listed atomic.Bool     // a ListShards round succeeded
+	met       *sourceMetrics
+	streamObs []metric.ObserveOption // {stream}, of the shards.held gauge
+	done      <-chan struct{}        // closed once Run stops
+	listed    atomic.Bool            // a ListShards round succeeded
 
 	mu        sync.Mutex
 	readers   map[string]*reader   // running
@@ -462,6 +502,22 @@ type coordinator struct {
 	synced    time.Time            // when the last lease sync succeeded; zero: none did
 	wake      chan struct{}
 	leaseWake chan struct{}
+}
+
+// run reads the coordinator's stream until ctx is done: once its read mode
+// is ready (enhanced fan-out needs its consumer ACTIVE before any shard is
+// read), it discovers the stream's shards, and syncs their leases with a
+// Leaser store.
+func (c *coordinator) run(ctx context.Context, g *errgroup.Group) error {
+	reads, err := c.st.mode.begin(ctx, c.src, c.st)
+	if err != nil {
+		return err
+	}
+	c.reads = reads
+	if c.leaser != nil {
+		g.Go(func() error { return c.leaseLoop(ctx, g) })
+	}
+	return c.discoverLoop(ctx, g)
 }
 
 func (c *coordinator) discoverLoop(ctx context.Context, g *errgroup.Group) error {
@@ -492,7 +548,7 @@ func (c *coordinator) rediscover() {
 // finished, every parent finished. Without a Leaser it starts their readers;
 // with one, the lease loop starts the readers of the shards it holds.
 func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
-	list, err := c.src.listShards(ctx)
+	list, err := c.src.listShards(ctx, c.st)
 	if err != nil {
 		return err
 	}
@@ -538,7 +594,7 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 		if !ready {
 			continue
 		}
-		start := startSpec{initial: c.src.opts.InitialPosition, hashRange: sh.hashRange}
+		start := startSpec{initial: c.st.initial, hashRange: sh.hashRange}
 		if c.anyConsumed(sh.parents) {
 			start.initial = TrimHorizon()
 		}
@@ -573,9 +629,9 @@ func (c *coordinator) discover(ctx context.Context, g *errgroup.Group) error {
 
 // startLocked starts the reader of a shard. Called with c.mu held.
 func (c *coordinator) startLocked(ctx context.Context, g *errgroup.Group, id string, start startSpec) {
-	r := &reader{src: c.src, c: c, shardID: id, start: start, stop: make(chan struct{}),
-		log: c.src.log.With("shard_id", id)}
-	r.met.init(c.met, c.reads.counters(c.met), c.src.stream, id)
+	r := &reader{src: c.src, c: c, st: c.st, shardID: id, start: start, stop: make(chan struct{}),
+		log: c.st.log.With("shard_id", id)}
+	r.met.init(c.met, c.reads.counters(c.met), c.st.name, id)
 	c.readers[id] = r
 	c.consumed[id] = true
 	g.Go(func() error { return r.run(ctx) })
@@ -608,7 +664,7 @@ func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
 		}
 		c.mu.Unlock()
 		slices.Sort(ids)
-		held, err := c.leaser.SyncLeases(ctx, c.src.stream, ids)
+		held, err := c.leaser.SyncLeases(ctx, c.st.name, ids)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -616,11 +672,11 @@ func (c *coordinator) leaseLoop(ctx context.Context, g *errgroup.Group) error {
 			if retry.IsPermanent(err) {
 				// A missing table, a wrong key schema, refused
 				// credentials: no later sync can succeed.
-				return fmt.Errorf("sync leases of stream %q: %w", c.src.stream, err)
+				return fmt.Errorf("sync leases of stream %q: %w", c.st.name, err)
 			}
 			// A brief outage must not cost the leases: keep reading, and
 			// let the fenced checkpoints catch a lease really lost.
-			c.src.log.Warn("lease sync failed; retrying at the next interval", "err", err)
+			c.st.log.Warn("lease sync failed; retrying at the next interval", "err", err)
 			continue
 		}
 		holds := make(map[string]bool, len(held))
@@ -657,7 +713,7 @@ func (c *coordinator) load(ctx context.Context, store shardflow.CheckpointStore,
 	if store == nil {
 		return shardflow.Checkpoint{}, false, nil
 	}
-	cp, ok, err := store.Load(ctx, c.src.stream, shardID)
+	cp, ok, err := store.Load(ctx, c.st.name, shardID)
 	if err != nil {
 		return cp, ok, fmt.Errorf("load checkpoint of shard %s: %w", shardID, err)
 	}
@@ -715,20 +771,20 @@ func (c *coordinator) anyConsumed(ids []string) bool {
 	return false
 }
 
-// listShards returns every shard of the stream, following NextToken,
+// listShards returns every shard of stream st, following NextToken,
 // retrying throttling and transient errors.
-func (s *Source) listShards(ctx context.Context) ([]shardInfo, error) {
+func (s *Source) listShards(ctx context.Context, st *streamConf) ([]shardInfo, error) {
 	var out []shardInfo
-	in := &kinesis.ListShardsInput{StreamName: s.streamName(), StreamARN: s.streamARN(), MaxResults: aws.Int32(s.opts.ListShardsPageSize)}
+	in := &kinesis.ListShardsInput{StreamName: st.nameRef(), StreamARN: st.arnRef(), MaxResults: aws.Int32(s.opts.ListShardsPageSize)}
 	for {
 		var page *kinesis.ListShardsOutput
-		err := s.call(ctx, s.log, "list shards", func(ctx context.Context) error {
+		err := s.call(ctx, st.log, "list shards", func(ctx context.Context) error {
 			var err error
 			page, err = s.client.ListShards(ctx, in)
 			return err
 		})
 		if err != nil {
-			return nil, fmt.Errorf("list shards of stream %q: %w", s.stream, err)
+			return nil, fmt.Errorf("list shards of stream %q: %w", st.name, err)
 		}
 		for _, sh := range page.Shards {
 			info := shardInfo{id: aws.ToString(sh.ShardId), hashRange: shardHashRange(sh.HashKeyRange)}

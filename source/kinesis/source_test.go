@@ -153,7 +153,7 @@ func testReadsEveryShardOnceInOrderAndCheckpoints(t *testing.T, m readMode) {
 		put(t, f, "in", 0, 2000, 40)
 		store := memory.New()
 		var calls, records atomic.Int64
-		src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
+		src := m.newSource(t, f, "in", func(o *kinesissource.Options) {
 			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 300
@@ -196,12 +196,12 @@ func testRestartResumesFromTheCheckpointWithoutLossOrRepeat(t *testing.T, m read
 		first := &collector{}
 		// Hold the pipeline back so that the first run stops part-way.
 		slow := func(context.Context, shardflow.Record) error { time.Sleep(time.Millisecond); return nil }
-		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", m.opts, opts)).Tap(slow).Sink(first), func() bool { return first.len() >= 250 }); err != nil {
+		if err := runUntil(t, shardflow.Source(m.newSource(t, f, "in", opts)).Tap(slow).Sink(first), func() bool { return first.len() >= 250 }); err != nil {
 			t.Fatal(err)
 		}
 		put(t, f, "in", 600, 900, 30)
 		second := &collector{}
-		if err := runUntil(t, shardflow.Source(newSource(t, f, "in", m.opts, opts)).Sink(second),
+		if err := runUntil(t, shardflow.Source(m.newSource(t, f, "in", opts)).Sink(second),
 			func() bool { return first.len()+second.len() >= 900 }); err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +232,7 @@ func testStartingPositions(t *testing.T, m readMode) {
 				putOne(t, f, "old")
 				time.Sleep(time.Minute)
 				putOne(t, f, "mid")
-				src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) { o.InitialPosition = tc.start(t0) })
+				src := m.newSource(t, f, "in", func(o *kinesissource.Options) { o.InitialPosition = tc.start(t0) })
 				sink := &collector{}
 				ctx, cancel := context.WithCancel(t.Context())
 				errc := make(chan error, 1)
@@ -368,7 +368,7 @@ func testReshardingReadsParentsBeforeChildren(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 2)
 		store := memory.New()
-		src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
+		src := m.newSource(t, f, "in", func(o *kinesissource.Options) {
 			o.Store = store
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.Limit = 20
@@ -422,7 +422,7 @@ func testErrorsThatStopTheSource(t *testing.T, m readMode) {
 	t.Run("a missing stream", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := kinesisfake.New()
-			err := shardflow.Source(newSource(t, f, "nope", m.opts)).Sink(&collector{}).Run(t.Context())
+			err := shardflow.Source(m.newSource(t, f, "nope")).Sink(&collector{}).Run(t.Context())
 			var rnf *types.ResourceNotFoundException
 			if !errors.As(err, &rnf) {
 				t.Fatalf("Run = %v; want a ResourceNotFoundException", err)
@@ -432,7 +432,7 @@ func testErrorsThatStopTheSource(t *testing.T, m readMode) {
 	t.Run("a checkpoint Kinesis refuses is a typed error", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f, store := streamWithRefusedCheckpoint(t)
-			err := shardflow.Source(newSource(t, f, "in", m.opts, func(o *kinesissource.Options) { o.Store = store })).Sink(&collector{}).Run(t.Context())
+			err := shardflow.Source(m.newSource(t, f, "in", func(o *kinesissource.Options) { o.Store = store })).Sink(&collector{}).Run(t.Context())
 			var cee *kinesissource.CheckpointExpiredError
 			if !errors.As(err, &cee) || cee.ShardID != "shardId-000000000000" || cee.Checkpoint != "12345" {
 				t.Fatalf("Run = %v; want a CheckpointExpiredError for the shard at 12345", err)
@@ -443,7 +443,7 @@ func testErrorsThatStopTheSource(t *testing.T, m readMode) {
 		synctest.Test(t, func(t *testing.T) {
 			f, store := streamWithRefusedCheckpoint(t)
 			sink := &collector{}
-			src := newSource(t, f, "in", m.opts, func(o *kinesissource.Options) {
+			src := m.newSource(t, f, "in", func(o *kinesissource.Options) {
 				o.Store = store
 				o.FallbackToTrimHorizon = true
 			})
@@ -492,7 +492,7 @@ func testAddressingAndPaging(t *testing.T, m readMode) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newStream(t, "in", 5)
 		put(t, f, "in", 0, 200, 20)
-		src := newSource(t, f, kinesisfake.StreamARN("in"), m.opts, func(o *kinesissource.Options) {
+		src := m.newSource(t, f, kinesisfake.StreamARN("in"), func(o *kinesissource.Options) {
 			o.InitialPosition = kinesissource.TrimHorizon()
 			o.ListShardsPageSize = 2
 		})

@@ -97,7 +97,7 @@ func (f *fanOutFetcher) next(ctx context.Context) (batch, error) {
 					r.log.Debug("subscription ended; renewing it", "from", f.pos.Type, "sequence_number", aws.ToString(f.pos.SequenceNumber))
 					continue
 				}
-				r.report(ctx, GetRecordsEvent{Stream: r.src.stream, ShardID: r.shardID, Err: err, Duration: time.Since(wait),
+				r.report(ctx, GetRecordsEvent{Stream: r.st.name, ShardID: r.shardID, Err: err, Duration: time.Since(wait),
 					Throttled: awserr.Classify(err) == awserr.Throttled})
 				r.log.Warn("subscription failed; subscribing again", "err", err)
 				f.failed(err)
@@ -176,7 +176,7 @@ func (f *fanOutFetcher) connect(ctx context.Context) error {
 	if isNotFound(err) {
 		// A consumer deregistered while the source reads through it.
 		if gone, gerr := f.run.consumerGone(ctx); gerr == nil && gone {
-			return &ConsumerDeletedError{Stream: r.src.stream, ConsumerARN: f.run.arn, Err: err}
+			return &ConsumerDeletedError{Stream: r.st.name, ConsumerARN: f.run.arn, Err: err}
 		}
 	}
 	return err
@@ -200,7 +200,7 @@ func (f *fanOutFetcher) subscribe(ctx, callCtx context.Context) error {
 	}
 	if err != nil {
 		cancel()
-		r.report(callCtx, GetRecordsEvent{Stream: r.src.stream, ShardID: r.shardID, Err: err, Duration: time.Since(start),
+		r.report(callCtx, GetRecordsEvent{Stream: r.st.name, ShardID: r.shardID, Err: err, Duration: time.Since(start),
 			Throttled: awserr.Classify(err) == awserr.Throttled})
 		return err
 	}
