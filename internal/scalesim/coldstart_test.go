@@ -52,8 +52,11 @@ func coldStart(t *testing.T, z size) {
 
 	// Let hand-overs in progress end, then measure a quiet group.
 	time.Sleep(30 * time.Second)
+	s.resetGaps()
 	idle, idleBy := s.callsPerShardMinute(3 * time.Minute)
 	r.add("idle: table calls / shard / minute", goal("≤ 2", idle <= idleCallsGoal), "%.2f (%s)", idle, formatCalls(idleBy))
+	gap, _ := s.longestGap()
+	r.add("idle: longest a shard went unread", "", "%v", gap.Round(poll))
 	if o := s.ownership(); !o.balanced(z.shards) {
 		t.Errorf("no longer balanced after 3 idle minutes: %v", o)
 	}

@@ -35,13 +35,25 @@ func (z size) String() string { return fmt.Sprintf("%dx%d", z.shards, z.instance
 // the one the goals are stated for, skipped with -short.
 var sizes = []size{{shards: 100, instances: 5}, {shards: 1000, instances: 20, big: true}}
 
+// skipBig skips a big size with -short, and under the race detector, where
+// it takes ten times the CPU (minutes) and several GB of memory; the small
+// size runs there.
+func skipBig(t *testing.T, z size) {
+	t.Helper()
+	switch {
+	case !z.big:
+	case testing.Short():
+		t.Skipf("%v: a scale run of up to a minute of CPU; run without -short to run it", z)
+	case raceEnabled:
+		t.Skipf("%v: a scale run takes minutes and GBs under the race detector; run without -race to run it", z)
+	}
+}
+
 // forSizes runs scenario once per size, each in its own synctest bubble.
 func forSizes(t *testing.T, scenario func(t *testing.T, z size)) {
 	for _, z := range sizes {
 		t.Run(z.String(), func(t *testing.T) {
-			if z.big && testing.Short() {
-				t.Skipf("%v: a scale run of a minute or two of CPU; run without -short", z)
-			}
+			skipBig(t, z)
 			scenario(t, z)
 		})
 	}
