@@ -38,13 +38,22 @@ var testStreams = []struct {
 // newStreams creates testStreams on a new fake, with their records.
 func newStreams(t *testing.T) (*kinesisfake.Fake, []kinesissource.Stream) {
 	t.Helper()
+	f, streams := createStreams(t)
+	for _, s := range testStreams {
+		put(t, f, s.name, 0, s.records, 10)
+	}
+	return f, streams
+}
+
+// createStreams creates testStreams on a new fake, with no records.
+func createStreams(t *testing.T) (*kinesisfake.Fake, []kinesissource.Stream) {
+	t.Helper()
 	f := kinesisfake.New()
 	var streams []kinesissource.Stream
 	for _, s := range testStreams {
 		if _, err := f.CreateStream(t.Context(), &kinesis.CreateStreamInput{StreamName: aws.String(s.name), ShardCount: aws.Int32(s.shards)}); err != nil {
 			t.Fatal(err)
 		}
-		put(t, f, s.name, 0, s.records, 10)
 		streams = append(streams, kinesissource.Stream{Name: s.name})
 	}
 	return f, streams
