@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -418,4 +419,60 @@ func TestTheSourceLeavesOnceAfterReleasingEveryLease(t *testing.T) {
 			})
 		})
 	}
+}
+
+// Ready names the stream that is not ready.
+func TestReadyOfSeveralStreamsNamesTheStreamNotReady(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f, streams := createStreams(t)
+		var listDown atomic.Bool
+		listDown.Store(true)
+		f.InjectError(func(op string, in any) error {
+			if op == "ListShards" && listDown.Load() && aws.ToString(in.(*kinesis.ListShardsInput).StreamName) == "payments" {
+				return &types.InternalFailureException{Message: aws.String("injected")}
+			}
+			return nil
+		})
+		src := newStreamsSource(t, f, streams)
+		wantNotReady(t, src, `kinesis source of streams ["orders" "payments" "refunds"] is not ready: it is not running`)
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := make(chan error, 1)
+		go func() { errc <- shardflow.Source(src).Sink(&collector{}).Run(ctx) }()
+		time.Sleep(2 * time.Second) // ListShards of payments fails and is retried meanwhile
+		wantNotReady(t, src, `kinesis source of stream "payments" is not ready: it has not listed the stream's shards yet`)
+		listDown.Store(false)
+		waitReady(t, src)
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	})
+}
+
+// The metrics of each shard, and the gauge of the shards held, carry
+// their stream.
+func TestSourceMetricsOfSeveralStreams(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f, streams := newStreams(t)
+		r, mp := meterProvider()
+		src := newStreamsSource(t, f, streams, func(o *kinesissource.Options) {
+			o.InitialPosition = kinesissource.TrimHorizon()
+			o.MeterProvider = mp
+		})
+		sink := &collector{}
+		got := runCollecting(t, shardflow.Source(src).Sink(sink), r, func() bool { return sink.len() >= 600 })
+		for _, s := range testStreams {
+			if n := got[point{"shardflow.source.shards.held", "stream=" + s.name}]; n != int64(s.shards) {
+				t.Errorf("stream %s: %d shards held; want %d", s.name, n, s.shards)
+			}
+			ids, _ := f.Shards(s.name)
+			var records int64
+			for _, id := range ids {
+				records += got[point{"shardflow.source.records", shardAttrs(s.name, id)}]
+			}
+			if records != int64(s.records) {
+				t.Errorf("stream %s: %d records counted; want %d", s.name, records, s.records)
+			}
+		}
+	})
 }
