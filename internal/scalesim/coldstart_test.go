@@ -43,6 +43,7 @@ func coldStart(t *testing.T, z size) {
 	var r report
 
 	s.start(z.instances)
+	r.add("balanced means", "", "%s", s.criterion())
 	took, ok := s.waitBalanced(balanceBound)
 	r.add("cold start: balanced after (virtual)", goal("≤ 30s", took <= balanceGoal), "%v", took.Round(poll))
 	if !ok {

@@ -44,7 +44,7 @@ func TestHotShard(t *testing.T) {
 	forSizes(t, func(t *testing.T, z size) {
 		synctest.Test(t, func(t *testing.T) { hotShard(t, z, 1) })
 	})
-	t.Run("1000x20/10hot", func(t *testing.T) {
+	t.Run("10hot_1000x20", func(t *testing.T) {
 		z := size{shards: 1000, instances: 20, big: true}
 		skipBig(t, z)
 		synctest.Test(t, func(t *testing.T) { hotShard(t, z, 10) })

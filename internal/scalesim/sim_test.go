@@ -87,6 +87,8 @@ type sim struct {
 	mu        sync.Mutex
 	nodes     []*node
 	written   map[string][]string // by shard: sequence numbers written
+	rates     map[string]int      // by shard: records a second the producer writes; nil when it does not run
+	byLoad    bool                // the store's Instances balance by load (see balancesByLoad)
 	delivered map[string]int      // by sequence number: times delivered
 	putFailed int                 // entries PutRecords refused
 
@@ -161,6 +163,9 @@ func (s *sim) start(n int) {
 			s.t.Fatal(err)
 		}
 		nd := &node{name: name, gate: &gate{in: in}, done: make(chan error, 1)}
+		s.mu.Lock()
+		s.byLoad = balancesByLoad(in)
+		s.mu.Unlock()
 		log := slog.New(s.logs.handler(nd.gate))
 		nd.src, err = kinesissource.New(s.fake, streamName, func(o *kinesissource.Options) {
 			o.Store = nd.gate
@@ -270,14 +275,22 @@ func (s *sim) crash(n *node) {
 // ownership is who reads what, from the instances' own view: each live
 // instance's last SyncLeases answer.
 type ownership struct {
-	counts   map[string]int // by live instance: shards held
-	missing  int            // shards no live instance holds
-	doubled  int            // shards two or more live instances hold
-	unsynced int            // live instances with no successful sync yet
+	counts   map[string]int     // by live instance: shards held
+	loads    map[string]float64 // by live instance: bytes/s written to the shards it holds; nil unless the store balances by load and records flow
+	missing  int                // shards no live instance holds
+	doubled  int                // shards two or more live instances hold
+	unsynced int                // live instances with no successful sync yet
 }
 
 func (s *sim) ownership() ownership {
 	o := ownership{counts: map[string]int{}}
+	s.mu.Lock()
+	rates := s.rates
+	byLoad := s.byLoad
+	s.mu.Unlock()
+	if byLoad && rates != nil {
+		o.loads = map[string]float64{}
+	}
 	by := map[string]int{}
 	for _, n := range s.live() {
 		held, synced := n.gate.holding()
@@ -287,6 +300,9 @@ func (s *sim) ownership() ownership {
 		o.counts[n.name] = len(held)
 		for _, id := range held {
 			by[id]++
+			if o.loads != nil {
+				o.loads[n.name] += float64(rates[id] * recordBytes)
+			}
 		}
 	}
 	for _, id := range s.shards {
@@ -301,10 +317,27 @@ func (s *sim) ownership() ownership {
 }
 
 // balanced reports whether every shard is held by exactly one live instance
-// and every live instance holds within ±1 of the mean.
+// and every live instance holds within ±1 of the mean; or, when the store
+// balances by load and records flow, within ±20% of the mean bytes/s
+// written to the shards (a load balancer leaves counts further apart on
+// purpose, and keeps from moving leases for small gains).
 func (o ownership) balanced(shards int) bool {
 	if o.missing > 0 || o.doubled > 0 || o.unsynced > 0 || len(o.counts) == 0 {
 		return false
+	}
+	if o.loads != nil {
+		var sum float64
+		for _, l := range o.loads {
+			sum += l
+		}
+		mean := sum / float64(len(o.loads))
+		ok := true
+		for _, l := range o.loads {
+			ok = ok && math.Abs(l-mean) <= loadGoal*mean
+		}
+		if ok {
+			return true
+		}
 	}
 	mean := float64(shards) / float64(len(o.counts))
 	for _, c := range o.counts {
@@ -313,6 +346,17 @@ func (o ownership) balanced(shards int) bool {
 		}
 	}
 	return true
+}
+
+// criterion says what balanced means for this group: see
+// ownership.balanced.
+func (s *sim) criterion() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byLoad {
+		return "each shard held once; bytes/s ±20% of the mean while records flow, else shards ±1"
+	}
+	return "each shard held once; shards ±1 of the mean (the store balances by count only)"
 }
 
 func (o ownership) String() string {
@@ -401,14 +445,21 @@ func (s *sim) produce(perSecond func(i int) int) (stop func()) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	done := make(chan struct{})
 	data := make([]byte, recordBytes)
+	rates := map[string]int{}
+	for i, id := range s.shards {
+		rates[id] = perSecond(i)
+	}
+	s.mu.Lock()
+	s.rates = rates
+	s.mu.Unlock()
 	go func() {
 		defer close(done)
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
 			var entries []types.PutRecordsRequestEntry
-			for i, id := range s.shards {
-				for range perSecond(i) {
+			for _, id := range s.shards {
+				for range rates[id] {
 					entries = append(entries, types.PutRecordsRequestEntry{Data: data, PartitionKey: aws.String("k"), ExplicitHashKey: aws.String(s.hashes[id])})
 				}
 			}
@@ -436,7 +487,13 @@ func (s *sim) produce(perSecond func(i int) int) (stop func()) {
 			}
 		}
 	}()
-	return func() { cancel(); <-done }
+	return func() {
+		cancel()
+		<-done
+		s.mu.Lock()
+		s.rates = nil
+		s.mu.Unlock()
+	}
 }
 
 // lost returns how many records written were never delivered, how many were
