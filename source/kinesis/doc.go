@@ -1,5 +1,5 @@
-// Package kinesissource reads a Kinesis data stream into a shardflow
-// pipeline: one goroutine per shard, resuming exactly where each shard's
+// Package kinesissource reads a Kinesis data stream, or several, into a
+// shardflow pipeline: one goroutine per shard, resuming exactly where each shard's
 // checkpoint says, surviving throttling, expired iterators and resharding,
 // and de-aggregating KPL records.
 //
@@ -86,6 +86,37 @@
 // stop reading its subscriptions, never buffer them. The client must
 // implement FanOutAPI, as a *kinesis.Client does.
 //
+// # Several streams
+//
+// NewStreams makes one source of several streams, at most MaxStreams:
+//
+//	src, err := kinesissource.NewStreams(client, []kinesissource.Stream{
+//		{Name: "orders", InitialPosition: kinesissource.TrimHorizon()},
+//		{Name: "payments"}, // starts at Options.InitialPosition
+//	}, func(o *kinesissource.Options) { o.Store = store })
+//
+// Each stream is read as New reads one: its own ListShards rounds (every
+// DiscoveryInterval, well within Kinesis' ListShards rate per stream), its
+// own resharding, its own start position (Stream.InitialPosition, else
+// Options.InitialPosition) and read mode (Stream.EnhancedFanOut, else
+// Options.EnhancedFanOut, else polling; a ConsumerName is registered on
+// each stream that uses it, while a ConsumerARN belongs to one stream, so
+// Options.EnhancedFanOut.ConsumerARN is refused with several streams).
+// The other options apply to every stream alike. Everything else is
+// shared: one pipeline, whose lanes are per (stream, shard); one checkpoint
+// store; and with a leasing store one lease table and one group of
+// instances, which the source asks for leases stream by stream
+// (SyncLeases with each stream's shards), so that the store divides every
+// stream's shards between the instances.
+//
+// Each record carries its stream's name in shardflow.Record.Stream, and
+// checkpoints, leases, metrics (attribute stream), logs (stream),
+// stall reports and Ready all name the stream as well as the shard. Two
+// streams of one source may not share a name, not even in two accounts:
+// checkpoints and leases are kept by name. A stream that does not exist
+// stops Run with Kinesis' ResourceNotFoundException, wrapped in an error
+// naming the stream; any error of one stream stops the reading of all.
+//
 // # Leases and shutdown
 //
 // With a store that is a shardflow.Leaser (the DynamoDB store), the source
@@ -97,6 +128,15 @@
 // so HandoffTimeout must be below the store's LeaseDuration (by default it
 // is half of it); and on shutdown the hand-over also ends with the
 // pipeline's DrainTimeout.
+//
+// A store that balances leases by load (a shardflow.LoadRecorder, like the
+// DynamoDB store) is told, after every successful read of a shard (a
+// GetRecords call, or an enhanced fan-out event), the Kinesis records it
+// returned, before KPL de-aggregation, and their bytes. A store that keeps
+// a record of live instances (a shardflow.LeaseLeaver) is told once, when
+// Run returns, after every lease was released, that this instance leaves,
+// so that the other instances take over its share at once rather than
+// after LeaseDuration; a failure to leave is logged, not returned.
 //
 // # Metrics, stalls and readiness
 //

@@ -65,3 +65,61 @@ func Example() {
 	// [alice: order-1 alice: order-3 bob: order-2] <nil>
 	// shards checkpointed: 2
 }
+
+// Reading two streams in one pipeline, with one checkpoint store: each
+// record carries the name of its stream. With a leasing store (the
+// DynamoDB store), the instances of the pipeline share one lease table and
+// divide the shards of every stream between them.
+func ExampleNewStreams() {
+	ctx := context.Background()
+	client := kinesisfake.New()
+	for _, name := range []string{"orders", "payments"} {
+		client.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(name), ShardCount: aws.Int32(1)})
+	}
+	put := func(stream, data string) {
+		client.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String(stream), Data: []byte(data), PartitionKey: aws.String("alice")})
+	}
+	put("orders", "order-1")
+	put("payments", "payment-1")
+	put("orders", "order-2")
+
+	store := memory.New()
+	src, err := kinesissource.NewStreams(client, []kinesissource.Stream{
+		{Name: "orders", InitialPosition: kinesissource.TrimHorizon()},
+		// A zero InitialPosition means Options.InitialPosition.
+		{Name: "payments"},
+	}, func(o *kinesissource.Options) {
+		o.Store = store
+		o.InitialPosition = kinesissource.TrimHorizon()
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("streams:", src.Streams())
+
+	ctx, cancel := context.WithCancel(ctx)
+	var mu sync.Mutex
+	var got []string
+	err = shardflow.Source(src).
+		Map(func(_ context.Context, r shardflow.Record) (string, error) {
+			return r.Stream + ": " + string(r.Data), nil
+		}).
+		Sink(shardflow.SinkFunc[string](func(_ context.Context, s string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if got = append(got, s); len(got) == 3 {
+				cancel()
+			}
+			return nil
+		})).
+		Run(ctx)
+
+	slices.Sort(got)
+	fmt.Println(got, err)
+	fmt.Println("checkpointed:", len(store.Checkpoints("orders")), "shard of orders,", len(store.Checkpoints("payments")), "of payments")
+	// Output:
+	// streams: [orders payments]
+	// [orders: order-1 orders: order-2 payments: payment-1] <nil>
+	// checkpointed: 1 shard of orders, 1 of payments
+}

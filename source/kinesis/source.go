@@ -67,14 +67,18 @@ func (p StartingPosition) String() string {
 // from New.
 type Options struct {
 	// Store is where shards resume from and where the pipeline saves
-	// their checkpoints. When it is a [shardflow.Leaser] (the DynamoDB
-	// store, or memory's Instance), the source reads only the shards this
-	// instance holds a lease of. Default: nil, no checkpoints: every run
-	// starts each shard at InitialPosition.
+	// their checkpoints, for every stream of the source. When it is a
+	// [shardflow.Leaser] (the DynamoDB store, or memory's Instance), the
+	// source reads only the shards this instance holds a lease of; when
+	// it is a [shardflow.LoadRecorder] it is told the load of every read,
+	// and when it is a [shardflow.LeaseLeaver] it is told when the source
+	// stops. Default: nil, no checkpoints: every run starts each shard at
+	// InitialPosition.
 	Store shardflow.CheckpointStore
 
-	// InitialPosition is where a shard with no checkpoint starts. Default:
-	// Latest(). A child shard whose parent this source read starts at its
+	// InitialPosition is where a shard with no checkpoint starts, in
+	// every stream whose Stream.InitialPosition (NewStreams) is zero.
+	// Default: Latest(). A child shard whose parent this source read starts at its
 	// trim horizon whatever this says, so that no record between the
 	// parent's end and the child's start is skipped.
 	InitialPosition StartingPosition
@@ -153,8 +157,11 @@ type Options struct {
 	// else is the same: starting positions, checkpoints, leases,
 	// resharding, KPL de-aggregation, retries and metrics. The client must
 	// then implement FanOutAPI (a *kinesis.Client and the kinesisfake do).
-	// See EnhancedFanOut for what it costs and its limits. Default: nil,
-	// polling.
+	// See EnhancedFanOut for what it costs and its limits. With
+	// NewStreams it applies to every stream whose Stream.EnhancedFanOut is
+	// nil, and a ConsumerName is registered on each of them; a
+	// ConsumerARN, which names one stream's consumer, is then refused.
+	// Default: nil, polling.
 	EnhancedFanOut *EnhancedFanOut
 
 	// OnGetRecords, if set, is called after every GetRecords call of every
