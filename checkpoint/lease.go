@@ -17,27 +17,45 @@ import "time"
 // default; negative values are refused by the store's constructor with a
 // *shardflow.ConfigError.
 //
+// Each instance proves itself alive with one heartbeat every RenewInterval
+// (one write to a shared item, whatever the number of leases it holds);
+// lease items are written only when a lease changes hands and when a
+// checkpoint is saved. An instance holds its leases while its heartbeat
+// succeeds: when no heartbeat succeeded for LeaseDuration it stops reading
+// every shard. The others see each member's heartbeat at each of their own;
+// a member whose heartbeat did not change for LeaseDuration on the
+// observer's clock is dead, and its leases are taken at once.
+//
 // With the defaults an instance that dies without releasing its leases has
-// them taken by the others within LeaseDuration + RenewInterval (13.3s):
-// they notice its last renewal at most RenewInterval/2 after it, call the
-// lease expired LeaseDuration later, and take it at their next sync, at
-// most RenewInterval/2 after that.
+// them taken by the others about LeaseDuration after its last heartbeat
+// (8s), at most LeaseDuration + RenewInterval + RenewInterval/2 (12s) in
+// the worst phase: an observer first sees the last heartbeat at its own
+// next heartbeat (up to RenewInterval later) and checks a member about to
+// expire at its next sync (every RenewInterval/2), with one read of the
+// heartbeat item.
 type LeaseOptions struct {
-	// LeaseDuration is how long a lease may go unrenewed before other
-	// instances take it. Default: 10s.
+	// LeaseDuration is how long an instance whose heartbeat cannot be
+	// written keeps its leases, and how long others wait after its last
+	// heartbeat before they take them. Default: 8s.
 	LeaseDuration time.Duration
 
-	// RenewInterval is how often each held lease is renewed (one
-	// conditional write). The source syncs leases every RenewInterval/2
-	// (the store's LeaseSyncInterval). Default: LeaseDuration/3. At most
-	// LeaseDuration/2, at least 2ms.
+	// RenewInterval is how often each instance writes its heartbeat (one
+	// conditional write per instance, not per lease). The source syncs
+	// leases every RenewInterval/2 (the store's LeaseSyncInterval).
+	// Default: LeaseDuration/3. At most LeaseDuration/2, at least 2ms.
 	RenewInterval time.Duration
 
-	// HandoffTimeout bounds how long an instance keeps renewing a lease
-	// that another instance asked for, while its source finishes the
-	// records in flight, saves the final checkpoint and releases the lease.
-	// After it the lease expires like an abandoned one. Keep it at least
-	// the source's own HandoffTimeout (half of LeaseDuration by default).
-	// Default: 40s.
+	// HandoffTimeout bounds how long an instance keeps a lease that
+	// another instance asked for, while its source finishes the records in
+	// flight, saves the final checkpoint and releases the lease. After it
+	// the instance frees the lease itself (its source's later checkpoints
+	// of the shard are then refused). Keep it at least the source's own
+	// HandoffTimeout (half of LeaseDuration by default). Default: 40s.
 	HandoffTimeout time.Duration
+
+	// MaxLeasesPerInstance caps the leases an instance holds: it never
+	// takes nor asks for more. 0 means no limit. When the live instances
+	// times the cap is less than the eligible shards, the rest of the
+	// shards stay unread (the store logs a warning once).
+	MaxLeasesPerInstance int
 }

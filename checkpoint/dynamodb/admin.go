@@ -23,14 +23,18 @@ type ShardState struct {
 	Counter int64
 	// WantedBy is an instance that asked the owner for the lease.
 	WantedBy string
-	// RenewedAt is the time the owner last took or renewed the lease, on
-	// the owner's wall clock, with millisecond precision (the item's
-	// lease_renewed_at). It is zero when the lease is free, and when it is
-	// unknown: the item was last written by a version of shardflow that did
-	// not record it, or the attribute is not RFC 3339. Instances never compare it with their own clocks (they
-	// call a lease expired once its counter has not changed for the lease
-	// duration, on their own clock), so RenewedAt plus the lease duration is
-	// when the lease expires only as far as the owner's clock is right.
+	// RenewedAt is the time the owner last proved the lease its own, on
+	// the owner's wall clock, with millisecond precision: its last
+	// heartbeat when the owner has an entry in the table's heartbeat item
+	// (see [MembersKey]), else the time it took the lease (or, for an older
+	// shardflow version, last renewed it: the item's lease_renewed_at). It
+	// is zero when the lease is free, and when it is unknown: the item was
+	// last written by a version of shardflow that did not record it, or
+	// the attribute is not RFC 3339. Instances never compare it with their
+	// own clocks (they call an owner dead once its heartbeat has not
+	// changed for the lease duration, on their own clock), so RenewedAt
+	// plus the lease duration is when the lease expires only as far as the
+	// owner's clock is right.
 	RenewedAt time.Time
 	// Checkpoint is the shard's checkpoint; HasCheckpoint is false when
 	// none was saved.
@@ -47,7 +51,9 @@ var ErrNoShard = errors.New("dynamostore: no item for the shard")
 
 // Shards returns the state of the given shards of stream that have an item
 // in the table, in the order given. It only reads, strongly consistently:
-// one BatchGetItem per 100 shards and one GetItem per shard.
+// one BatchGetItem per 100 shards, one GetItem per shard and one GetItem of
+// the heartbeat item. The heartbeat item itself is no shard: it is never
+// listed.
 func (s *Store) Shards(ctx context.Context, stream string, shardIDs []string) ([]ShardState, error) {
 	if err := s.checkReady(ctx); err != nil {
 		return nil, err
@@ -56,12 +62,27 @@ func (s *Store) Shards(ctx context.Context, stream string, shardIDs []string) ([
 	if err != nil {
 		return nil, fmt.Errorf("read leases of stream %q: %w", stream, err)
 	}
+	members, err := leaseTable{s}.Members(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the heartbeat item: %w", err)
+	}
+	beat := make(map[string]time.Time, len(members))
+	for _, m := range members {
+		beat[m.Owner] = m.RenewedAt
+	}
 	byID := make(map[string]ShardState, len(leases))
 	for _, l := range leases {
-		byID[l.ShardID] = ShardState{ShardID: l.ShardID, Owner: l.Owner, Counter: l.Counter, WantedBy: l.Want, RenewedAt: l.RenewedAt}
+		st := ShardState{ShardID: l.ShardID, Owner: l.Owner, Counter: l.Counter, WantedBy: l.Want, RenewedAt: l.RenewedAt}
+		if at, ok := beat[l.Owner]; ok && l.Owner != "" && at.After(st.RenewedAt) {
+			st.RenewedAt = at
+		}
+		byID[l.ShardID] = st
 	}
 	var out []ShardState
 	for _, id := range shardIDs {
+		if id == MembersKey {
+			continue
+		}
 		item, err := s.loadItem(ctx, stream, id)
 		if err != nil {
 			return nil, err

@@ -24,12 +24,12 @@ func TestZeroValuedOptionsValidateAndRunWithTheDocumentedDefaults(t *testing.T) 
 		t.Fatalf("New with zero Options = %v", err)
 	}
 	o := s.Options()
-	if o.KeyAttribute != "shard" || o.Owner == "" || o.LeaseDuration != 10*time.Second ||
+	if o.KeyAttribute != "shard" || o.Owner == "" || o.LeaseDuration != 8*time.Second ||
 		o.RenewInterval != o.LeaseDuration/3 || o.HandoffTimeout != 40*time.Second || o.Retry != (shardflow.RetryPolicy{}) {
 		t.Errorf("resolved Options = %+v; want the documented defaults", o)
 	}
-	if s.LeaseDuration() != 10*time.Second || s.LeaseSyncInterval() != o.RenewInterval/2 {
-		t.Errorf("LeaseDuration, LeaseSyncInterval = %v, %v; want 10s and RenewInterval/2", s.LeaseDuration(), s.LeaseSyncInterval())
+	if s.LeaseDuration() != 8*time.Second || s.LeaseSyncInterval() != o.RenewInterval/2 {
+		t.Errorf("LeaseDuration, LeaseSyncInterval = %v, %v; want 8s and RenewInterval/2", s.LeaseDuration(), s.LeaseSyncInterval())
 	}
 	ctx := t.Context()
 	stream := awstest.UniqueName(t, "st")

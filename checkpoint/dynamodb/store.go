@@ -106,11 +106,15 @@ type Store struct {
 
 	readyMu sync.Mutex
 	ready   bool
+
+	membersMade atomic.Bool // the heartbeat item exists
 }
 
 var (
 	_ shardflow.CheckpointStore = (*Store)(nil)
 	_ shardflow.Leaser          = (*Store)(nil)
+	_ shardflow.LoadRecorder    = (*Store)(nil)
+	_ shardflow.LeaseLeaver     = (*Store)(nil)
 	_ shardflow.PipelineLogger  = (*Store)(nil)
 
 	_ shardflow.PipelineMeterProvider = (*Store)(nil)
@@ -384,6 +388,19 @@ func (s *Store) SyncLeases(ctx context.Context, stream string, eligible []string
 func (s *Store) ReleaseLease(ctx context.Context, stream, shardID string) error {
 	return s.m.Release(ctx, stream, shardID)
 }
+
+// RecordLoad adds what one read of a shard returned to the shard's measured
+// load, by which the store's instances balance their leases (see
+// [shardflow.LoadRecorder]). It is cheap (atomic adds) and never blocks.
+func (s *Store) RecordLoad(stream, shardID string, records, bytes int) {
+	s.m.RecordLoad(stream, shardID, records, bytes)
+}
+
+// Leave removes this instance's entry from the table's heartbeat item
+// (conditional on this process's incarnation), so that the other instances
+// count it gone and rebalance at once (see [shardflow.LeaseLeaver]). A
+// later SyncLeases joins again. Leaving twice is not an error.
+func (s *Store) Leave(ctx context.Context) error { return s.m.Leave(ctx) }
 
 // LeaseSyncInterval is how often the source calls SyncLeases:
 // RenewInterval/2 (1.67s by default).

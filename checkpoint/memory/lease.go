@@ -55,6 +55,8 @@ var (
 	_ shardflow.CheckpointStore = (*Instance)(nil)
 	_ shardflow.Leaser          = (*Instance)(nil)
 	_ shardflow.PipelineLogger  = (*Instance)(nil)
+	_ shardflow.LoadRecorder    = (*Instance)(nil)
+	_ shardflow.LeaseLeaver     = (*Instance)(nil)
 
 	_ shardflow.PipelineMeterProvider = (*Instance)(nil)
 )
@@ -136,6 +138,18 @@ func (in *Instance) SyncLeases(ctx context.Context, stream string, eligible []st
 	}
 	return in.m.Sync(ctx, stream, eligible)
 }
+
+// RecordLoad adds what one read of a shard returned to the shard's measured
+// load, by which the Instances balance their leases (see
+// [shardflow.LoadRecorder]). It is cheap and never blocks.
+func (in *Instance) RecordLoad(stream, shardID string, records, bytes int) {
+	in.m.RecordLoad(stream, shardID, records, bytes)
+}
+
+// Leave removes the instance from the group's heartbeat item, so that the
+// other Instances count it gone at once (see [shardflow.LeaseLeaver]). A
+// later SyncLeases joins again. Leaving twice is not an error.
+func (in *Instance) Leave(ctx context.Context) error { return in.m.Leave(ctx) }
 
 // ReleaseLease frees this instance's lease of a shard; releasing a lease it
 // does not hold is not an error.
@@ -269,4 +283,42 @@ func (t memTable) Update(ctx context.Context, stream, shardID string, cond lease
 		t.s.n++
 	}
 	return nil
+}
+
+// Beat is the heartbeat of an Instance: one UpdateItem in DynamoDB (and a
+// PutItem the first time, which creates the item).
+func (t memTable) Beat(ctx context.Context, m lease.Member, takeover bool) ([]lease.Member, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t.s.mu.Lock()
+	if !t.s.beatsMade {
+		t.s.beatsMade = true
+		t.s.count("PutItem", 1)
+	}
+	t.s.count("UpdateItem", 1)
+	t.s.mu.Unlock()
+	return t.s.beats.Beat(ctx, m, takeover)
+}
+
+// Members reads the heartbeat item: one GetItem in DynamoDB.
+func (t memTable) Members(ctx context.Context) ([]lease.Member, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t.s.mu.Lock()
+	t.s.count("GetItem", 1)
+	t.s.mu.Unlock()
+	return t.s.beats.Members(ctx)
+}
+
+// Remove removes a heartbeat entry: one UpdateItem in DynamoDB.
+func (t memTable) Remove(ctx context.Context, owner, inc string, beat int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.s.mu.Lock()
+	t.s.count("UpdateItem", 1)
+	t.s.mu.Unlock()
+	return t.s.beats.Remove(ctx, owner, inc, beat)
 }

@@ -51,6 +51,7 @@ import (
 	"sync"
 
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
 )
 
 // Store keeps checkpoints in a map, and the shard leases of its Instances.
@@ -63,6 +64,11 @@ type Store struct {
 	n      int
 	leases map[key]*leaseRec // made by the first lease of an Instance
 	calls  map[string]int64  // by DynamoDB-equivalent call name; see Calls
+	// beats is the heartbeat item of the Instances; it has its own lock.
+	beats lease.Heartbeats
+	// beatsMade is set once the heartbeat item exists (the DynamoDB store
+	// creates it with a PutItem).
+	beatsMade bool
 }
 
 type key struct{ stream, shard string }

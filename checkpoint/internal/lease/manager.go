@@ -2,18 +2,20 @@ package lease
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint"
 	"github.com/shardflow/shardflow/internal/retry"
-	"golang.org/x/sync/errgroup"
 )
 
 // Manager runs the lease algorithm for one instance. It is safe for
@@ -22,14 +24,15 @@ type Manager struct {
 	t   Table
 	o   Options
 	me  string
+	inc string // this process's incarnation
 	log atomic.Pointer[slog.Logger]
 
-	syncMu sync.Mutex // one Sync at a time
+	syncMu sync.Mutex // one Sync (or Leave) at a time
 
 	mu    sync.Mutex
 	held  map[key]*held   // leases this instance holds (or is handing over)
 	seen  map[key]seen    // what each lease looked like when it last changed
-	wants map[string]want // by stream: the one lease this instance asked for
+	wants map[string]want // by stream: the leases this instance asked for
 	// lost are the leases lost since the last Sync. Sync does not take
 	// them back at once: it first returns without them, so that the
 	// caller stops the shard's reader (whose position may be stale: the
@@ -38,6 +41,19 @@ type Manager struct {
 	lost map[key]bool
 	// attrs are the metric attributes of each stream synced, made once.
 	attrs map[string]streamAttrs
+
+	// The heartbeat, guarded by mu.
+	beatN     int64            // the counter of the last heartbeat written
+	beaten    bool             // a heartbeat of this incarnation landed
+	lastBeat  time.Time        // when the last successful heartbeat was sent
+	readAt    time.Time        // when the heartbeat item was last read
+	peers     map[string]*peer // the other members, by owner
+	memberVer int64            // bumped when a member joins, leaves or expires
+	taken     error            // the owner id was taken over: every Sync fails with it
+	streams   map[string]*streamState
+	warned    map[string]bool // warnings logged once
+
+	loads sync.Map // key → *load, fed by RecordLoad
 
 	meters meters // the lease metrics; has its own lock
 }
@@ -52,32 +68,52 @@ type seen struct {
 	at      time.Time
 }
 
-// want is this instance's outstanding request for a lease.
+// want is this instance's outstanding request for leases of one owner.
 type want struct {
-	shard string
-	at    time.Time
+	from   string
+	shards []string
+	at     time.Time
+}
+
+// peer is another member as this instance sees it.
+type peer struct {
+	m      Member
+	seenAt time.Time // when its heartbeat counter (or incarnation) last changed
+	live   bool      // its heartbeat changed within LeaseDuration of the last read
+}
+
+// streamState is what the Manager keeps of one stream between Syncs.
+type streamState struct {
+	cache     map[string]Lease // the lease items as last read, with this instance's writes
+	read      time.Time        // when they were last read in full
+	memberVer int64            // Manager.memberVer at that read
+	eligible  []string         // the eligible shards at that read
+	stale     bool             // read in full at the next Sync
+	nextRead  time.Time        // when a lease owned by a non-member may expire
+	stole     time.Time        // when this instance last took a lease it asked for
 }
 
 // held is a lease this instance holds. io orders the writes of the lease
-// (renew, checkpoint, release), so a checkpoint always carries the counter
-// of the last renew; it guards every field.
+// (take, checkpoint, release), so a checkpoint always carries the counter
+// of the last take; it guards every field.
 type held struct {
 	io      sync.Mutex
-	counter int64     // the counter this instance last wrote
-	renewed time.Time // when the last write proving the lease ours was sent
-	gone    bool      // released or lost: no more writes
+	counter int64 // the counter this instance last wrote
+	gone    bool  // released or lost: no more writes
 	// givingUp is when this instance stopped returning the lease (asked to
-	// hand it over, shard no longer eligible, or not renewed in time); zero
-	// while the lease is read.
+	// hand it over, or shard no longer eligible); zero while the lease is
+	// read.
 	givingUp time.Time
-	noRenew  bool // let it expire: not renewed any more
+	// to is the instance that asked for the lease; a release hands the
+	// lease to it (the item's want).
+	to string
 	// handingOver is set once another instance asked for the lease and
 	// this one started to hand it over (counted as handed over); then a
 	// later loss is not counted as lost.
 	handingOver bool
 	lossCounted bool // counted as lost: count it once
-	// renewing is !gone && !noRenew, for the held gauge, which must not
-	// wait for io (a write may hold it for a while).
+	// renewing is !gone, for the held gauge, which must not wait for io (a
+	// write may hold it for a while).
 	renewing atomic.Bool
 }
 
@@ -87,13 +123,18 @@ func New(t Table, o Options) (*Manager, error) {
 	if err := o.resolve(); err != nil {
 		return nil, err
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never returns an error
 	m := &Manager{
-		t: t, o: o, me: o.Owner,
-		held:  make(map[key]*held),
-		seen:  make(map[key]seen),
-		wants: make(map[string]want),
-		lost:  make(map[key]bool),
-		attrs: make(map[string]streamAttrs),
+		t: t, o: o, me: o.Owner, inc: hex.EncodeToString(b[:]),
+		held:    make(map[key]*held),
+		seen:    make(map[key]seen),
+		wants:   make(map[string]want),
+		lost:    make(map[key]bool),
+		attrs:   make(map[string]streamAttrs),
+		peers:   make(map[string]*peer),
+		streams: make(map[string]*streamState),
+		warned:  make(map[string]bool),
 	}
 	m.meters.mp = o.MeterProvider
 	m.log.Store(o.Logger)
@@ -109,90 +150,389 @@ func (m *Manager) logger() *slog.Logger { return m.log.Load() }
 // Owner returns this instance's owner id.
 func (m *Manager) Owner() string { return m.me }
 
+// Incarnation returns this process's incarnation: random, written in its
+// heartbeat entry.
+func (m *Manager) Incarnation() string { return m.inc }
+
 // Options returns the resolved options.
 func (m *Manager) Options() Options { return m.o }
 
 // SyncInterval is how often Sync must be called: half the renew interval, so
-// that leases are renewed every RenewInterval and dead owners are noticed
-// soon.
+// that the heartbeat is written every RenewInterval and dead members are
+// noticed soon.
 func (m *Manager) SyncInterval() time.Duration { return m.o.RenewInterval / 2 }
 
-// LeaseDuration is how long a lease may go unrenewed before others take it.
+// LeaseDuration is how long a member may go without a heartbeat before
+// others take its leases.
 func (m *Manager) LeaseDuration() time.Duration { return m.o.LeaseDuration }
 
-// Sync renews this instance's leases of stream, takes free and expired
-// ones, balances with other instances, and returns the eligible shards this
-// instance holds and should read, sorted. See the package documentation.
+// Sync writes this instance's heartbeat when due, takes free and expired
+// leases of stream, balances with other instances, and returns the
+// eligible shards this instance holds and should read, sorted. See the
+// package documentation.
 //
 // Transient table errors are retried within the call while this instance's
-// leases are still valid. When the table cannot be read, Sync returns the
-// error, unless a held lease went unrenewed for LeaseDuration: then it
-// returns the leases still valid and a nil error, so that the caller stops
-// reading the others.
+// leases are still valid. When the heartbeat cannot be written, Sync
+// returns the error, unless none succeeded for LeaseDuration: then it gives
+// up every lease and returns a nil error and no shards, so that the caller
+// stops reading them. When another process took over this instance's owner
+// id, Sync gives up every lease without writing and fails, now and on every
+// later call, with a permanent error wrapping a
+// *checkpoint.OwnerConflictError.
 func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([]string, error) {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
 	m.mu.Lock()
 	m.attrsLocked(stream) // the held gauge reports every stream synced
+	taken := m.taken
+	st := m.streams[stream]
+	if st == nil {
+		st = &streamState{}
+		m.streams[stream] = st
+	}
 	m.mu.Unlock()
 	m.metrics()
+	if taken != nil {
+		return nil, taken
+	}
 
 	eligible = slices.Compact(slices.Sorted(slices.Values(eligible)))
-	isEligible := make(map[string]bool, len(eligible))
-	for _, id := range eligible {
-		isEligible[id] = true
+	isEligible := mapOf(eligible)
+
+	// The heartbeat: one per instance, whichever stream finds it due.
+	if err := m.heartbeat(ctx, stream, false); err != nil {
+		if errors.Is(err, checkpoint.ErrOwnerTaken) {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		if m.lapse(ctx, time.Now()) {
+			m.logger().Warn("heartbeat failing for the lease duration; gave up every lease", "err", err)
+			return nil, nil
+		}
+		return nil, fmt.Errorf("lease heartbeat: %w", err)
 	}
-	mine := m.heldOf(stream)
-	fetch := slices.Clone(eligible)
-	for id := range mine {
-		if !isEligible[id] {
-			fetch = append(fetch, id)
+	m.forgetDead(ctx, time.Now())
+	// A member whose heartbeat would have expired by now is checked at
+	// once with one read of the heartbeat item, instead of at the next
+	// heartbeat.
+	if m.suspect(time.Now()) {
+		if err := m.readMembers(ctx); err != nil && ctx.Err() == nil {
+			m.logger().Warn("cannot read the heartbeat item; retrying at the next sync", "err", err)
 		}
 	}
 
-	until := time.Now().Add(m.SyncInterval())
-	for _, h := range mine {
-		h.io.Lock()
-		if !h.gone && !h.noRenew {
-			if v := h.renewed.Add(m.o.LeaseDuration); v.Before(until) {
-				until = v
-			}
-		}
-		h.io.Unlock()
-	}
-	due := m.due(mine) // renewals this sync must make
-	var leases []Lease
-	err := m.retryUntil(ctx, until, "read leases", func(ctx context.Context) error {
-		var err error
-		leases, err = m.t.Leases(ctx, stream, fetch)
-		return err
-	})
-	if err != nil {
-		if ctx.Err() == nil {
-			m.count(ctx, stream, cRenewFailures, int64(due))
-		}
-		if ctx.Err() == nil && m.lapse(ctx, stream, mine, time.Now()) > 0 {
-			m.logger().Warn("cannot read leases; giving up those not renewed for the lease duration",
-				"stream", stream, "err", err)
-			return m.active(mine, isEligible), nil
-		}
+	mine := m.heldOf(stream)
+	if err := m.refresh(ctx, stream, st, eligible, mine); err != nil {
 		return nil, fmt.Errorf("read leases of stream %q: %w", stream, err)
 	}
 	now := time.Now()
-	byShard := make(map[string]Lease, len(leases))
-	for _, l := range leases {
-		byShard[l.ShardID] = l
+	release := m.reconcile(ctx, stream, st, mine, isEligible, now)
+	for _, id := range release {
+		// Asked for (or no longer eligible) for HandoffTimeout: free it,
+		// so that a stuck reader does not keep it from the instance that
+		// asked; the reader's later checkpoints are refused.
+		m.logger().Warn("lease not released within the handoff timeout; freeing it", "stream", stream, "shard_id", id)
+		if err := m.Release(ctx, stream, id); err != nil {
+			m.logger().Warn("lease not freed; retrying at the next sync", "stream", stream, "shard_id", id, "err", err)
+		}
 	}
-	m.observe(stream, byShard, now)
-	m.reconcile(ctx, stream, mine, byShard, isEligible, now)
-	if err := m.renew(ctx, stream, mine); err != nil {
+	asked, err := m.balance(ctx, stream, st, eligible, m.takeLost(stream))
+	if err != nil {
 		return nil, err
 	}
-	m.lapse(ctx, stream, mine, time.Now())
-	if err := m.balance(ctx, stream, eligible, byShard, m.takeLost(stream)); err != nil {
-		return nil, err
+	if asked {
+		// Publish the request now rather than at the next heartbeat.
+		if err := m.heartbeat(ctx, stream, true); err != nil && errors.Is(err, checkpoint.ErrOwnerTaken) {
+			return nil, err
+		}
 	}
 	return m.active(m.heldOf(stream), isEligible), nil
+}
+
+// beatDue is how long after the last heartbeat the next is due: on every
+// other sync; a sync run in between (the source also syncs after each shard
+// discovery) beats only if a tick is late.
+func (m *Manager) beatDue() time.Duration { return m.o.RenewInterval - m.SyncInterval()/4 }
+
+// heartbeat writes this instance's entry in the heartbeat item when due (or
+// now, when force is set), and takes in every member's entry from the
+// answer. On a conflict (another process took the owner id over) it gives
+// up every lease and returns the permanent owner error.
+func (m *Manager) heartbeat(ctx context.Context, stream string, force bool) error {
+	m.mu.Lock()
+	if !force && m.beaten && time.Since(m.lastBeat) < m.beatDue() {
+		m.mu.Unlock()
+		return nil
+	}
+	entry := Member{Owner: m.me, Inc: m.inc, Beat: m.beatN + 1, Streams: m.publishLocked(time.Now())}
+	takeover := !m.beaten
+	// Retried within this sync, and never past the leases' validity: the
+	// next sync tries again.
+	until := time.Now().Add(m.SyncInterval())
+	switch {
+	case !m.beaten:
+		// Nothing held yet (or left): no lease to protect, a longer try.
+		until = time.Now().Add(m.o.RenewInterval)
+	case m.lastBeat.Add(m.o.LeaseDuration).Before(until):
+		until = m.lastBeat.Add(m.o.LeaseDuration)
+	}
+	m.mu.Unlock()
+
+	var sent time.Time
+	var ms []Member
+	err := m.retryUntil(ctx, until, "heartbeat", func(ctx context.Context) error {
+		sent = time.Now()
+		entry.RenewedAt = sent
+		var err error
+		ms, err = m.t.Beat(ctx, entry, takeover)
+		return err
+	})
+	if errors.Is(err, ErrConflict) {
+		return m.surrender(ctx)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			m.count(ctx, stream, cRenewFailures, 1)
+		}
+		return err
+	}
+	m.mu.Lock()
+	m.beatN, m.beaten, m.lastBeat = entry.Beat, true, sent
+	m.mu.Unlock()
+	m.observeMembers(ms, time.Now())
+	return nil
+}
+
+// surrender gives up every lease without writing, after another process
+// took over this instance's owner id, and returns the error every later
+// Sync fails with.
+func (m *Manager) surrender(ctx context.Context) error {
+	err := retry.Permanent(&checkpoint.OwnerConflictError{Owner: m.me})
+	m.mu.Lock()
+	m.taken = err
+	hs := make(map[key]*held, len(m.held))
+	for k, h := range m.held {
+		hs[k] = h
+	}
+	m.mu.Unlock()
+	m.logger().Error("another process took over this instance's owner id and its leases; giving up every lease",
+		"owner", m.me, "incarnation", m.inc)
+	for k, h := range hs {
+		h.io.Lock()
+		if !h.gone {
+			h.gone = true
+			h.renewing.Store(false)
+			if !h.handingOver && !h.lossCounted {
+				h.lossCounted = true
+				m.count(ctx, k.stream, cLost, 1)
+			}
+		}
+		h.io.Unlock()
+		m.drop(k.stream, k.shard, h)
+	}
+	return err
+}
+
+// lapse gives up every held lease when no heartbeat succeeded for
+// LeaseDuration: others may have taken them. It reports whether it did.
+func (m *Manager) lapse(ctx context.Context, now time.Time) bool {
+	m.mu.Lock()
+	if !m.beaten || now.Sub(m.lastBeat) < m.o.LeaseDuration {
+		m.mu.Unlock()
+		return false
+	}
+	hs := make(map[key]*held, len(m.held))
+	for k, h := range m.held {
+		hs[k] = h
+	}
+	for _, st := range m.streams {
+		st.stale = true // read everything again once the table answers
+	}
+	m.mu.Unlock()
+	for k, h := range hs {
+		h.io.Lock()
+		if !h.gone {
+			h.gone = true
+			h.renewing.Store(false)
+			m.mu.Lock()
+			m.lost[k] = true
+			m.mu.Unlock()
+			if !h.handingOver && !h.lossCounted {
+				h.lossCounted = true
+				m.count(ctx, k.stream, cLost, 1)
+			}
+			m.logger().Warn("no heartbeat for the lease duration; giving the lease up", "stream", k.stream, "shard_id", k.shard)
+		}
+		h.io.Unlock()
+		m.drop(k.stream, k.shard, h)
+	}
+	return true
+}
+
+// publishLocked returns what this instance publishes in its heartbeat about
+// each stream it syncs: the shards it reads with their load, its total
+// load, and its outstanding request. Called with m.mu held.
+func (m *Manager) publishLocked(now time.Time) map[string]StreamInfo {
+	out := make(map[string]StreamInfo, len(m.attrs))
+	for stream := range m.attrs {
+		out[stream] = StreamInfo{Shards: map[string]int64{}}
+	}
+	for k, h := range m.held {
+		if !h.renewing.Load() {
+			continue
+		}
+		si, ok := out[k.stream]
+		if !ok {
+			continue
+		}
+		b, r := m.rate(k, now)
+		si.Shards[k.shard] = int64(b)
+		si.Bytes += int64(b)
+		si.Records += int64(r)
+		out[k.stream] = si
+	}
+	for stream, w := range m.wants {
+		if si, ok := out[stream]; ok {
+			si.Want, si.From = slices.Clone(w.shards), w.from
+			out[stream] = si
+		}
+	}
+	return out
+}
+
+// readMembers reads the heartbeat item (one strongly consistent read).
+func (m *Manager) readMembers(ctx context.Context) error {
+	var ms []Member
+	err := m.retryUntil(ctx, time.Now().Add(m.SyncInterval()/2), "read heartbeats", func(ctx context.Context) error {
+		var err error
+		ms, err = m.t.Members(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	m.observeMembers(ms, time.Now())
+	return nil
+}
+
+// observeMembers takes in the entries of the heartbeat item read at now.
+func (m *Manager) observeMembers(ms []Member, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changed := false
+	present := make(map[string]bool, len(ms))
+	for _, mm := range ms {
+		if mm.Owner == m.me {
+			continue
+		}
+		present[mm.Owner] = true
+		p := m.peers[mm.Owner]
+		switch {
+		case p == nil:
+			p = &peer{seenAt: now, live: true}
+			m.peers[mm.Owner] = p
+			changed = true
+		case p.m.Beat != mm.Beat || p.m.Inc != mm.Inc:
+			p.seenAt = now
+		}
+		p.m = mm
+	}
+	for owner := range m.peers {
+		if !present[owner] {
+			delete(m.peers, owner) // left, or removed after it died
+			changed = true
+		}
+	}
+	for owner, p := range m.peers {
+		live := now.Sub(p.seenAt) < m.o.LeaseDuration
+		if live != p.live {
+			p.live = live
+			changed = true
+			if live {
+				m.logger().Info("member back", "member", owner)
+			} else {
+				m.logger().Info("member expired: no heartbeat for the lease duration", "member", owner)
+			}
+		}
+	}
+	m.readAt = now
+	if changed {
+		m.memberVer++
+	}
+}
+
+// suspect reports whether a live member's heartbeat would have expired by
+// now, had it not changed since it was last seen.
+func (m *Manager) suspect(now time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.peers {
+		if p.live && now.Sub(p.seenAt) >= m.o.LeaseDuration && m.readAt.Before(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// forgetDead removes, once per sync, the entry of a member dead for 3 ×
+// LeaseDuration, so that the heartbeat item does not grow with every
+// process that ever ran under a fresh owner id. Only the live member with
+// the smallest owner id does it; the removal is conditional on the dead
+// member's counter, so a member that came back keeps its entry.
+func (m *Manager) forgetDead(ctx context.Context, now time.Time) {
+	m.mu.Lock()
+	var victim *Member
+	for owner, p := range m.peers {
+		if p.live && owner < m.me {
+			m.mu.Unlock()
+			return
+		}
+		if !p.live && now.Sub(p.seenAt) >= 3*m.o.LeaseDuration && victim == nil {
+			v := p.m
+			victim = &v
+		}
+	}
+	m.mu.Unlock()
+	if victim == nil {
+		return
+	}
+	err := m.t.Remove(ctx, victim.Owner, victim.Inc, victim.Beat)
+	if err != nil && !errors.Is(err, ErrConflict) {
+		m.logger().Warn("entry of a dead member not removed; retrying later", "member", victim.Owner, "err", err)
+		return
+	}
+	m.logger().Info("removed the heartbeat entry of a dead member", "member", victim.Owner)
+	m.mu.Lock()
+	delete(m.peers, victim.Owner)
+	m.memberVer++
+	m.mu.Unlock()
+}
+
+// Leave removes this instance's heartbeat entry (if it is still this
+// process's), so that the others count it gone at once. Leaving twice is
+// not an error. A later Sync joins again.
+func (m *Manager) Leave(ctx context.Context) error {
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+	m.mu.Lock()
+	beaten := m.beaten
+	m.mu.Unlock()
+	if !beaten {
+		return nil
+	}
+	err := m.retryUntil(ctx, time.Now().Add(m.o.RenewInterval), "leave", func(ctx context.Context) error {
+		return m.t.Remove(ctx, m.me, m.inc, -1)
+	})
+	if err != nil && !errors.Is(err, ErrConflict) {
+		return fmt.Errorf("leave: remove the heartbeat entry of %s: %w", m.me, err)
+	}
+	m.mu.Lock()
+	m.beaten = false // a later Sync writes the entry anew
+	m.mu.Unlock()
+	m.logger().Info("left the group", "owner", m.me)
+	return nil
 }
 
 // heldOf returns this instance's leases of stream.
@@ -231,38 +571,173 @@ func (m *Manager) takeLost(stream string) map[string]bool {
 	return out
 }
 
-// observe notes, on this instance's clock, which leases changed owner or
-// counter since the last look.
-func (m *Manager) observe(stream string, byShard map[string]Lease, now time.Time) {
+// refresh reads the lease items of stream when something may have changed
+// them (see the package documentation), else only the items this instance
+// asked for. Reads go to the stream's cache.
+func (m *Manager) refresh(ctx context.Context, stream string, st *streamState, eligible []string, mine map[string]*held) error {
+	now := time.Now()
+	m.mu.Lock()
+	full := st.cache == nil || st.stale || st.memberVer != m.memberVer || !slices.Equal(st.eligible, eligible) ||
+		now.Sub(st.read) >= 3*m.o.LeaseDuration || !st.nextRead.IsZero() && !now.Before(st.nextRead)
+	if !full && now.Sub(st.read) >= m.o.RenewInterval && !m.cappedLocked(len(eligible), stream) {
+		// Leases released, or never taken: the members' published counts
+		// fall short of the shards.
+		sum := 0
+		for k, h := range m.held {
+			if k.stream == stream && h.renewing.Load() && h.givingUp.IsZero() {
+				sum++
+			}
+		}
+		for _, p := range m.peers {
+			if p.live {
+				sum += len(p.m.Streams[stream].Shards)
+			}
+		}
+		full = sum < len(eligible)
+	}
+	memberVer := m.memberVer
+	var wanted []string
+	if w, ok := m.wants[stream]; ok {
+		wanted = slices.Clone(w.shards)
+	}
+	m.mu.Unlock()
+
+	var fetch []string
+	if full {
+		fetch = slices.Clone(eligible)
+		for id := range mine {
+			if !slices.Contains(eligible, id) {
+				fetch = append(fetch, id)
+			}
+		}
+	} else if len(wanted) > 0 {
+		fetch = wanted
+	} else {
+		return nil
+	}
+	var leases []Lease
+	err := m.retryUntil(ctx, time.Now().Add(m.SyncInterval()), "read leases", func(ctx context.Context) error {
+		var err error
+		leases, err = m.t.Leases(ctx, stream, fetch)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	now = time.Now()
+	byShard := make(map[string]Lease, len(leases))
+	for _, l := range leases {
+		byShard[l.ShardID] = l
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for k := range m.seen {
-		if _, ok := byShard[k.shard]; k.stream == stream && !ok {
-			delete(m.seen, k)
+	if full {
+		st.cache = byShard
+		st.read, st.memberVer, st.eligible, st.stale = now, memberVer, slices.Clone(eligible), false
+		for k := range m.seen {
+			if _, ok := byShard[k.shard]; k.stream == stream && !ok {
+				delete(m.seen, k)
+			}
+		}
+	} else {
+		for _, id := range fetch {
+			if l, ok := byShard[id]; ok {
+				st.cache[id] = l
+			} else {
+				delete(st.cache, id)
+			}
 		}
 	}
 	for id, l := range byShard {
 		k := key{stream, id}
-		if s, ok := m.seen[k]; !ok || s.owner != l.Owner || s.counter != l.Counter {
+		s, ok := m.seen[k]
+		if ok && s.owner == l.Owner && s.counter != l.Counter && l.Owner != "" && l.Owner != m.me &&
+			m.peers[l.Owner] == nil && !m.warned["old:"+l.Owner] {
+			m.warned["old:"+l.Owner] = true
+			m.logger().Warn("a lease owner that is not a member keeps renewing its lease item: probably an older "+
+				"shardflow version; stop old versions before starting this one (a mixed fleet is not supported)",
+				"stream", stream, "shard_id", id, "owner", l.Owner)
+		}
+		if !ok || s.owner != l.Owner || s.counter != l.Counter {
 			m.seen[k] = seen{owner: l.Owner, counter: l.Counter, at: now}
 		}
 	}
+	// The earliest time a lease of a non-member (an older version, or an
+	// owner gone from the heartbeat item), or a free lease left to another
+	// instance, may expire: read again then.
+	st.nextRead = time.Time{}
+	for id, l := range st.cache {
+		if l.Owner == m.me || l.Owner == "" && l.Want == "" {
+			continue
+		}
+		if p := m.peers[l.Owner]; l.Owner != "" && p != nil {
+			continue
+		}
+		if s, ok := m.seen[key{stream, id}]; ok {
+			if at := s.at.Add(m.o.LeaseDuration); at.After(now) && (st.nextRead.IsZero() || at.Before(st.nextRead)) {
+				st.nextRead = at
+			}
+		}
+	}
+	return nil
 }
 
-func (m *Manager) expired(stream, shard string, now time.Time) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s, ok := m.seen[key{stream, shard}]
+// cappedLocked reports whether MaxLeasesPerInstance leaves shards of
+// stream unread, and warns once when it does. Called with m.mu held.
+func (m *Manager) cappedLocked(eligible int, stream string) bool {
+	if m.o.MaxLeasesPerInstance == 0 {
+		return false
+	}
+	n := 1
+	for _, p := range m.peers {
+		if p.live {
+			if _, ok := p.m.Streams[stream]; ok {
+				n++
+			}
+		}
+	}
+	capped := n*m.o.MaxLeasesPerInstance < eligible
+	if capped && !m.warned["cap:"+stream] {
+		m.warned["cap:"+stream] = true
+		m.logger().Warn("MaxLeasesPerInstance leaves shards unread: live instances × the cap is less than the shards",
+			"stream", stream, "instances", n, "max_leases_per_instance", m.o.MaxLeasesPerInstance, "shards", eligible)
+	}
+	return capped
+}
+
+// expiredLocked reports whether lease l of stream is expired: its owner is
+// a member whose heartbeat expired, or is no member and the item did not
+// change for LeaseDuration. Called with m.mu held.
+func (m *Manager) expiredLocked(stream string, l Lease, now time.Time) bool {
+	if p := m.peers[l.Owner]; l.Owner != "" && p != nil {
+		return !p.live
+	}
+	s, ok := m.seen[key{stream, l.ShardID}]
 	return ok && now.Sub(s.at) >= m.o.LeaseDuration
 }
 
-// reconcile compares the held leases with the table: a lease now owned by
-// someone else was lost; a lease another instance asked for, or whose shard
-// is no longer eligible, is given up.
-func (m *Manager) reconcile(ctx context.Context, stream string, mine map[string]*held, byShard map[string]Lease, eligible map[string]bool, now time.Time) {
+// reconcile compares the held leases with the cache and the members'
+// requests: a lease now owned by someone else was lost; a lease another
+// instance asked for, or whose shard is no longer eligible, is given up.
+// It returns the leases given up for HandoffTimeout, to be freed.
+func (m *Manager) reconcile(ctx context.Context, stream string, st *streamState, mine map[string]*held, eligible map[string]bool, now time.Time) []string {
+	m.mu.Lock()
+	cache := st.cache
+	asks := make(map[string]string) // shard → the live member asking this one for it
+	for owner, p := range m.peers {
+		si := p.m.Streams[stream]
+		if !p.live || si.From != m.me {
+			continue
+		}
+		for _, id := range si.Want {
+			asks[id] = owner
+		}
+	}
+	m.mu.Unlock()
+	var release []string
 	for id, h := range mine {
 		h.io.Lock()
-		l, ok := byShard[id]
+		l, ok := cache[id]
 		switch {
 		case h.gone:
 		case !ok || l.Owner != m.me || l.Counter < h.counter:
@@ -271,26 +746,24 @@ func (m *Manager) reconcile(ctx context.Context, stream string, mine map[string]
 			m.noteLost(ctx, stream, id, l, h)
 		default:
 			// A write of ours whose answer was lost did land.
-			h.counter = l.Counter
+			h.counter = max(h.counter, l.Counter)
 			if !h.givingUp.IsZero() {
 				break
 			}
-			if l.Want != "" && l.Want != m.me {
-				h.givingUp = now
-				h.handingOver = true
+			to := asks[id]
+			if to == "" && l.Want != "" && l.Want != m.me {
+				to = l.Want
+			}
+			if to != "" {
+				h.givingUp, h.to, h.handingOver = now, to, true
 				m.count(ctx, stream, cHandedOver, 1)
-				m.logger().Info("handing lease over", "stream", stream, "shard_id", id, "to", l.Want)
+				m.logger().Info("handing lease over", "stream", stream, "shard_id", id, "to", to)
 			} else if !eligible[id] {
 				h.givingUp = now
 			}
 		}
-		if !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout {
-			h.noRenew = true // let it expire
-			h.renewing.Store(false)
-		}
-		if !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout+m.o.LeaseDuration {
-			h.gone = true // the caller is long done with it
-			h.renewing.Store(false)
+		if !h.gone && !h.givingUp.IsZero() && now.Sub(h.givingUp) >= m.o.HandoffTimeout {
+			release = append(release, id)
 		}
 		gone := h.gone
 		h.io.Unlock()
@@ -299,109 +772,7 @@ func (m *Manager) reconcile(ctx context.Context, stream string, mine map[string]
 			delete(mine, id)
 		}
 	}
-}
-
-// renewLimit bounds the concurrent renew writes of one Sync.
-const renewLimit = 16
-
-// renew bumps the counter of every held lease last renewed about a
-// RenewInterval ago. Each renew retries transient errors until the lease
-// would expire. It returns only errors that retrying cannot fix.
-func (m *Manager) renew(ctx context.Context, stream string, mine map[string]*held) error {
-	var g errgroup.Group
-	g.SetLimit(renewLimit)
-	var mu sync.Mutex
-	var errs []error
-	failed := 0 // renewals that failed with an error, not a conflict
-	due := m.renewDue()
-	for id, h := range mine {
-		g.Go(func() error {
-			h.io.Lock()
-			defer h.io.Unlock()
-			if h.gone || h.noRenew || time.Since(h.renewed) < due {
-				return nil
-			}
-			var sent time.Time
-			l, err := m.write(ctx, stream, id, h.renewed.Add(m.o.LeaseDuration),
-				Cond{Owner: m.me, Counter: h.counter}, Change{Bump: true}, &sent)
-			switch {
-			case err == nil:
-				h.counter = l.Counter
-				h.renewed = sent
-			case errors.Is(err, ErrConflict):
-				h.gone = true
-				h.renewing.Store(false)
-				m.noteLost(ctx, stream, id, l, h)
-			case retry.IsPermanent(err):
-				mu.Lock()
-				failed++
-				errs = append(errs, fmt.Errorf("renew lease of shard %s: %w", id, err))
-				mu.Unlock()
-			default:
-				mu.Lock()
-				failed++
-				mu.Unlock()
-				m.logger().Warn("lease not renewed; retrying at the next sync", "stream", stream, "shard_id", id, "err", err)
-			}
-			return nil
-		})
-	}
-	_ = g.Wait()
-	m.count(ctx, stream, cRenewFailures, int64(failed))
-	for id, h := range mine {
-		h.io.Lock()
-		gone := h.gone
-		h.io.Unlock()
-		if gone {
-			m.drop(stream, id, h)
-			delete(mine, id)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// renewDue is how long after its last renewal a lease is renewed: on every
-// other sync; a sync run in between (the source also syncs after each shard
-// discovery) renews only if a tick is late.
-func (m *Manager) renewDue() time.Duration { return m.o.RenewInterval - m.SyncInterval()/4 }
-
-// due returns how many of the held leases are due for a renewal.
-func (m *Manager) due(mine map[string]*held) int {
-	n := 0
-	for _, h := range mine {
-		h.io.Lock()
-		if !h.gone && !h.noRenew && time.Since(h.renewed) >= m.renewDue() {
-			n++
-		}
-		h.io.Unlock()
-	}
-	return n
-}
-
-// lapse gives up the held leases not renewed for LeaseDuration: others may
-// have taken them. It returns how many it gave up now, and counts them
-// lost unless they were being handed over.
-func (m *Manager) lapse(ctx context.Context, stream string, mine map[string]*held, now time.Time) int {
-	n, lostNow := 0, 0
-	for id, h := range mine {
-		h.io.Lock()
-		if !h.gone && !h.noRenew && now.Sub(h.renewed) >= m.o.LeaseDuration {
-			h.noRenew = true
-			h.renewing.Store(false)
-			if h.givingUp.IsZero() {
-				h.givingUp = now
-			}
-			n++
-			if !h.handingOver && !h.lossCounted {
-				h.lossCounted = true
-				lostNow++
-			}
-			m.logger().Warn("lease not renewed for the lease duration; giving it up", "stream", stream, "shard_id", id)
-		}
-		h.io.Unlock()
-	}
-	m.count(ctx, stream, cLost, int64(lostNow))
-	return n
+	return release
 }
 
 // active returns the eligible shards whose leases are held and not being
@@ -424,127 +795,175 @@ type candidate struct {
 	shard  string
 	lease  Lease
 	exists bool
+	from   string // the member that handed it over, for its load
 }
 
-// balance takes free and expired leases up to the target and, when still
-// below it, asks the busiest instance for one lease if that one holds at
-// least two more than this one.
-func (m *Manager) balance(ctx context.Context, stream string, eligible []string, byShard map[string]Lease, lost map[string]bool) error {
+// balance takes free and expired leases up to the target, takes back
+// leases that name this owner id (an earlier process's), takes leases
+// handed to it, and, when the group is out of balance, asks one member for
+// leases. It reports whether it made a new request, to be published.
+func (m *Manager) balance(ctx context.Context, stream string, st *streamState, eligible []string, lost map[string]bool) (bool, error) {
 	now := time.Now()
 	mine := m.heldOf(stream)
 	have := len(m.active(mine, mapOf(eligible)))
-	counts := make(map[string]int)    // other live instances' leases
-	owned := make(map[string][]Lease) // their leases nobody asked for yet
-	var wanted, free []candidate      // free ones handed to me first
+
+	m.mu.Lock()
+	m.forgetWantLocked(stream, st, mine, now)
+	w, asked := m.wants[stream]
+	live := make(map[string]StreamInfo) // live members syncing stream
+	for owner, p := range m.peers {
+		if si, ok := p.m.Streams[stream]; ok && p.live {
+			live[owner] = si
+		}
+	}
+	target := (len(eligible) + len(live)) / (len(live) + 1) // ceil
+	limit := m.o.MaxLeasesPerInstance
+	if limit > 0 {
+		m.cappedLocked(len(eligible), stream)
+		target = min(target, limit)
+	} else {
+		limit = len(eligible) + 1
+	}
+	var reclaim, wanted, free []candidate
 	for _, id := range eligible {
 		if mine[id] != nil || lost[id] {
 			continue // mine, being handed over by me, or just lost
 		}
-		l, ok := byShard[id]
+		l, ok := st.cache[id]
 		if !ok {
 			free = append(free, candidate{shard: id})
 			continue
 		}
-		expired := m.expired(stream, id, now)
 		switch {
+		case l.Owner == m.me:
+			// Named by an earlier process with this owner id (or by this
+			// one before its heartbeat lapsed): ours at once.
+			reclaim = append(reclaim, candidate{shard: id, lease: l, exists: true})
 		case l.Owner == "" && l.Want == m.me:
-			wanted = append(wanted, candidate{id, l, true})
-		case l.Owner == "" && (l.Want == "" || expired):
-			free = append(free, candidate{id, l, true})
+			from := ""
+			if asked && slices.Contains(w.shards, id) {
+				from = w.from
+			}
+			wanted = append(wanted, candidate{id, l, true, from})
+		case l.Owner == "" && l.Want == "":
+			free = append(free, candidate{shard: id, lease: l, exists: true})
 		case l.Owner == "":
-			// Handed to another instance: leave it to that one for now.
-		case expired:
-			free = append(free, candidate{id, l, true})
-		default:
-			owner := l.Owner
-			if owner == m.me {
-				owner = "\x00" + m.me // an earlier process with this id
+			// Handed to another instance: leave it to that one for a
+			// lease duration, unless it is gone.
+			p := m.peers[l.Want]
+			if p == nil || !p.live || m.expiredLocked(stream, l, now) {
+				free = append(free, candidate{shard: id, lease: l, exists: true})
 			}
-			counts[owner]++
-			if l.Want == "" {
-				owned[owner] = append(owned[owner], l)
-			}
-		}
-	}
-	target := (len(eligible) + len(counts)) / (len(counts) + 1) // ceil
-	rand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
-	var errs []error
-	for _, c := range append(wanted, free...) {
-		if have >= target && c.lease.Want != m.me {
-			break
-		}
-		ok, err := m.take(ctx, stream, c)
-		if err != nil {
-			if retry.IsPermanent(err) {
-				errs = append(errs, err)
-			} else {
-				m.logger().Warn("lease not taken; retrying at the next sync", "stream", stream, "shard_id", c.shard, "err", err)
-			}
-			continue
-		}
-		if ok {
-			have++
-		}
-	}
-
-	m.mu.Lock()
-	w, asked := m.wants[stream]
-	if asked {
-		l, ok := byShard[w.shard]
-		if mine[w.shard] != nil || !ok || l.Want != m.me || now.Sub(w.at) >= m.o.HandoffTimeout+m.o.LeaseDuration {
-			delete(m.wants, stream)
-			asked = false
+		case m.expiredLocked(stream, l, now):
+			free = append(free, candidate{shard: id, lease: l, exists: true})
 		}
 	}
 	m.mu.Unlock()
-	if asked || have >= target {
-		return errors.Join(errs...)
+
+	mrand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
+	var errs []error
+	took := func(c candidate) {
+		ok, err := m.take(ctx, stream, st, c)
+		switch {
+		case err != nil && retry.IsPermanent(err):
+			errs = append(errs, err)
+		case err != nil:
+			m.logger().Warn("lease not taken; retrying at the next sync", "stream", stream, "shard_id", c.shard, "err", err)
+		case ok:
+			have++
+		}
 	}
-	// Ask an instance holding at least two more than this one: moving one
-	// lease narrows the spread. "Above target" alone is not enough: with
-	// four shards and three instances the target is two, and 2/2/0 would
-	// pass for balanced, leaving an instance that lost its leases (cut off
-	// from the table for a while) idle for good.
+	for _, c := range reclaim {
+		if have < limit {
+			took(c)
+		}
+	}
+	for _, c := range wanted {
+		if have < limit {
+			took(c)
+		}
+	}
+	for _, c := range free {
+		if have >= target {
+			break
+		}
+		took(c)
+	}
+	if len(errs) > 0 {
+		return false, errors.Join(errs...)
+	}
+	if asked || have >= limit || now.Sub(st.stole) < 2*m.o.RenewInterval {
+		return false, nil
+	}
+
+	// Ask a member for leases: by load when the stream carries any, else
+	// by count.
+	from, ids := m.pickByLoad(stream, mine, live)
+	if from == "" && !m.loaded(stream, live) && have < target {
+		from, ids = m.pickByCount(have, min(target, limit)-have, live)
+	}
+	if from == "" {
+		return false, nil
+	}
+	m.mu.Lock()
+	m.wants[stream] = want{from: from, shards: ids, at: now}
+	m.mu.Unlock()
+	m.logger().Info("asked for leases", "stream", stream, "shards", ids, "from", from, "held", have, "target", target)
+	return true, nil
+}
+
+// forgetWantLocked drops the outstanding request of stream once its shards
+// are taken (by this instance or another), or after HandoffTimeout +
+// LeaseDuration. Called with m.mu held.
+func (m *Manager) forgetWantLocked(stream string, st *streamState, mine map[string]*held, now time.Time) {
+	w, ok := m.wants[stream]
+	if !ok {
+		return
+	}
+	var rest []string
+	for _, id := range w.shards {
+		l, ok := st.cache[id]
+		if mine[id] != nil || !ok || l.Owner != w.from && l.Owner != "" || l.Owner == "" && l.Want != m.me && l.Want != "" {
+			continue
+		}
+		rest = append(rest, id)
+	}
+	switch {
+	case len(rest) == 0 || now.Sub(w.at) >= m.o.HandoffTimeout+m.o.LeaseDuration:
+		delete(m.wants, stream)
+	case len(rest) < len(w.shards):
+		w.shards = rest
+		m.wants[stream] = w
+	}
+}
+
+// pickByCount asks the member holding the most leases, if it holds at
+// least two more than this instance, for up to need of them (at most half
+// the difference). "Above target" alone is not enough: with four shards
+// and three instances the target is two, and 2/2/0 would pass for
+// balanced, leaving an instance that lost its leases idle for good.
+func (m *Manager) pickByCount(have, need int, live map[string]StreamInfo) (string, []string) {
 	busiest := ""
-	for owner, n := range counts {
-		if n >= have+2 && len(owned[owner]) > 0 && (busiest == "" || n > counts[busiest] || n == counts[busiest] && owner < busiest) {
+	for owner, si := range live {
+		n := len(si.Shards)
+		if n >= have+2 && (busiest == "" || n > len(live[busiest].Shards) || n == len(live[busiest].Shards) && owner < busiest) {
 			busiest = owner
 		}
 	}
-	if busiest == "" {
-		return errors.Join(errs...)
+	if busiest == "" || need <= 0 {
+		return "", nil
 	}
-	ls := owned[busiest]
-	l := ls[rand.IntN(len(ls))]
-	_, err := m.write(ctx, stream, l.ShardID, time.Now().Add(m.SyncInterval()),
-		Cond{Owner: l.Owner, Counter: l.Counter, Want: ptr("")}, Change{Want: ptr(m.me)}, nil)
-	switch {
-	case err == nil:
-		m.mu.Lock()
-		m.wants[stream] = want{shard: l.ShardID, at: now}
-		m.mu.Unlock()
-		m.logger().Info("asked for a lease", "stream", stream, "shard_id", l.ShardID, "from", l.Owner,
-			"held", have, "target", target)
-	case errors.Is(err, ErrConflict):
-	case retry.IsPermanent(err):
-		errs = append(errs, err)
-	default:
-		m.logger().Warn("lease request not written; retrying at the next sync", "stream", stream, "shard_id", l.ShardID, "err", err)
-	}
-	return errors.Join(errs...)
-}
-
-func mapOf(ids []string) map[string]bool {
-	out := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		out[id] = true
-	}
-	return out
+	n := min(need, (len(live[busiest].Shards)-have)/2)
+	ids := sortedKeys(live[busiest].Shards)
+	mrand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	ids = ids[:n]
+	slices.Sort(ids)
+	return busiest, ids
 }
 
 // take takes a free or expired lease, or creates the lease of a shard that
 // has none. It reports whether this instance now holds it.
-func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, error) {
+func (m *Manager) take(ctx context.Context, stream string, st *streamState, c candidate) (bool, error) {
 	var sent time.Time
 	var l Lease
 	var err error
@@ -556,19 +975,40 @@ func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, e
 			Cond{Owner: c.lease.Owner, Counter: c.lease.Counter}, Change{Owner: ptr(m.me), Bump: true, Want: ptr("")}, &sent)
 	}
 	if errors.Is(err, ErrConflict) {
+		m.mu.Lock()
+		st.stale = true
+		m.mu.Unlock()
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("take lease of shard %s: %w", c.shard, err)
 	}
+	k := key{stream, c.shard}
 	m.mu.Lock()
-	h := &held{counter: l.Counter, renewed: sent}
+	h := &held{counter: l.Counter}
 	h.renewing.Store(true)
-	m.held[key{stream, c.shard}] = h
+	m.held[k] = h
+	st.cache[c.shard] = Lease{ShardID: c.shard, Owner: m.me, Counter: l.Counter}
+	m.seen[k] = seen{owner: m.me, counter: l.Counter, at: time.Now()}
 	m.mu.Unlock()
-	if c.exists && c.lease.Owner == "" && c.lease.Want == m.me {
+	switch {
+	case c.exists && c.lease.Owner == "" && c.lease.Want == m.me:
 		m.count(ctx, stream, cStolen, 1) // handed to this instance, which asked
-	} else {
+		m.mu.Lock()
+		st.stole = time.Now()
+		if p := m.peers[c.from]; p != nil {
+			// Start the shard's load at what its last owner measured, so
+			// that this instance does not look idle while its own
+			// measure warms up.
+			m.seedLocked(k, p.m.Streams[stream].Shards[c.shard])
+		}
+		m.mu.Unlock()
+	case c.exists && c.lease.Owner == m.me:
+		m.count(ctx, stream, cTaken, 1)
+		m.logger().Info("lease taken back from an earlier process with this owner id", "stream", stream,
+			"shard_id", c.shard, "lease_counter", l.Counter)
+		return true, nil
+	default:
 		m.count(ctx, stream, cTaken, 1)
 	}
 	from := "nobody"
@@ -577,6 +1017,23 @@ func (m *Manager) take(ctx context.Context, stream string, c candidate) (bool, e
 	}
 	m.logger().Info("lease taken", "stream", stream, "shard_id", c.shard, "from", from)
 	return true, nil
+}
+
+func mapOf(ids []string) map[string]bool {
+	out := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Release gives up this instance's lease of a shard, keeping the shard's
@@ -598,8 +1055,17 @@ func (m *Manager) Release(ctx context.Context, stream, shard string) error {
 	}
 	h.gone = true
 	h.renewing.Store(false)
+	ch := Change{Owner: ptr(""), Bump: true}
+	if h.to != "" {
+		ch.Want = ptr(h.to) // reserved for the instance that asked
+	}
 	l, uncertain, err := m.writeUncertain(ctx, stream, shard, time.Now().Add(m.SyncInterval()),
-		Cond{Owner: m.me, Counter: h.counter}, Change{Owner: ptr(""), Bump: true}, nil)
+		Cond{Owner: m.me, Counter: h.counter}, ch, nil)
+	if err == nil {
+		m.cacheSet(stream, Lease{ShardID: shard, Counter: l.Counter, Want: h.to})
+	} else if errors.Is(err, ErrConflict) {
+		m.markStale(stream)
+	}
 	switch {
 	case errors.Is(err, ErrConflict) && uncertain && l.Owner != m.me:
 		// An attempt whose answer was lost freed the lease, and another
@@ -640,6 +1106,7 @@ func (m *Manager) Checkpoint(ctx context.Context, stream, shard string, cp shard
 		h.gone = true
 		h.renewing.Store(false)
 		m.drop(stream, shard, h)
+		m.markStale(stream)
 		m.noteLost(ctx, stream, shard, l, h)
 		return fmt.Errorf("shard %s of stream %q is no longer leased by %s: %w", shard, stream, m.me, shardflow.ErrLeaseLost)
 	case err == nil:
@@ -661,6 +1128,25 @@ func (m *Manager) noteLost(ctx context.Context, stream, shard string, l Lease, h
 		m.count(ctx, stream, cLost, 1)
 	}
 	m.logger().Info("lease lost", "stream", stream, "shard_id", shard, "owner", l.Owner, "lease_counter", l.Counter)
+}
+
+// cacheSet records a lease item as this instance just wrote it.
+func (m *Manager) cacheSet(stream string, l Lease) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.streams[stream]; st != nil && st.cache != nil {
+		st.cache[l.ShardID] = l
+	}
+	m.seen[key{stream, l.ShardID}] = seen{owner: l.Owner, counter: l.Counter, at: time.Now()}
+}
+
+// markStale makes the next Sync of stream read every lease item.
+func (m *Manager) markStale(stream string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.streams[stream]; st != nil {
+		st.stale = true
+	}
 }
 
 // Holds reports the shards of stream this instance holds, for tests.

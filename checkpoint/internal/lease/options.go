@@ -16,7 +16,7 @@ import (
 
 // Defaults of [checkpoint.LeaseOptions], as its field docs state them.
 const (
-	DefaultLeaseDuration  = 10 * time.Second
+	DefaultLeaseDuration  = 8 * time.Second
 	DefaultHandoffTimeout = 40 * time.Second
 )
 
@@ -50,6 +50,8 @@ func Resolve(o *checkpoint.LeaseOptions, field string) error {
 		return bad("RenewInterval", "negative")
 	case o.HandoffTimeout < 0:
 		return bad("HandoffTimeout", "negative")
+	case o.MaxLeasesPerInstance < 0:
+		return bad("MaxLeasesPerInstance", "negative")
 	}
 	if o.LeaseDuration == 0 {
 		o.LeaseDuration = DefaultLeaseDuration

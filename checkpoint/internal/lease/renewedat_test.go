@@ -22,12 +22,12 @@ func (t *table) item(tb *testing.T) lease.Lease {
 	return *l
 }
 
-// Each write that proves a lease its owner's (the take that creates the
-// item, a renewal, the take of a free item) writes the owner's time of it;
-// a checkpoint and a sync with no renewal due leave it; a release removes
-// it. In the bubble no time passes within a Sync, so the time written is
+// Each take of a lease (the take that creates the item, the take of a free
+// item) writes the owner's time of it; a checkpoint and later syncs leave
+// it (the heartbeat, not the lease item, proves the owner alive); a release
+// removes it. In the bubble no time passes within a Sync, so the time written is
 // exactly time.Now() around it.
-func TestATakeAndEachRenewalWriteTheOwnersTimeAndAReleaseRemovesIt(t *testing.T) {
+func TestATakeWritesTheOwnersTimeAndAReleaseRemovesIt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tb := newTable()
 		a, b := newManager(t, tb, "a"), newManager(t, tb, "b")
@@ -46,51 +46,40 @@ func TestATakeAndEachRenewalWriteTheOwnersTimeAndAReleaseRemovesIt(t *testing.T)
 		}
 		check("take by creation", lease.Lease{ShardID: "s0", Owner: "a", Counter: 1, RenewedAt: taken})
 
-		time.Sleep(a.SyncInterval()) // a sync with no renewal due yet
-		if _, err := a.Sync(ctx, "st", shards); err != nil {
-			t.Fatal(err)
+		for range 4 { // syncs with and without a heartbeat due
+			time.Sleep(a.SyncInterval())
+			if _, err := a.Sync(ctx, "st", shards); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := a.Checkpoint(ctx, "st", "s0", shardflow.Checkpoint{SequenceNumber: "7"}); err != nil {
 			t.Fatal(err)
 		}
-		check("sync with no renewal due, then a checkpoint", lease.Lease{ShardID: "s0", Owner: "a", Counter: 1, RenewedAt: taken})
-
-		time.Sleep(a.SyncInterval()) // now a renewal is due
-		renewed := time.Now()
-		if _, err := a.Sync(ctx, "st", shards); err != nil {
-			t.Fatal(err)
-		}
-		check("renewal", lease.Lease{ShardID: "s0", Owner: "a", Counter: 2, RenewedAt: renewed})
+		check("heartbeats, then a checkpoint", lease.Lease{ShardID: "s0", Owner: "a", Counter: 1, RenewedAt: taken})
 
 		if err := a.Release(ctx, "st", "s0"); err != nil {
 			t.Fatal(err)
 		}
-		check("release", lease.Lease{ShardID: "s0", Counter: 3})
+		check("release", lease.Lease{ShardID: "s0", Counter: 2})
 
 		time.Sleep(time.Second)
 		takenByB := time.Now()
 		if held, err := b.Sync(ctx, "st", shards); err != nil || len(held) != 1 {
 			t.Fatalf("b's Sync = %v, %v; want s0", held, err)
 		}
-		check("take of a free lease", lease.Lease{ShardID: "s0", Owner: "b", Counter: 4, RenewedAt: takenByB})
+		check("take of a free lease", lease.Lease{ShardID: "s0", Owner: "b", Counter: 3, RenewedAt: takenByB})
 	})
 }
 
-// A take or a renewal refused by its condition (another instance wrote the
+// A take refused by its condition (another instance wrote the
 // item between this one's read and its write) writes no renewal time: the
 // item is as the other instance left it.
-func TestATakeOrRenewalRefusedByItsConditionWritesNoRenewalTime(t *testing.T) {
+func TestATakeRefusedByItsConditionWritesNoRenewalTime(t *testing.T) {
 	theirs := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC) // b's time, unlike any in the bubble
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, tb *table, a *lease.Manager)
 	}{
-		{"renewal", func(t *testing.T, tb *table, a *lease.Manager) {
-			if held, err := a.Sync(t.Context(), "st", []string{"s0"}); err != nil || len(held) != 1 {
-				t.Fatalf("a's first Sync = %v, %v; want s0", held, err)
-			}
-			time.Sleep(a.Options().RenewInterval)
-		}},
 		{"take of a free lease", func(t *testing.T, tb *table, a *lease.Manager) {
 			tb.items["st/s0"] = &lease.Lease{ShardID: "s0", Counter: 6}
 		}},

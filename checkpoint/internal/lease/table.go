@@ -67,6 +67,9 @@ package lease
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/shardflow/shardflow"
@@ -134,6 +137,8 @@ type Table interface {
 	// Update applies ch if the item matches cond, and fails with
 	// ErrConflict if it does not (or does not exist).
 	Update(ctx context.Context, stream, shardID string, cond Cond, ch Change) error
+	// MembersTable is the heartbeat item of the instances.
+	MembersTable
 }
 
 // ErrConflict is returned by a Table whose conditional write found the item
@@ -141,3 +146,125 @@ type Table interface {
 var ErrConflict = errors.New("lease: conditional write failed")
 
 func ptr[T any](v T) *T { return &v }
+
+// Member is one instance's entry in the heartbeat item, the one item of a
+// table that lists every live instance (see [Table.Beat]).
+type Member struct {
+	// Owner is the instance's owner id.
+	Owner string
+	// Inc is the incarnation: random per process, so that a process that
+	// restarts with the same owner id is told from the one it replaces.
+	Inc string
+	// Beat is the heartbeat counter, bumped by every heartbeat.
+	Beat int64
+	// RenewedAt is the wall-clock time of the heartbeat, for operators
+	// only: the algorithm never reads it.
+	RenewedAt time.Time
+	// Streams is what the instance publishes about each stream it syncs.
+	Streams map[string]StreamInfo
+}
+
+// StreamInfo is what a member publishes about one stream.
+type StreamInfo struct {
+	// Shards are the shards the member reads, with each one's measured
+	// load in bytes per second (0 when unmeasured).
+	Shards map[string]int64
+	// Bytes and Records are the member's total measured load of the
+	// stream, per second.
+	Bytes, Records int64
+	// Want are the shards the member asked their owner From to hand
+	// over; none when it asked for none.
+	Want []string
+	// From is the owner of the shards in Want.
+	From string
+}
+
+// MembersTable is the heartbeat part of a [Table]: one item (for DynamoDB,
+// the item with key "#instances") holding an entry per instance. Every
+// call reads strongly consistently.
+type MembersTable interface {
+	// Beat writes m as the entry of m.Owner, creating the item if needed,
+	// and returns every entry after the write. Unless takeover is set, the
+	// write is conditional: the entry must be absent or have incarnation
+	// m.Inc; otherwise Beat fails with ErrConflict (another process took
+	// the owner id over).
+	Beat(ctx context.Context, m Member, takeover bool) ([]Member, error)
+	// Members returns every entry (none when the item does not exist).
+	Members(ctx context.Context) ([]Member, error)
+	// Remove removes owner's entry if it has incarnation inc and, when
+	// beat is not negative, heartbeat counter beat; it fails with
+	// ErrConflict otherwise (an absent entry included).
+	Remove(ctx context.Context, owner, inc string, beat int64) error
+}
+
+// Heartbeats is an in-process [MembersTable] with the conditional semantics
+// of the DynamoDB one, for the memory store and tests. The zero value is an
+// empty item; it is safe for concurrent use.
+type Heartbeats struct {
+	mu      sync.Mutex
+	members map[string]Member
+}
+
+// Beat implements [MembersTable.Beat].
+func (h *Heartbeats) Beat(ctx context.Context, m Member, takeover bool) ([]Member, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if old, ok := h.members[m.Owner]; ok && !takeover && old.Inc != m.Inc {
+		return nil, ErrConflict
+	}
+	if h.members == nil {
+		h.members = make(map[string]Member)
+	}
+	h.members[m.Owner] = cloneMember(m)
+	return h.listLocked(), nil
+}
+
+// Members implements [MembersTable.Members].
+func (h *Heartbeats) Members(ctx context.Context) ([]Member, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.listLocked(), nil
+}
+
+// Remove implements [MembersTable.Remove].
+func (h *Heartbeats) Remove(ctx context.Context, owner, inc string, beat int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old, ok := h.members[owner]
+	if !ok || old.Inc != inc || beat >= 0 && old.Beat != beat {
+		return ErrConflict
+	}
+	delete(h.members, owner)
+	return nil
+}
+
+func (h *Heartbeats) listLocked() []Member {
+	out := make([]Member, 0, len(h.members))
+	for _, m := range h.members {
+		out = append(out, cloneMember(m))
+	}
+	return out
+}
+
+// cloneMember returns a deep copy of m: the table keeps its own.
+func cloneMember(m Member) Member {
+	if m.Streams != nil {
+		ss := make(map[string]StreamInfo, len(m.Streams))
+		for k, v := range m.Streams {
+			v.Shards = maps.Clone(v.Shards)
+			v.Want = slices.Clone(v.Want)
+			ss[k] = v
+		}
+		m.Streams = ss
+	}
+	return m
+}
