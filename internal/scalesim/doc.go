@@ -36,8 +36,10 @@
 //   - TestCrash: a quarter of the instances (5 of 20; 2 of 5) crash at once
 //     while records flow. Figures: the virtual time until every shard is
 //     read again, and until the survivors are balanced (goal 30s); the
-//     longest any shard went unread (must stay within LeaseDuration +
-//     RenewInterval + 2s); records lost (must be 0) and read twice.
+//     longest any shard went unread (must stay within IdleInterval +
+//     LeaseDuration + RenewInterval + 0.5s: the crashed instance's last
+//     poll, the documented failover, the new reader's start); records
+//     lost (must be 0) and read twice.
 //   - TestHotShard: one shard gets 10× the records of each other one (and,
 //     at 1,000 × 20, a second run with 10 such shards: one hot shard there
 //     is within the goal even when leases are balanced by count). Figures:
