@@ -15,6 +15,14 @@ const (
 	ShardBytesPerSecond = 1 << 20
 )
 
+// sendMargin is how much smaller than one second's worth a bucket is.
+// Entries are charged a moment before Kinesis counts them (the time to
+// encode and send the request); a bucket as large as Kinesis' would refill
+// during that moment while Kinesis', full already, does not, and admit
+// that much too much. The margin covers a delay up to 100 ms, and costs
+// only a tenth of the first second's burst.
+const sendMargin = 100 * time.Millisecond
+
 // limiter holds back the entries of each predicted shard beyond a share of
 // the shard's write limits, like the KPL's RateLimit: per shard, one token
 // bucket of records and one of bytes, each refilled at the share of the
@@ -62,7 +70,8 @@ func newLimiter(share float64) *limiter {
 		return nil
 	}
 	l := &limiter{recRate: share * ShardRecordsPerSecond, byteRate: share * ShardBytesPerSecond, buckets: make(map[string]*bucket)}
-	l.recCap, l.byteCap = l.recRate, l.byteRate
+	burst := (time.Second - sendMargin).Seconds()
+	l.recCap, l.byteCap = burst*l.recRate, burst*l.byteRate
 	return l
 }
 

@@ -185,11 +185,11 @@ func TestAHotKeyIsHeldToItsShardsBudgetAndOtherShardsAreNot(t *testing.T) {
 func TestLimiterBuckets(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		l := newLimiter(0.5) // 500 records/s, 512 KiB/s
+		l := newLimiter(0.5) // 500 records/s, 512 KiB/s, 0.9 s of burst
 		now := time.Now()
 		a := l.allowance("s1", now)
-		if a.records != 500 || a.bytes != 512<<10 || !a.whole {
-			t.Fatalf("a new shard's allowance = %+v, want a full bucket of 500 records and 512 KiB", a)
+		if a.records != 450 || a.bytes != 471859 || !a.whole {
+			t.Fatalf("a new shard's allowance = %+v, want a full bucket of 450 records and 0.9*512 KiB", a)
 		}
 		// A 2 MiB record may go when the bucket is full, into debt.
 		if !a.admits(0, 0, 2<<20) {
@@ -199,23 +199,24 @@ func TestLimiterBuckets(t *testing.T) {
 		if a := l.allowance("s1", now); a.admits(0, 0, 1) {
 			t.Errorf("after a 2 MiB record the allowance is %+v, want nothing", a)
 		}
-		// The debt is 1.5 MiB below zero; one byte needs 3 s at 512 KiB/s.
-		if w := l.wait("s1", 1, 1, now); w < 3*time.Second || w > 3*time.Second+2*time.Millisecond {
-			t.Errorf("wait for one byte after the debt = %v, want 3s", w)
+		// The debt is 2 MiB - 0.9*512 KiB below zero: one byte needs 3.1 s
+		// at 512 KiB/s.
+		if w := l.wait("s1", 1, 1, now); w < 3100*time.Millisecond || w > 3102*time.Millisecond {
+			t.Errorf("wait for one byte after the debt = %v, want 3.1s", w)
 		}
 		// Reserved entries count against the allowance until charged.
 		l.reserve("s2", 0, 0) // no bucket yet: nothing to reserve in
 		_ = l.allowance("s2", now)
 		l.reserve("s2", 100, 100<<10)
-		if a := l.allowance("s2", now); a.records != 400 || a.bytes != 412<<10 || a.whole {
-			t.Errorf("allowance with 100 entries reserved = %+v, want 400 records, 412 KiB, not whole", a)
+		if a := l.allowance("s2", now); a.records != 350 || a.bytes != 471859-100<<10 || a.whole {
+			t.Errorf("allowance with 100 entries reserved = %+v, want 350 records, 100 KiB less, not whole", a)
 		}
 		l.chargeReserved("s2", 100, 100<<10, now)
-		if a := l.allowance("s2", now); a.records != 400 || a.bytes != 412<<10 {
-			t.Errorf("allowance once the reserved entries are charged = %+v, want 400 records, 412 KiB", a)
+		if a := l.allowance("s2", now); a.records != 350 || a.bytes != 471859-100<<10 {
+			t.Errorf("allowance once the reserved entries are charged = %+v, want 350 records, 100 KiB less", a)
 		}
 		time.Sleep(time.Second)
-		if a := l.allowance("s2", time.Now()); a.records != 500 || a.bytes != 512<<10 {
+		if a := l.allowance("s2", time.Now()); a.records != 450 || a.bytes != 471859 {
 			t.Errorf("allowance a second later = %+v, want full again", a)
 		}
 		// A reshard drops the buckets of closed shards.
