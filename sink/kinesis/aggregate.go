@@ -1,7 +1,6 @@
 package kinesissink
 
 import (
-	"strings"
 	"time"
 
 	"github.com/shardflow/shardflow/internal/kpl"
@@ -197,7 +196,9 @@ func nextAggregateBytes(q *queue, limit int) int {
 // startsWithMagic reports whether data begins with the KPL magic bytes: a
 // reader may take such data for an aggregate, so in aggregating mode it is
 // always sent inside one.
-func startsWithMagic(data []byte) bool { return strings.HasPrefix(string(data), kpl.Magic) }
+func startsWithMagic(data []byte) bool {
+	return len(data) >= len(kpl.Magic) && string(data[:len(kpl.Magic)]) == kpl.Magic
+}
 
 // wrappedSize is the size Kinesis counts for e sent in an aggregate of its
 // own: the aggregate and the partition key.
@@ -279,8 +280,10 @@ func takeAggregate(a *kpl.Aggregator, q *queue, limit int, inFlight map[string]i
 		a.Reset()
 		a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
 	}
-	data := a.Encode()
+	// The aggregate is encoded (protobuf and MD5, the costly part) by the
+	// request goroutine that sends it (engine.encode), not here under the
+	// engine's lock on the writer's goroutine.
 	first := members[0].e
-	return wire{many: members, data: data, pk: first.PartitionKey, ehk: first.ExplicitHashKey,
-		size: len(data) + len(first.PartitionKey), shard: q.id, routed: true}, keys, true
+	return wire{many: members, pk: first.PartitionKey, ehk: first.ExplicitHashKey,
+		size: a.Size() + len(first.PartitionKey), shard: q.id, routed: true}, keys, true
 }

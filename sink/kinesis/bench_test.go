@@ -49,6 +49,10 @@ func (c *discardClient) ListShards(ctx context.Context, in *kinesis.ListShardsIn
 	return c.fake.ListShards(ctx, in, optFns...)
 }
 
+// noRateLimit turns Options.RateLimit off: the discard client takes any
+// rate.
+func noRateLimit(o *kinesissink.Options) { o.RateLimit = -1 }
+
 // quiet keeps the producer's lifecycle logs out of the figures.
 func quiet(o *kinesissink.Options) { o.Logger = slog.New(slog.DiscardHandler) }
 
@@ -61,9 +65,11 @@ func benchKeys(n int) []string {
 }
 
 // benchProducer puts b.N 100-byte records through a Producer into the
-// discard client and reports records/s.
+// discard client and reports records/s. The discard client has no write
+// limits, so Options.RateLimit is off unless fns turn it on.
 func benchProducer(b *testing.B, fns ...func(*kinesissink.Options)) {
 	client := &discardClient{fake: newFake(b, 4)}
+	fns = append([]func(*kinesissink.Options){noRateLimit}, fns...)
 	p, err := kinesissink.NewProducer(client, stream, append(fns, quiet)...)
 	if err != nil {
 		b.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/internal/kpl"
 )
 
 // Result is the outcome of one record.
@@ -100,11 +101,25 @@ type job struct {
 	keys  []string
 }
 
-// completion is a record's outcome, delivered outside the engine's lock.
+// completion is a record's outcome, delivered outside the engine's lock:
+// its Result but for the Entry, which the record holds (so that a request
+// of tens of thousands of aggregated records does not copy each entry
+// twice).
 type completion struct {
-	r   *record
-	res Result
+	r          *record
+	shard, seq string
+	sub        uint64
+	aggregated bool
+	err        error
 }
+
+// result is the record's Result.
+func (c *completion) result() Result {
+	return Result{Entry: c.r.e, ShardID: c.shard, SequenceNumber: c.seq, SubSequenceNumber: c.sub, Aggregated: c.aggregated, Err: c.err}
+}
+
+// failed returns the completion of r failed with err.
+func failed(r *record, err error) completion { return completion{r: r, err: err} }
 
 // engine is what Sink and Producer share: it accepts records, hands them to
 // its mode's scheduler (plain, aggregate, ordered; see scheduler), runs the
@@ -340,9 +355,22 @@ func (e *engine) kickLocked() {
 	}
 }
 
+// worker is what a request slot reuses from job to job: the outcomes of a
+// call, and the aggregator that encodes its aggregates.
+type worker struct {
+	comps []completion
+	agg   kpl.Aggregator
+}
+
+// workers keeps the workers of request slots that ended, so that a slot
+// started later does not grow its buffers again.
+var workers = sync.Pool{New: func() any { return new(worker) }}
+
 // work is a request slot: it runs jobs until there is none.
 func (e *engine) work() {
 	defer e.wg.Done()
+	w := workers.Get().(*worker)
+	defer workers.Put(w)
 	for {
 		e.mu.Lock()
 		j, ok := e.sched.next()
@@ -355,6 +383,6 @@ func (e *engine) work() {
 		held := e.lim.takeHeld()
 		e.mu.Unlock()
 		e.metrics().limited(held)
-		e.run(j)
+		e.run(j, w)
 	}
 }

@@ -109,7 +109,7 @@ func (e *engine) drainLocked(cause error) []completion {
 	recs := e.sched.drain()
 	comps := make([]completion, len(recs))
 	for i, r := range recs {
-		comps[i] = completion{r: r, res: Result{Entry: r.e, Err: &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause}}}
+		comps[i] = failed(r, &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause})
 	}
 	return comps
 }

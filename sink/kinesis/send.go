@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/awserr"
+	"github.com/shardflow/shardflow/internal/kpl"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -26,15 +27,23 @@ import (
 // Metrics are recorded here, per call: the call's latency and entries, its
 // failure or its refused entries, and the entries it sends again; complete
 // records the records' outcomes.
-func (e *engine) run(j job) {
+func (e *engine) run(j job, wk *worker) {
 	pending := j.wires
+	e.encode(pending, &wk.agg)
 	m := e.metrics()
 	var b interface{ NextBackOff() time.Duration }
+	// complete reports outcomes, then keeps the slice for the next round,
+	// cleared so that it holds no record.
+	complete := func(comps []completion) {
+		e.complete(comps)
+		clear(comps)
+		wk.comps = comps[:0]
+	}
 	for round := 0; len(pending) > 0; round++ {
-		var comps []completion
+		comps := wk.comps[:0]
 		if cause := e.life.Err(); cause != nil {
 			comps = e.failAll(comps, pending, "", "", closedCause(e.life))
-			e.complete(comps)
+			complete(comps)
 			break
 		}
 		if round > 0 {
@@ -116,7 +125,7 @@ func (e *engine) run(j job) {
 				comps, misrouted, aggregates = e.resolveMismatch(comps, pending, mismatch, out, sentAt)
 			}
 		}
-		e.complete(comps)
+		complete(comps)
 		if len(misrouted) > 0 && e.resend(misrouted) {
 			m.resent(aggregates)
 		}
@@ -138,6 +147,24 @@ func (e *engine) run(j job) {
 	e.sched.release(j)
 	e.kickLocked()
 	e.mu.Unlock()
+}
+
+// encode encodes the KPL aggregates of a job, which the scheduler packed
+// (members and exact size) but left unencoded, with a, outside the
+// engine's lock.
+func (e *engine) encode(ws []wire, a *kpl.Aggregator) {
+	for i := range ws {
+		w := &ws[i]
+		if w.many == nil || w.data != nil {
+			continue
+		}
+		a.Reset()
+		for _, r := range w.many {
+			a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
+		}
+		w.data = a.Encode()
+	}
+	a.Reset() // hold no record's data
 }
 
 // chargeRetry charges entries sent again to their shards' budgets: they
@@ -228,10 +255,10 @@ func closedCause(life context.Context) error {
 
 func (e *engine) succeed(comps []completion, w *wire, shard, seq string) []completion {
 	if w.many == nil {
-		return append(comps, completion{r: w.one, res: Result{Entry: w.one.e, ShardID: shard, SequenceNumber: seq}})
+		return append(comps, completion{r: w.one, shard: shard, seq: seq})
 	}
 	for i, r := range w.many {
-		comps = append(comps, completion{r: r, res: Result{Entry: r.e, ShardID: shard, SequenceNumber: seq, SubSequenceNumber: uint64(i), Aggregated: true}})
+		comps = append(comps, completion{r: r, shard: shard, seq: seq, sub: uint64(i), aggregated: true})
 	}
 	return comps
 }
@@ -239,7 +266,7 @@ func (e *engine) succeed(comps []completion, w *wire, shard, seq string) []compl
 func (e *engine) fail(comps []completion, w *wire, code, msg string, err error) []completion {
 	for _, r := range w.members() {
 		pe := &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, ErrorCode: code, ErrorMessage: msg, Attempts: w.attempts, Err: err}
-		comps = append(comps, completion{r: r, res: Result{Entry: r.e, Err: pe}})
+		comps = append(comps, failed(r, pe))
 	}
 	return comps
 }
@@ -260,32 +287,51 @@ func (e *engine) complete(comps []completion) {
 	}
 	written, bytes := 0, 0
 	var lost []codeCount
-	for _, c := range comps {
-		if c.res.Err == nil {
+	for i := range comps {
+		c := &comps[i]
+		if c.err == nil {
 			written++
 			bytes += c.r.size
 		} else {
-			lost = addCode(lost, givenUpCode(c.res.Err))
+			lost = addCode(lost, givenUpCode(c.err))
 		}
 		if c.r.done != nil {
-			c.r.done(c.res)
+			c.r.done(c.result())
 		} else {
-			c.r.ack.Done(c.res.Err)
+			c.r.ack.Done(c.err)
 		}
 	}
 	e.metrics().settled(written, bytes, lost)
 	e.mu.Lock()
+	e.bufRecords -= len(comps)
+	e.bufBytes -= bytes
 	for _, c := range comps {
-		e.bufRecords--
-		e.bufBytes -= c.r.size
-		if n := e.outstanding[c.r.epoch] - 1; n > 0 {
-			e.outstanding[c.r.epoch] = n
-		} else {
-			delete(e.outstanding, c.r.epoch)
+		if c.err != nil {
+			e.bufBytes -= c.r.size
 		}
 	}
+	// Records of one request share their Flush epoch but for the few put
+	// while a Flush began: count them off by runs, not one map update each.
+	epoch, n := comps[0].r.epoch, 0
+	for _, c := range comps {
+		if c.r.epoch != epoch {
+			e.settleEpochLocked(epoch, n)
+			epoch, n = c.r.epoch, 0
+		}
+		n++
+	}
+	e.settleEpochLocked(epoch, n)
 	e.notifyLocked()
 	e.mu.Unlock()
+}
+
+// settleEpochLocked counts n records of a Flush epoch done.
+func (e *engine) settleEpochLocked(epoch uint64, n int) {
+	if left := e.outstanding[epoch] - n; left > 0 {
+		e.outstanding[epoch] = left
+	} else {
+		delete(e.outstanding, epoch)
+	}
 }
 
 // resolveMismatch handles entries that Kinesis wrote to another shard than
@@ -382,7 +428,7 @@ func (e *engine) requeue(recs []*record) bool {
 		e.mu.Unlock()
 		comps := make([]completion, len(recs))
 		for i, r := range recs {
-			comps[i] = completion{r: r, res: Result{Entry: r.e, Err: &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause}}}
+			comps[i] = failed(r, &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause})
 		}
 		e.complete(comps)
 		return false
