@@ -26,6 +26,11 @@ func readAll(b *testing.B, client kinesissource.API, stream string, n int64) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	readSource(b, src, n)
+}
+
+// readSource runs src → counting sink until n records arrived.
+func readSource(b *testing.B, src *kinesissource.Source, n int64) {
 	var count atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -120,6 +125,53 @@ func BenchmarkReadFake(b *testing.B) {
 	b.Run("raw", func(b *testing.B) {
 		for b.Loop() {
 			rawRead(b, f, "bench", n)
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "records/s")
+	})
+}
+
+// BenchmarkReadFakeStreams reads 20,000 100-byte records from four
+// 1-shard streams, through one source of the four (NewStreams), next to
+// one 4-shard stream through New: what reading several streams costs over
+// reading one. Each shard's records come in one GetRecords call, so the
+// 5 calls per second the source keeps per shard do not bound it.
+func BenchmarkReadFakeStreams(b *testing.B) {
+	const n = 20000
+	f := kinesisfake.New()
+	ctx := context.Background()
+	if _, err := f.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String("one"), ShardCount: aws.Int32(4)}); err != nil {
+		b.Fatal(err)
+	}
+	fill(b, f, "one", n)
+	// Each 1-shard stream holds as many records as a shard of "one", so
+	// that both read with as many GetRecords calls per shard.
+	ids, _ := f.Shards("one")
+	var streams []kinesissource.Stream
+	for i, id := range ids {
+		recs, _ := f.Records("one", id)
+		name := fmt.Sprint("s", i)
+		if _, err := f.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(name), ShardCount: aws.Int32(1)}); err != nil {
+			b.Fatal(err)
+		}
+		fill(b, f, name, len(recs))
+		streams = append(streams, kinesissource.Stream{Name: name})
+	}
+	b.Run("four streams of one shard", func(b *testing.B) {
+		for b.Loop() {
+			src, err := kinesissource.NewStreams(f, streams, func(o *kinesissource.Options) {
+				o.InitialPosition = kinesissource.TrimHorizon()
+				o.IdleInterval = 10 * time.Millisecond
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			readSource(b, src, n)
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "records/s")
+	})
+	b.Run("one stream of four shards", func(b *testing.B) {
+		for b.Loop() {
+			readAll(b, f, "one", n)
 		}
 		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "records/s")
 	})

@@ -55,3 +55,28 @@ func TestRecordingTheLoadOfAReadDoesNotAllocate(t *testing.T) {
 		t.Errorf("recorded %d reads of %d records and %d bytes; want 101 of 10100 and 404000", r, n, b)
 	}
 }
+
+// BenchmarkRecordLoad is the cost per read of reporting its load: the sum
+// of 100 records' bytes and one call of the store.
+func BenchmarkRecordLoad(b *testing.B) {
+	loads := &countingLoads{}
+	src, err := New(nopAPI{}, "in", func(o *Options) {
+		o.Store = struct {
+			nopStore
+			*countingLoads
+		}{countingLoads: loads}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &coordinator{src: src, st: src.streams[0], loads: src.loads}
+	r := &reader{src: src, c: c, st: c.st, shardID: "shardId-000000000000"}
+	recs := make([]types.Record, 100)
+	for i := range recs {
+		recs[i].Data = make([]byte, 40)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.recordLoad(recs)
+	}
+}
