@@ -29,18 +29,19 @@ its end). A closed shard that has children and is not read to its end is an unfi
 parent: its children are not read until it is (the table marks it closed*). It only
 reads: it never writes to the table or the stream.
 
-EXPIRES is when the lease runs out unless its owner renews it: the owner's last take or
-renewal (lease_renewed_at in the table, on the owner's clock) plus --lease-duration, from
-the time of the run: "in 7s", "expired 3m ago"; "-" for a free lease, "?" for an item
-written by a relay too old to record the time. It is approximate: the relays never read
-it. Each decides on its own clock, by the counter: another relay takes a lease over once
-it has seen the counter unchanged for the lease duration, up to a third of it later than
-EXPIRES says; and EXPIRES is off by as much as the owner's clock is. A live owner renews
-every third of the lease duration, so a healthy lease shows "in" two thirds to all of it.
-A lease still owned and long expired has an owner that stopped renewing (it died, or is
-cut off from the table), and no other relay took it over: none is running, or the shard
-needs no more reading. --lease-duration must match the relays' lease duration (the
-library's default unless they set another).
+EXPIRES is when the lease runs out unless its owner proves itself alive again: the owner's
+last heartbeat (its entry in the table's "#instances" item, on the owner's clock; for an
+owner with no entry there, such as an older relay, the item's lease_renewed_at) plus
+--lease-duration, from the time of the run: "in 7s", "expired 3m ago"; "-" for a free
+lease, "?" for an item written by a relay too old to record the time. It is approximate:
+the relays never read it. Each decides on its own clock: another relay takes the leases of
+an owner once it has seen the owner's heartbeat unchanged for the lease duration, up to
+half of it later than EXPIRES says; and EXPIRES is off by as much as the owner's clock is.
+A live owner writes its heartbeat every third of the lease duration, so a healthy lease
+shows "in" two thirds to all of it. A lease still owned and long expired has an owner that
+stopped (it died, or is cut off from the table), and no other relay took it over: none is
+running, or the shard needs no more reading. --lease-duration must match the relays' lease
+duration (the library's default unless they set another).
 
 The table abbreviates sequence numbers to their last 12 digits; --json prints one JSON
 document with every field in full:
@@ -52,9 +53,10 @@ document with every field in full:
     parent_shard_id, adjacent_parent_shard_id, child_shard_ids
     lease                  null when the table has no item for the shard, else
       owner, counter         the lease owner ("" when free) and counter, which
-      wanted_by              changes on every renew; the instance that asked for it
-      renewed_at             the owner's time of its last take or renewal (RFC 3339;
-                             omitted for a free lease, and when the item has none)
+      wanted_by              changes when the lease changes hands; the instance that
+                             asked for it
+      renewed_at             the owner's time of its last heartbeat, else of its take
+                             (RFC 3339; omitted for a free lease, and when unknown)
       expires_at             renewed_at plus --lease-duration (omitted with it)
     checkpoint             null when none was saved, else
       sequence_number, sub_sequence_number, partial (a KPL aggregate read in part),

@@ -124,8 +124,8 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 			renewedAt = *r
 		}
 	}
-	// The default --lease-duration is the library's, 10s.
-	expiresAt := renewedAt.Add(10 * time.Second)
+	// The default --lease-duration is the library's, 8s.
+	expiresAt := renewedAt.Add(8 * time.Second)
 	want := statusReport{
 		Stream: stream, Table: table,
 		Shards: []statusShard{

@@ -79,7 +79,7 @@ type want struct {
 type peer struct {
 	m      Member
 	seenAt time.Time // when its heartbeat counter (or incarnation) last changed
-	live   bool      // its heartbeat changed within LeaseDuration of the last read
+	live   bool      // its heartbeat changed within validity() of the last read
 }
 
 // streamState is what the Manager keeps of one stream between Syncs.
@@ -162,9 +162,19 @@ func (m *Manager) Options() Options { return m.o }
 // noticed soon.
 func (m *Manager) SyncInterval() time.Duration { return m.o.RenewInterval / 2 }
 
-// LeaseDuration is how long a member may go without a heartbeat before
-// others take its leases.
+// LeaseDuration is the most time between a member's last heartbeat and
+// the moment others may take its leases.
 func (m *Manager) LeaseDuration() time.Duration { return m.o.LeaseDuration }
+
+// validity is how long after its last successful heartbeat (when it was
+// sent) an instance holds its leases, and how long after they last saw a
+// member's heartbeat change the others wait before taking its leases:
+// LeaseDuration less one RenewInterval. An observer sees a heartbeat at
+// its own next heartbeat, up to a RenewInterval after it was written, so
+// the others take the leases at most LeaseDuration (plus a sync interval
+// to notice) after the last heartbeat, and never before its writer gave
+// them up.
+func (m *Manager) validity() time.Duration { return m.o.LeaseDuration - m.o.RenewInterval }
 
 // Sync writes this instance's heartbeat when due, takes free and expired
 // leases of stream, balances with other instances, and returns the
@@ -173,7 +183,8 @@ func (m *Manager) LeaseDuration() time.Duration { return m.o.LeaseDuration }
 //
 // Transient table errors are retried within the call while this instance's
 // leases are still valid. When the heartbeat cannot be written, Sync
-// returns the error, unless none succeeded for LeaseDuration: then it gives
+// returns the error, unless none succeeded for LeaseDuration less one
+// RenewInterval: then it gives
 // up every lease and returns a nil error and no shards, so that the caller
 // stops reading them. When another process took over this instance's owner
 // id, Sync gives up every lease without writing and fails, now and on every
@@ -275,8 +286,8 @@ func (m *Manager) heartbeat(ctx context.Context, stream string, force bool) erro
 	case !m.beaten:
 		// Nothing held yet (or left): no lease to protect, a longer try.
 		until = time.Now().Add(m.o.RenewInterval)
-	case m.lastBeat.Add(m.o.LeaseDuration).Before(until):
-		until = m.lastBeat.Add(m.o.LeaseDuration)
+	case m.lastBeat.Add(m.validity()).Before(until):
+		until = m.lastBeat.Add(m.validity())
 	}
 	m.mu.Unlock()
 
@@ -335,11 +346,11 @@ func (m *Manager) surrender(ctx context.Context) error {
 	return err
 }
 
-// lapse gives up every held lease when no heartbeat succeeded for
-// LeaseDuration: others may have taken them. It reports whether it did.
+// lapse gives up every held lease when no heartbeat succeeded for the
+// validity (LeaseDuration less one RenewInterval): others may take them. It reports whether it did.
 func (m *Manager) lapse(ctx context.Context, now time.Time) bool {
 	m.mu.Lock()
-	if !m.beaten || now.Sub(m.lastBeat) < m.o.LeaseDuration {
+	if !m.beaten || now.Sub(m.lastBeat) < m.validity() {
 		m.mu.Unlock()
 		return false
 	}
@@ -446,7 +457,7 @@ func (m *Manager) observeMembers(ms []Member, now time.Time) {
 		}
 	}
 	for owner, p := range m.peers {
-		live := now.Sub(p.seenAt) < m.o.LeaseDuration
+		live := now.Sub(p.seenAt) < m.validity()
 		if live != p.live {
 			p.live = live
 			changed = true
@@ -469,7 +480,7 @@ func (m *Manager) suspect(now time.Time) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, p := range m.peers {
-		if p.live && now.Sub(p.seenAt) >= m.o.LeaseDuration && m.readAt.Before(now) {
+		if p.live && now.Sub(p.seenAt) >= m.validity() && m.readAt.Before(now) {
 			return true
 		}
 	}
@@ -1193,34 +1204,26 @@ func (m *Manager) writeUncertain(ctx context.Context, stream, shard string, unti
 	var seen Lease
 	uncertain := false
 	err := m.retryUntil(ctx, until, "lease write of shard "+shard, func(ctx context.Context) error {
-		for adopted := false; ; adopted = true {
-			if sent != nil {
-				*sent = time.Now()
-				ch.RenewedAt = *sent
-			}
-			err := m.t.Update(ctx, stream, shard, cond, ch)
-			if err != nil && !errors.Is(err, ErrConflict) {
-				uncertain = true
-			}
-			if !errors.Is(err, ErrConflict) {
-				return err
-			}
-			v, l, err := m.settle(ctx, stream, shard, cond, ch)
-			if err != nil {
-				return err
-			}
-			seen = l
-			switch {
-			case v == landed:
-				return nil
-			case v == adopt && !adopted:
-				m.logger().Info("a lease write whose answer was lost did land; going on from the table's counter",
-					"stream", stream, "shard_id", shard, "lease_counter", l.Counter)
-				cond.Counter = l.Counter
-				continue
-			}
-			return ErrConflict
+		if sent != nil {
+			*sent = time.Now()
+			ch.RenewedAt = *sent
 		}
+		err := m.t.Update(ctx, stream, shard, cond, ch)
+		if err != nil && !errors.Is(err, ErrConflict) {
+			uncertain = true
+		}
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		v, l, err := m.settle(ctx, stream, shard, cond, ch)
+		if err != nil {
+			return err
+		}
+		seen = l
+		if v == landed {
+			return nil
+		}
+		return ErrConflict
 	})
 	if err != nil {
 		return seen, uncertain, err
@@ -1264,10 +1267,6 @@ const (
 	// landed: the item shows the write: an attempt whose answer was lost
 	// applied it.
 	landed
-	// adopt: the write expected this instance as owner, and the item names
-	// it with a later counter: an earlier write of its own (a renewal whose
-	// answer was lost) landed. Write again from the item's counter.
-	adopt
 )
 
 // settle reads the item (strongly consistent) after a write of ch over cond
@@ -1286,11 +1285,15 @@ func (m *Manager) settle(ctx context.Context, stream, shard string, cond Cond, c
 	// A write that changes no owner, counter or want (a checkpoint) leaves
 	// no trace to recognise it by.
 	visible := ch.Owner != nil || ch.Bump || ch.Want != nil
-	switch {
-	case visible && l.Owner == want.Owner && l.Counter == want.Counter && (ch.Want == nil || l.Want == *ch.Want):
+	// A take back of an item that already names this owner id (a restart)
+	// leaves the same trace as the take back by another process with the
+	// id: it is never taken for landed, so that two processes with one id
+	// cannot both believe they hold the lease. (Items have no counter of
+	// their own changes that would not be the lease counter: a checkpoint
+	// or write of an earlier incarnation is never adopted either.)
+	reclaim := cond.Owner == m.me && want.Owner == m.me
+	if visible && !reclaim && l.Owner == want.Owner && l.Counter == want.Counter && (ch.Want == nil || l.Want == *ch.Want) {
 		return landed, l, nil
-	case cond.Owner == m.me && l.Owner == m.me && l.Counter >= cond.Counter:
-		return adopt, l, nil
 	}
 	return refused, l, nil
 }
