@@ -102,7 +102,11 @@
 // Options.EnhancedFanOut, else polling; a ConsumerName is registered on
 // each stream that uses it, while a ConsumerARN belongs to one stream, so
 // Options.EnhancedFanOut.ConsumerARN is refused with several streams).
-// The other options apply to every stream alike. Everything else is
+// The other options apply to every stream alike. The calls Kinesis limits
+// per account rather than per stream, which enhanced fan-out makes for each
+// stream when Run starts (DescribeStreamSummary, 20 a second, and
+// RegisterStreamConsumer, 5 a second), are spaced between the streams to
+// stay within those limits. Everything else is
 // shared: one pipeline, whose lanes are per (stream, shard); one checkpoint
 // store; and with a leasing store one lease table and one group of
 // instances, which the source asks for leases stream by stream

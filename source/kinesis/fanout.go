@@ -107,15 +107,17 @@ type runReads interface {
 
 var consumerNameRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,128}$`)
 
-// fanOut is the enhanced fan-out read mode.
+// fanOut is the enhanced fan-out read mode of a stream.
 type fanOut struct {
 	client FanOutAPI
 	opts   EnhancedFanOut
+	pace   *accountPace // shared by the streams of a source
 }
 
 // newFanOut checks the enhanced fan-out options of a source, or of one of
-// its streams, found in field.
-func newFanOut(client API, o EnhancedFanOut, field string) (*fanOut, error) {
+// its streams, found in field. pace is the source's, shared by its
+// streams.
+func newFanOut(client API, o EnhancedFanOut, field string, pace *accountPace) (*fanOut, error) {
 	bad := func(name, reason string) error {
 		return &shardflow.ConfigError{Field: field + "." + name, Reason: reason}
 	}
@@ -133,7 +135,7 @@ func newFanOut(client API, o EnhancedFanOut, field string) (*fanOut, error) {
 	case o.ConsumerARN != "" && (!strings.HasPrefix(o.ConsumerARN, "arn:") || !strings.Contains(o.ConsumerARN, "/consumer/")):
 		return nil, bad("ConsumerARN", fmt.Sprintf("%q is not a Kinesis stream consumer's ARN", o.ConsumerARN))
 	}
-	return &fanOut{client: fc, opts: o}, nil
+	return &fanOut{client: fc, opts: o, pace: pace}, nil
 }
 
 func (m *fanOut) begin(ctx context.Context, s *Source, st *streamConf) (runReads, error) {
@@ -207,6 +209,9 @@ var errConsumerExists = errors.New("consumer already registered")
 func (m *fanOut) register(ctx context.Context, s *Source, st *streamConf, streamARN string) (string, error) {
 	var arn string
 	err := s.call(ctx, st.log, "register stream consumer", func(ctx context.Context) error {
+		if err := m.pace.registerStreamConsumer.wait(ctx); err != nil {
+			return err
+		}
 		out, err := m.client.RegisterStreamConsumer(ctx, &kinesis.RegisterStreamConsumerInput{StreamARN: aws.String(streamARN), ConsumerName: aws.String(m.opts.ConsumerName)})
 		switch {
 		case err == nil:
@@ -256,6 +261,9 @@ func (m *fanOut) streamARN(ctx context.Context, s *Source, st *streamConf) (stri
 	}
 	var arn string
 	err := s.call(ctx, st.log, "describe stream summary", func(ctx context.Context) error {
+		if err := m.pace.describeStreamSummary.wait(ctx); err != nil {
+			return err
+		}
 		out, err := m.client.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(st.name)})
 		if err == nil {
 			arn = aws.ToString(out.StreamDescriptionSummary.StreamARN)

@@ -92,6 +92,7 @@ func resolveStreams(client API, streams []Stream, o *Options, single bool) ([]*s
 	}
 	out := make([]*streamConf, len(streams))
 	seen := make(map[string]int, len(streams))
+	pace := newAccountPace()
 	for i, sc := range streams {
 		field := fmt.Sprintf("streams[%d]", i)
 		nameField := field + ".Name"
@@ -126,7 +127,7 @@ func resolveStreams(client API, streams []Stream, o *Options, single bool) ([]*s
 			efo, efoField = sc.EnhancedFanOut, field+".EnhancedFanOut"
 		}
 		if efo != nil {
-			m, err := newFanOut(client, *efo, efoField)
+			m, err := newFanOut(client, *efo, efoField, pace)
 			if err != nil {
 				return nil, err
 			}

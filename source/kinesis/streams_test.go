@@ -476,3 +476,45 @@ func TestSourceMetricsOfSeveralStreams(t *testing.T) {
 		}
 	})
 }
+
+// MaxStreams streams read by one source under every limit Kinesis has:
+// the source keeps them, those of the account (DescribeStreamSummary and
+// RegisterStreamConsumer, which every stream's fan-out consumer calls when
+// Run starts) included, and every record of every stream is read.
+func TestMaxStreamsUnderKinesisLimits(t *testing.T) {
+	for _, m := range readModes[:2] {
+		t.Run(m.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := kinesisfake.New(func(o *kinesisfake.Options) { o.Limits = kinesisfake.AWSLimits() })
+				streams := make([]kinesissource.Stream, kinesissource.MaxStreams)
+				for i := range streams {
+					streams[i].Name = fmt.Sprintf("s%02d", i)
+					if _, err := f.CreateStream(t.Context(), &kinesis.CreateStreamInput{StreamName: aws.String(streams[i].Name), ShardCount: aws.Int32(1)}); err != nil {
+						t.Fatal(err)
+					}
+					put(t, f, streams[i].Name, 0, 20, 5)
+				}
+				src := newStreamsSource(t, f, streams, m.opts, func(o *kinesissource.Options) {
+					o.InitialPosition = kinesissource.TrimHorizon()
+					o.Logger = slog.New(slog.DiscardHandler) // a retried throttle is a warning each
+				})
+				sink := &collector{}
+				if err := runUntil(t, shardflow.Source(src).Sink(sink), func() bool { return sink.len() >= 20*kinesissource.MaxStreams }); err != nil {
+					t.Fatalf("Run = %v", err)
+				}
+				got := sink.byStream()
+				for _, s := range streams {
+					checkExactlyOnceInOrder(t, 20, got[s.Name])
+				}
+				t.Logf("throttled: %d ListShards, %d DescribeStreamSummary, %d RegisterStreamConsumer, %d SubscribeToShard, %d GetRecords",
+					f.Throttled("ListShards"), f.Throttled("DescribeStreamSummary"), f.Throttled("RegisterStreamConsumer"),
+					f.Throttled("SubscribeToShard"), f.Throttled("GetRecords"))
+				for _, op := range []string{"ListShards", "DescribeStreamSummary", "RegisterStreamConsumer", "SubscribeToShard", "GetRecords"} {
+					if n := f.Throttled(op); n != 0 {
+						t.Errorf("%d %s calls throttled; want none: the source keeps the limits", n, op)
+					}
+				}
+			})
+		})
+	}
+}
