@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -279,3 +280,53 @@ func TestRateLimitOptions(t *testing.T) {
 
 // quietOpts keeps the logs of a test out of its output.
 func quietOpts(o *Options) { o.Logger = slog.New(slog.DiscardHandler) }
+
+func TestASplitDropsTheParentsBudgetAndEachChildGetsItsOwn(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newLimitedFake(t, 1)
+		p, err := NewProducer(f, testStream, func(o *Options) { o.Aggregate = true }, quietOpts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, 1000)
+		put := func(n int) {
+			for i := range n {
+				if err := p.Put(t.Context(), data, "key-"+strconv.Itoa(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := p.Flush(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put(2000) // 2 MB: the parent's budget holds some back
+		if _, err := f.SplitShard(t.Context(), &kinesis.SplitShardInput{StreamName: aws.String(testStream),
+			ShardToSplit: aws.String("shardId-000000000000"), NewStartingHashKey: aws.String(shardHashKey(1, 2))}); err != nil {
+			t.Fatal(err)
+		}
+		put(4000) // 4 MB over the two children
+		if err := p.Close(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		p.e.mu.Lock()
+		var ids []string
+		for id := range p.e.lim.buckets {
+			ids = append(ids, id)
+		}
+		p.e.mu.Unlock()
+		slices.Sort(ids)
+		if want := []string{"shardId-000000000001", "shardId-000000000002"}; !slices.Equal(ids, want) {
+			t.Errorf("budgets kept for %v, want the children's only, %v", ids, want)
+		}
+		stats, err := f.ShardStats(testStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range stats {
+			if s.ThrottledRecords > 0 {
+				t.Errorf("%s: %d entries throttled, want none", s.ShardID, s.ThrottledRecords)
+			}
+		}
+	})
+}

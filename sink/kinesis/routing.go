@@ -108,6 +108,7 @@ func (e *engine) installLocked(m *shardMap, at time.Time) {
 	if old == nil {
 		return
 	}
+	e.lim.remap(m)
 	e.sched.remap(m)
 	e.kickLocked()
 }
