@@ -54,7 +54,10 @@ type EnhancedFanOut struct {
 	// false when several instances share the consumer: one instance
 	// stopping would end the others' subscriptions (they then stop with a
 	// *ConsumerDeletedError). A consumer that existed before Run, or
-	// given by ConsumerARN, is never deregistered. Default: false.
+	// given by ConsumerARN, is never deregistered. A source of several
+	// streams (NewStreams) deregisters its consumers 5 a second, the
+	// most Kinesis allows an account: with MaxStreams streams Run returns
+	// up to 10 seconds later. Default: false.
 	DeregisterOnClose bool
 }
 
@@ -144,7 +147,7 @@ func (m *fanOut) begin(ctx context.Context, s *Source, st *streamConf) (runReads
 		return nil, err
 	}
 	st.log.Info("reading by enhanced fan-out", "consumer_arn", arn, "registered", registered)
-	return &fanOutRun{s: s, st: st, client: m.client, arn: arn, registered: registered, deregister: m.opts.DeregisterOnClose}, nil
+	return &fanOutRun{s: s, st: st, client: m.client, pace: m.pace, arn: arn, registered: registered, deregister: m.opts.DeregisterOnClose}, nil
 }
 
 // consumer returns the ARN of the source's consumer once it is ACTIVE,
@@ -281,6 +284,7 @@ type fanOutRun struct {
 	s          *Source
 	st         *streamConf
 	client     FanOutAPI
+	pace       *accountPace
 	arn        string // the consumer's, ACTIVE
 	registered bool   // by this Run
 	deregister bool   // DeregisterOnClose
@@ -294,9 +298,21 @@ func (f *fanOutRun) end(ctx context.Context) {
 	if !f.deregister || !f.registered {
 		return
 	}
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deregisterTimeout)
+	// Kinesis allows 5 deregistrations a second per account: the streams
+	// of a source take turns, and each call has deregisterTimeout from
+	// its turn on (so Run returns at most MaxStreams/5 seconds later).
+	bg := context.WithoutCancel(ctx)
+	_ = f.pace.deregisterStreamConsumer.wait(bg) // bg never ends
+	dctx, cancel := context.WithTimeout(bg, deregisterTimeout)
 	defer cancel()
+	first := true
 	err := f.s.call(dctx, f.st.log, "deregister stream consumer", func(ctx context.Context) error {
+		if !first {
+			if err := f.pace.deregisterStreamConsumer.wait(ctx); err != nil {
+				return err
+			}
+		}
+		first = false
 		_, err := f.client.DeregisterStreamConsumer(ctx, &kinesis.DeregisterStreamConsumerInput{ConsumerARN: aws.String(f.arn)})
 		return err
 	})

@@ -8,7 +8,8 @@ import (
 
 // Kinesis limits some calls per account rather than per stream or shard:
 // every stream of a source (NewStreams) read by enhanced fan-out makes
-// them when Run starts, all at once.
+// them when Run starts, all at once, and with DeregisterOnClose when Run
+// returns.
 const (
 	// describeStreamSummaryPerSecond: DescribeStreamSummary, 20 per
 	// second per account (DescribeStreamSummary API reference).
@@ -16,6 +17,9 @@ const (
 	// registerStreamConsumerPerSecond: RegisterStreamConsumer, 5 per
 	// second per account (RegisterStreamConsumer API reference).
 	registerStreamConsumerPerSecond = 5
+	// deregisterStreamConsumerPerSecond: DeregisterStreamConsumer, 5
+	// per second per account (DeregisterStreamConsumer API reference).
+	deregisterStreamConsumerPerSecond = 5
 )
 
 // accountPace spaces a source's calls that Kinesis limits per account, so
@@ -23,14 +27,17 @@ const (
 // throttled and retried. Other processes of the account may still spend
 // the allowance: a throttled call is then retried as any other.
 type accountPace struct {
-	describeStreamSummary  pacer
-	registerStreamConsumer pacer
+	describeStreamSummary    pacer
+	registerStreamConsumer   pacer
+	deregisterStreamConsumer pacer
 }
 
 func newAccountPace() *accountPace {
 	return &accountPace{
 		describeStreamSummary:  pacer{gap: time.Second / describeStreamSummaryPerSecond},
 		registerStreamConsumer: pacer{gap: time.Second / registerStreamConsumerPerSecond},
+
+		deregisterStreamConsumer: pacer{gap: time.Second / deregisterStreamConsumerPerSecond},
 	}
 }
 

@@ -480,12 +480,28 @@ func TestSourceMetricsOfSeveralStreams(t *testing.T) {
 // MaxStreams streams read by one source under every limit Kinesis has:
 // the source keeps them, those of the account (DescribeStreamSummary and
 // RegisterStreamConsumer, which every stream's fan-out consumer calls when
-// Run starts) included, and every record of every stream is read.
+// Run starts, and DeregisterStreamConsumer when it ends) included, and
+// every record of every stream is read.
 func TestMaxStreamsUnderKinesisLimits(t *testing.T) {
-	for _, m := range readModes[:2] {
+	modes := []readMode{readModes[0], {name: "enhanced fan-out, deregistered on close", opts: func(o *kinesissource.Options) {
+		o.EnhancedFanOut = &kinesissource.EnhancedFanOut{ConsumerName: "app", DeregisterOnClose: true}
+	}}}
+	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := kinesisfake.New(func(o *kinesisfake.Options) { o.Limits = kinesisfake.AWSLimits() })
+				// The fake does not limit DeregisterStreamConsumer (5 a
+				// second per account): the test counts the calls.
+				var mu sync.Mutex
+				var deregistered []time.Time
+				f.InjectError(func(op string, _ any) error {
+					if op == "DeregisterStreamConsumer" {
+						mu.Lock()
+						deregistered = append(deregistered, time.Now())
+						mu.Unlock()
+					}
+					return nil
+				})
 				streams := make([]kinesissource.Stream, kinesissource.MaxStreams)
 				for i := range streams {
 					streams[i].Name = fmt.Sprintf("s%02d", i)
@@ -512,6 +528,20 @@ func TestMaxStreamsUnderKinesisLimits(t *testing.T) {
 				for _, op := range []string{"ListShards", "DescribeStreamSummary", "RegisterStreamConsumer", "SubscribeToShard", "GetRecords"} {
 					if n := f.Throttled(op); n != 0 {
 						t.Errorf("%d %s calls throttled; want none: the source keeps the limits", n, op)
+					}
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if want := 0; m.name != readModes[0].name {
+					want = kinesissource.MaxStreams
+					if len(deregistered) != want {
+						t.Errorf("%d consumers deregistered; want %d", len(deregistered), want)
+					}
+				}
+				for i := range deregistered {
+					if j := i + 5; j < len(deregistered) && deregistered[j].Sub(deregistered[i]) < time.Second {
+						t.Errorf("deregistrations %d to %d within %v; Kinesis allows 5 a second", i, j, deregistered[j].Sub(deregistered[i]))
+						break
 					}
 				}
 			})
