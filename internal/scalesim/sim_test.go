@@ -378,8 +378,16 @@ func (o ownership) String() string {
 	if len(cs) > 0 {
 		lo, hi = cs[0], cs[len(cs)-1]
 	}
-	return fmt.Sprintf("%d instances hold %d..%d shards, %d unheld, %d held twice, %d not synced yet",
-		len(cs), lo, hi, o.missing, o.doubled, o.unsynced)
+	out := fmt.Sprintf("%d instances hold %d..%d shards", len(cs), lo, hi)
+	for _, x := range []struct {
+		n    int
+		what string
+	}{{o.missing, "unheld"}, {o.doubled, "held twice"}, {o.unsynced, "instances not synced yet"}} {
+		if x.n > 0 {
+			out += fmt.Sprintf(", %d %s", x.n, x.what)
+		}
+	}
+	return out
 }
 
 // waitBalanced waits, in virtual time, until the group is balanced (see
