@@ -1,6 +1,7 @@
 package kinesissink
 
 import (
+	"math/bits"
 	"time"
 
 	"github.com/shardflow/shardflow/internal/kpl"
@@ -22,7 +23,6 @@ type aggregateScheduler struct {
 	requests
 	queues    shardQueues
 	openSince time.Time // when the oldest record not yet packed was accepted
-	agg       kpl.Aggregator
 	// held are the queues the limiter held back: true when all their
 	// records are due (lingered or flushed), false for full aggregates only.
 	held map[*queue]bool
@@ -33,12 +33,17 @@ func (s *aggregateScheduler) routed() bool { return true }
 func (s *aggregateScheduler) add(r *record) {
 	q := s.queues.get(s.e.smap.shardOf(r.hash))
 	q.push(r)
+	var now time.Time // read only when needed: records are not stamped
 	if s.openSince.IsZero() {
-		s.openSince = r.accepted
+		now = acceptedAt(r)
+		s.openSince = now
 	}
 	flushing := s.e.flushing > 0
 	if q.bytes >= s.e.o.AggregateMaxBytes || flushing {
-		s.pack(q, flushing, r.accepted)
+		if now.IsZero() {
+			now = acceptedAt(r)
+		}
+		s.pack(q, flushing, now)
 	}
 	if flushing {
 		s.seal()
@@ -97,7 +102,7 @@ func (s *aggregateScheduler) pack(q *queue, all bool, now time.Time) {
 				limit = min(limit, a.bytes)
 			}
 		}
-		w, _, ok := takeAggregate(&s.agg, q, limit, nil)
+		w, _, ok := takeAggregate(q, limit, nil)
 		if !ok {
 			return
 		}
@@ -219,8 +224,8 @@ func wrappedSize(e *Entry) int {
 // flight are skipped, with every later record of their key, and keys
 // returns the distinct keys the aggregate carries. ok is false when it took
 // nothing.
-func takeAggregate(a *kpl.Aggregator, q *queue, limit int, inFlight map[string]int) (w wire, keys []string, ok bool) {
-	a.Reset()
+func takeAggregate(q *queue, limit int, inFlight map[string]int) (w wire, keys []string, ok bool) {
+	var a aggBound
 	var members []*record
 	var held map[string]bool
 	old := q.recs
@@ -242,7 +247,7 @@ func takeAggregate(a *kpl.Aggregator, q *queue, limit int, inFlight map[string]i
 		if len(members) > 0 {
 			pk = members[0].e.PartitionKey
 		}
-		if a.SizeWith(r.e.PartitionKey, r.e.ExplicitHashKey, len(r.e.Data))+len(pk) > limit {
+		if a.with(r.e.PartitionKey, r.e.ExplicitHashKey, len(r.e.Data))+len(pk) > limit {
 			if len(members) == 0 {
 				// Too large to share an aggregate: it goes alone.
 				members = append(members, r)
@@ -250,7 +255,7 @@ func takeAggregate(a *kpl.Aggregator, q *queue, limit int, inFlight map[string]i
 			}
 			break
 		}
-		a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
+		a.add(r.e.PartitionKey, r.e.ExplicitHashKey, len(r.e.Data))
 		members = append(members, r)
 	}
 	q.recs = append(kept, old[i:]...)
@@ -277,13 +282,78 @@ func takeAggregate(a *kpl.Aggregator, q *queue, limit int, inFlight map[string]i
 		}
 		// Sent plain, data that reads as an aggregate would be
 		// de-aggregated into its inner records: wrap it, as the KPL does.
-		a.Reset()
-		a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
+		a = aggBound{}
+		a.add(r.e.PartitionKey, r.e.ExplicitHashKey, len(r.e.Data))
 	}
 	// The aggregate is encoded (protobuf and MD5, the costly part) by the
 	// request goroutine that sends it (engine.encode), not here under the
 	// engine's lock on the writer's goroutine.
 	first := members[0].e
 	return wire{many: members, pk: first.PartitionKey, ehk: first.ExplicitHashKey,
-		size: a.Size() + len(first.PartitionKey), shard: q.id, routed: true}, keys, true
+		size: a.size + len(first.PartitionKey), shard: q.id, routed: true}, keys, true
 }
+
+// aggBound sizes a KPL aggregate as records are added, with no map: a
+// record's partition key (and explicit hash key) counts as a new key table
+// entry unless it is the previous record's. The request goroutine encodes
+// the aggregate with kpl.Aggregator, which shares every repeated key, so
+// the aggregate is at most this size: exactly it when no key repeats but
+// in a row (distinct keys, or one hot key), a little smaller otherwise.
+// It is the size the aggregate counts for against the request and record
+// limits and the rate limit until it is encoded.
+type aggBound struct {
+	size            int // magic, protobuf and checksum so far
+	pks, ehks       int // key table entries counted
+	lastPK, lastEHK string
+}
+
+// growth is the protobuf bytes one more record adds (kpl.Aggregator's
+// growth, with the table indexes bounded as above).
+func (a *aggBound) growth(pk, ehk string, dataLen int) int {
+	n := 0
+	pki := a.pks
+	if a.pks > 0 && pk == a.lastPK {
+		pki--
+	} else {
+		n += protoFieldLen(len(pk))
+	}
+	body := 1 + uvarintLen(uint64(pki)) + protoFieldLen(dataLen)
+	if ehk != "" {
+		ehki := a.ehks
+		if a.ehks > 0 && ehk == a.lastEHK {
+			ehki--
+		} else {
+			n += protoFieldLen(len(ehk))
+		}
+		body += 1 + uvarintLen(uint64(ehki))
+	}
+	return n + protoFieldLen(body)
+}
+
+// with returns the size with one more record.
+func (a *aggBound) with(pk, ehk string, dataLen int) int {
+	if a.size == 0 {
+		return kpl.Overhead + a.growth(pk, ehk, dataLen)
+	}
+	return a.size + a.growth(pk, ehk, dataLen)
+}
+
+// add counts one more record.
+func (a *aggBound) add(pk, ehk string, dataLen int) {
+	a.size = a.with(pk, ehk, dataLen)
+	if a.pks == 0 || pk != a.lastPK {
+		a.pks++
+		a.lastPK = pk
+	}
+	if ehk != "" && (a.ehks == 0 || ehk != a.lastEHK) {
+		a.ehks++
+		a.lastEHK = ehk
+	}
+}
+
+// uvarintLen is the size of v as a protobuf varint.
+func uvarintLen(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
+
+// protoFieldLen is the size of a length-delimited protobuf field of n bytes
+// with a one-byte tag.
+func protoFieldLen(n int) int { return 1 + uvarintLen(uint64(n)) + n }

@@ -3,6 +3,8 @@ package kinesissink
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -78,5 +80,40 @@ func TestAnAggregateLookingRecordTooLargeToWrapIsRefusedInAggregatingMode(t *tes
 			t.Errorf("plain: Put = %v, want nil", err)
 		}
 		_ = p.Close(t.Context())
+	}
+}
+
+func TestAggregateBoundIsNeverBelowTheEncodedSize(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		pk    func(i int) string
+		ehk   func(i int) string
+		exact bool // the bound is the encoded size
+	}{
+		{"distinct keys", func(i int) string { return fmt.Sprintf("key-%d", i) }, func(int) string { return "" }, true},
+		{"one hot key", func(int) string { return "hot" }, func(int) string { return "" }, true},
+		{"keys repeated in runs", func(i int) string { return fmt.Sprintf("run-%d", i/7) }, func(int) string { return "" }, true},
+		{"keys interleaved", func(i int) string { return fmt.Sprintf("k%d", i%3) }, func(int) string { return "" }, false},
+		{"explicit hash keys", func(i int) string { return fmt.Sprintf("key-%d", i%5) }, func(i int) string { return strconv.Itoa(i % 4 * 1000) }, false},
+		{"one explicit hash key", func(i int) string { return fmt.Sprintf("key-%d", i) }, func(int) string { return "12345" }, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var b aggBound
+			var a kpl.Aggregator
+			for i := range 300 {
+				data := bytes.Repeat([]byte("d"), i%200+1)
+				pk, ehk := tc.pk(i), tc.ehk(i)
+				if got, want := b.with(pk, ehk, len(data)), a.SizeWith(pk, ehk, len(data)); got < want || (tc.exact && got != want) {
+					t.Fatalf("record %d: bound with it %d, encoded size with it %d (exact: %v)", i, got, want, tc.exact)
+				}
+				b.add(pk, ehk, len(data))
+				a.Add(pk, ehk, data)
+				if enc := len(a.Encode()); b.size < enc || (tc.exact && b.size != enc) {
+					t.Fatalf("after record %d: bound %d, encoded %d bytes (exact: %v)", i, b.size, enc, tc.exact)
+				}
+			}
+		})
 	}
 }

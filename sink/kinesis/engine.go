@@ -35,6 +35,10 @@ type record struct {
 	e        Entry
 	hash     u128
 	size     int
+	seq      uint64 // acceptance order
+	// accepted is when the record was accepted: set where something needs
+	// it (Options.RecordTTL, the ordered and plain modes' linger), zero
+	// else (time.Now per record is a tenth of the aggregating mode's cost).
 	accepted time.Time
 	// failedSince is when the first attempt that failed with a retryable
 	// error was sent; zero before. Touched only by the request goroutine
@@ -146,6 +150,9 @@ type engine struct {
 	stream string
 	o      settings
 	sched  scheduler
+	// collect gets the failed outcomes of a Producer's records put without
+	// a callback; nil for a Sink, whose records have acks.
+	collect func(Result)
 
 	log       atomic.Pointer[slog.Logger]
 	component string
@@ -176,6 +183,8 @@ type engine struct {
 	wake     chan struct{} // closed on progress while somebody waits
 
 	bufRecords, bufBytes int
+	seq                  uint64 // of the next record accepted
+	stamp                bool   // records need their acceptance time (record.accepted)
 
 	epoch       uint64         // Flush generation of new records
 	outstanding map[uint64]int // records not done, by epoch
@@ -184,7 +193,8 @@ type engine struct {
 
 	smap      *shardMap
 	mapLoaded time.Time
-	lim       *limiter // Options.RateLimit; nil: no limit
+	lim       *limiter    // Options.RateLimit; nil: no limit
+	mapReady  atomic.Bool // smap is loaded: accept need not take mu to know
 	timer     *time.Timer
 	timerAt   time.Time
 	workers   int
@@ -224,6 +234,7 @@ func newEngine(client API, stream, component string, optFns []func(*Options)) (*
 	e.setLogger(log)
 	e.mp, e.ownMeter = o.MeterProvider, o.MeterProvider != nil
 	e.lim = newLimiter(s.rateLimit)
+	e.stamp = o.RecordTTL > 0 || o.Ordered || !o.Aggregate
 	if e.sched, err = newScheduler(e); err != nil {
 		return nil, err
 	}
@@ -265,7 +276,9 @@ func (e *engine) waitChanLocked() chan struct{} {
 func (e *engine) urgentLocked() bool { return e.flushing > 0 || e.waiting > 0 }
 
 // accept validates an entry, waits for buffer space, and queues it. On
-// success the record's outcome is reported exactly once through ack or done.
+// success the record's outcome is reported exactly once through done, else
+// (a Producer's record without a callback) to collect when it failed, else
+// through ack.
 func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done func(Result)) error {
 	hash, err := ent.validate(e.o.MaxRecordBytes)
 	if err != nil {
@@ -277,7 +290,7 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 		}
 	}
 	e.metrics() // the buffered gauges report from the first record on
-	if e.sched.routed() {
+	if e.sched.routed() && !e.mapReady.Load() {
 		if err := e.loadShardMapOnce(ctx); err != nil {
 			return err
 		}
@@ -315,11 +328,24 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 	e.bufBytes += r.size
 	r.epoch = e.epoch
 	e.outstanding[r.epoch]++
-	r.accepted = time.Now()
+	r.seq = e.seq
+	e.seq++
+	if e.stamp {
+		r.accepted = time.Now()
+	}
 	e.sched.add(r)
 	e.kickLocked()
 	e.mu.Unlock()
 	return nil
+}
+
+// acceptedAt returns when r was accepted: its stamp, or now for a record
+// not stamped (it is being added now).
+func acceptedAt(r *record) time.Time {
+	if r.accepted.IsZero() {
+		return time.Now()
+	}
+	return r.accepted
 }
 
 // armLocked makes the linger timer fire at at, unless it fires earlier.

@@ -1,14 +1,11 @@
 package kinesissink
 
-import "github.com/shardflow/shardflow/internal/kpl"
-
 // aggregatePacker makes an ordered request of one KPL aggregate of at most
 // Options.AggregateMaxBytes (the ordered and aggregating mode): the head
 // records of the shard, skipping keys in flight, with as many records of one
 // key as fit. Throughput per key is then one aggregate per round trip.
 type aggregatePacker struct {
 	limit int
-	agg   kpl.Aggregator
 }
 
 func (p *aggregatePacker) full(q *queue) bool { return q.bytes >= p.limit }
@@ -23,7 +20,7 @@ func (p *aggregatePacker) take(q *queue, inFlight map[string]int, a allowance) (
 	if !a.whole {
 		limit = min(limit, a.bytes)
 	}
-	w, keys, ok := takeAggregate(&p.agg, q, limit, inFlight)
+	w, keys, ok := takeAggregate(q, limit, inFlight)
 	if !ok {
 		return nil, nil
 	}

@@ -45,7 +45,11 @@ func NewProducer(client API, stream string, optFns ...func(*Options)) (*Producer
 	if err != nil {
 		return nil, err
 	}
-	return &Producer{e: e}, nil
+	p := &Producer{e: e}
+	// Records put without a callback report here, failures only: no
+	// callback, and no Result, per record written.
+	e.collect = p.collect
+	return p, nil
 }
 
 // Put queues data (copied) with a partition key. It blocks while the buffer
@@ -56,7 +60,7 @@ func NewProducer(client API, stream string, optFns ...func(*Options)) (*Producer
 // ctx's error. A nil error means the record is accepted; if it is not written in
 // the end, the next Flush or Close reports it.
 func (p *Producer) Put(ctx context.Context, data []byte, partitionKey string) error {
-	return p.e.accept(ctx, Entry{Data: bytes.Clone(data), PartitionKey: partitionKey}, noAck, p.collect)
+	return p.e.accept(ctx, Entry{Data: bytes.Clone(data), PartitionKey: partitionKey}, noAck, nil)
 }
 
 // PutEntry is Put for an Entry, whose Data is not copied: do not modify it
@@ -66,9 +70,6 @@ func (p *Producer) Put(ctx context.Context, data []byte, partitionKey string) er
 // do not report it again. done must not block for long: it runs on a request
 // goroutine.
 func (p *Producer) PutEntry(ctx context.Context, e Entry, done func(Result)) error {
-	if done == nil {
-		done = p.collect
-	}
 	return p.e.accept(ctx, e, noAck, done)
 }
 

@@ -40,6 +40,7 @@ func (e *engine) loadShardMapOnce(ctx context.Context) error {
 	e.mu.Lock()
 	e.installLocked(m, time.Now())
 	e.mu.Unlock()
+	e.mapReady.Store(true)
 	e.logger().Info("shard map loaded", "open_shards", len(m.open))
 	return nil
 }

@@ -1,6 +1,7 @@
 package kinesissink
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"time"
@@ -220,5 +221,5 @@ func (qs shardQueues) drain() []*record {
 }
 
 func sortByAcceptance(recs []*record) {
-	slices.SortStableFunc(recs, func(a, b *record) int { return a.accepted.Compare(b.accepted) })
+	slices.SortFunc(recs, func(a, b *record) int { return cmp.Compare(a.seq, b.seq) })
 }

@@ -163,6 +163,8 @@ func (e *engine) encode(ws []wire, a *kpl.Aggregator) {
 			a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
 		}
 		w.data = a.Encode()
+		// At most the size it was packed with (aggBound), and now exact.
+		w.size = len(w.data) + len(w.pk)
 	}
 	a.Reset() // hold no record's data
 }
@@ -295,9 +297,14 @@ func (e *engine) complete(comps []completion) {
 		} else {
 			lost = addCode(lost, givenUpCode(c.err))
 		}
-		if c.r.done != nil {
+		switch {
+		case c.r.done != nil:
 			c.r.done(c.result())
-		} else {
+		case e.collect != nil:
+			if c.err != nil {
+				e.collect(c.result())
+			}
+		default:
 			c.r.ack.Done(c.err)
 		}
 	}
