@@ -32,10 +32,10 @@ type Result struct {
 
 // record is one accepted entry until its outcome is known.
 type record struct {
-	e        Entry
-	hash     u128
-	size     int
-	seq      uint64 // acceptance order
+	e    Entry
+	hash u128
+	size int
+	seq  uint64 // acceptance order
 	// accepted is when the record was accepted: set where something needs
 	// it (Options.RecordTTL, the ordered and plain modes' linger), zero
 	// else (time.Now per record is a tenth of the aggregating mode's cost).
