@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/md5"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,32 +12,36 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
-	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shardflow/shardflow/bench/peers/kplpb"
 )
 
 // shardBlind is the peer: a producer with the design of
 // github.com/a8m/kinesis-producer (which the Go module proxy does not serve
 // here, so it cannot be pinned), written for this benchmark from that
-// design:
+// design, doing per record and per aggregate the work a8m does:
 //
 //   - Put appends each record to ONE aggregate, whatever its shard (no shard
-//     map, no ListShards), adding its partition key to the key table every
-//     time and counting bytes the way a8m does (key + data + 1 + 8), until
-//     the next record would take it past 51,200 bytes;
-//   - a full aggregate is encoded (protobuf, then the MD5 trailer) on the
-//     caller's goroutine and sent on a channel of 500 entries to one loop
-//     goroutine, which batches entries into PutRecords requests of at most
-//     500 entries and 5 MiB, flushed also every 5 s;
+//     map, no ListShards, no hash of the key): the key to the key table
+//     every time, and a generated protobuf Record message with a pointer to
+//     its key index (two allocations), counting bytes the way a8m does (key
+//     + data + 1 + 8), until the next record would take it past 51,200
+//     bytes;
+//   - a full aggregate is marshalled with the generated messages
+//     (proto.Marshal of an AggregatedRecord, kplpb), its MD5 taken, and the
+//     magic and the checksum appended, on the caller's goroutine, then sent
+//     on a channel of 500 entries to one loop goroutine, which batches
+//     entries into PutRecords requests of at most 500 entries and 5 MiB,
+//     flushed also every 5 s;
 //   - a pool of 24 goroutines sends the requests; failed entries are sent
-//     again after a backoff, as a8m does.
+//     again after a backoff.
 //
-// The model is not slower than a8m where it differs: it encodes with
-// protowire appends into one buffer sized up front (a8m marshals generated
-// messages with golang/protobuf, then copies the bytes twice to add the
-// magic and the checksum) and allocates one value per record where a8m
-// allocates two. Like a8m, it aggregates records of every shard together,
-// routed by the first record's key: a KCL reader drops such an aggregate
-// whole when a member's hash key lies outside the shard it lands on.
+// a8m marshals with golang/protobuf v1.3; the model with
+// google.golang.org/protobuf v1.36, which is not slower. Like a8m, it
+// aggregates records of every shard together, routed by the first record's
+// key: a KCL reader drops such an aggregate whole when a member's hash key
+// lies outside the shard it lands on.
 type shardBlind struct {
 	client *kinesis.Client
 	stream string
@@ -44,7 +49,7 @@ type shardBlind struct {
 	// The open aggregate: touched by Put only (a8m's Put is not safe for
 	// concurrent use either).
 	keys   []string
-	recs   []*blindRecord
+	recs   []*kplpb.Record
 	nbytes int
 
 	entries chan types.PutRecordsRequestEntry
@@ -52,11 +57,6 @@ type shardBlind struct {
 	sem     chan struct{} // the pool of senders
 	wg      sync.WaitGroup
 	failed  atomic.Int64 // user records given up
-}
-
-type blindRecord struct {
-	data []byte
-	key  uint64
 }
 
 const (
@@ -89,48 +89,32 @@ func (p *shardBlind) Put(data []byte, partitionKey string) error {
 	}
 	n := len(data) + len(partitionKey)
 	if n+p.nbytes > blindAggregateBytes {
-		p.drain()
+		if err := p.drain(); err != nil {
+			return err
+		}
 	}
 	p.keys = append(p.keys, partitionKey)
-	p.recs = append(p.recs, &blindRecord{data: data, key: uint64(len(p.keys) - 1)})
+	keyIndex := uint64(len(p.keys) - 1)
+	p.recs = append(p.recs, &kplpb.Record{Data: data, PartitionKeyIndex: &keyIndex})
 	p.nbytes += n + 1 + 8
 	return nil
 }
 
-// drain encodes the open aggregate and hands it to the loop.
-func (p *shardBlind) drain() {
-	if len(p.recs) == 0 {
-		return
+// drain marshals the open aggregate and hands it to the loop.
+func (p *shardBlind) drain() error {
+	if p.nbytes == 0 {
+		return nil
 	}
-	size := len(kplMagic) + md5.Size
-	for _, k := range p.keys {
-		size += protowire.SizeTag(1) + protowire.SizeBytes(len(k))
+	data, err := proto.Marshal(&kplpb.AggregatedRecord{PartitionKeyTable: p.keys, Records: p.recs})
+	if err != nil {
+		return err
 	}
-	for _, r := range p.recs {
-		size += protowire.SizeTag(3) + protowire.SizeBytes(blindRecordSize(r))
-	}
-	b := make([]byte, 0, size)
-	b = append(b, kplMagic...)
-	for _, k := range p.keys {
-		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, k)
-	}
-	for _, r := range p.recs {
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(blindRecordSize(r)))
-		b = protowire.AppendTag(b, 1, protowire.VarintType)
-		b = protowire.AppendVarint(b, r.key)
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		b = protowire.AppendBytes(b, r.data)
-	}
-	sum := md5.Sum(b[len(kplMagic):])
-	b = append(b, sum[:]...)
-	p.entries <- types.PutRecordsRequestEntry{Data: b, PartitionKey: aws.String(p.keys[0])}
-	p.keys, p.recs, p.nbytes = make([]string, 0), make([]*blindRecord, 0), 0
-}
-
-func blindRecordSize(r *blindRecord) int {
-	return protowire.SizeTag(1) + protowire.SizeVarint(r.key) + protowire.SizeTag(3) + protowire.SizeBytes(len(r.data))
+	sum := md5.Sum(data)
+	agg := append(slices.Clip(kplMagic), data...)
+	agg = append(agg, sum[:]...)
+	p.entries <- types.PutRecordsRequestEntry{Data: agg, PartitionKey: aws.String(p.keys[0])}
+	p.keys, p.recs, p.nbytes = make([]string, 0), make([]*kplpb.Record, 0), 0
+	return nil
 }
 
 // loop batches entries into requests for the pool.
@@ -202,7 +186,7 @@ func (p *shardBlind) send(batch []types.PutRecordsRequestEntry) {
 
 // Stop sends what is open and waits until every request has its answer.
 func (p *shardBlind) Stop() {
-	p.drain()
+	_ = p.drain()
 	close(p.entries)
 	<-p.loopEnd
 	p.wg.Wait()
@@ -210,22 +194,9 @@ func (p *shardBlind) Stop() {
 
 // countMembers counts the records of an aggregate (for failures only).
 func countMembers(b []byte) int {
-	b = b[len(kplMagic) : len(b)-md5.Size]
-	n := 0
-	for len(b) > 0 {
-		num, typ, l := protowire.ConsumeTag(b)
-		if l < 0 {
-			return n
-		}
-		b = b[l:]
-		l = protowire.ConsumeFieldValue(num, typ, b)
-		if l < 0 {
-			return n
-		}
-		if num == 3 {
-			n++
-		}
-		b = b[l:]
+	var agg kplpb.AggregatedRecord
+	if err := proto.Unmarshal(b[len(kplMagic):len(b)-md5.Size], &agg); err != nil {
+		return 0
 	}
-	return n
+	return len(agg.Records)
 }
