@@ -25,9 +25,9 @@ import (
 //   - Put appends each record to ONE aggregate, whatever its shard (no shard
 //     map, no ListShards, no hash of the key): the key to the key table
 //     every time, and a generated protobuf Record message with a pointer to
-//     its key index (two allocations), counting bytes the way a8m does (key
-//   - data + 1 + 8), until the next record would take it past 51,200
-//     bytes;
+//     its key index (two allocations), counting bytes the way a8m does (the
+//     key, the data and 9 bytes), until the next record would take it past
+//     51,200 bytes;
 //   - a full aggregate is marshalled with the generated messages
 //     (proto.Marshal of an AggregatedRecord, kplpb), its MD5 taken, and the
 //     magic and the checksum appended, on the caller's goroutine, then sent
