@@ -15,11 +15,11 @@ import (
 //
 // Each stream costs the source its own ListShards calls (one round every
 // DiscoveryInterval) and, with a leasing store, its own lease sync every
-// LeaseSyncInterval: with the DynamoDB store that is at least one query of
-// the lease table per stream and per interval, by every instance. Fifty
-// streams at the stores' default sync interval (about 1.7s) already make
-// some 30 lease queries a second per instance; past that, split the
-// streams between applications (each with its own lease table).
+// LeaseSyncInterval: with the DynamoDB store that is at least one read of
+// the stream's leases per interval, by every instance. Fifty streams at
+// the stores' default sync interval (about 1.7s) already make some 30
+// lease reads a second per instance; past that, split the streams between
+// applications (each with its own lease table).
 const MaxStreams = 50
 
 // Stream is one of the streams a source made by NewStreams reads, with
