@@ -55,15 +55,23 @@ type Options struct {
 	// item's key is "<stream>/<shard id>". Default: "shard".
 	KeyAttribute string
 
-	// Owner identifies this instance in lease items. It must differ between
-	// instances running at the same time. Default: host name, process id
-	// and 32 random bits, like "web-3-4711-9f2c01ab".
+	// Owner identifies this instance in lease items and in the heartbeat
+	// item. It must differ between instances running at the same time. Set
+	// it to a stable name (the pod name of a StatefulSet, the host name) to
+	// have a restarted process take back its previous run's leases at its
+	// first sync instead of waiting for them to expire; a second live
+	// process started with the same Owner takes them over, and the first
+	// one's SyncLeases then fails with *checkpoint.OwnerConflictError.
+	// Default: host name, process id and 32 random bits, like
+	// "web-3-4711-9f2c01ab": unique per process.
 	Owner string
 
-	// LeaseOptions are the lease timings: LeaseDuration (default 10s),
-	// RenewInterval (default LeaseDuration/3) and HandoffTimeout (default
-	// 40s). After a crash, other instances resume its shards within
-	// LeaseDuration + RenewInterval.
+	// LeaseOptions are the lease timings, LeaseDuration (default 8s),
+	// RenewInterval (the heartbeat's, default LeaseDuration/3) and
+	// HandoffTimeout (default 40s), and MaxLeasesPerInstance (default 0,
+	// no limit). After a crash, other instances resume its shards at most
+	// LeaseDuration plus a sync interval (RenewInterval/2) after its last
+	// heartbeat.
 	checkpoint.LeaseOptions
 
 	// Retry is the retry policy of the store's DynamoDB calls that fail
@@ -72,10 +80,11 @@ type Options struct {
 	// unprocessed. Zero fields take the defaults of AWS calls in shardflow:
 	// no count limit, waits from 100ms doubling up to 5s with jitter, and a
 	// Timeout (the outage budget, counted from the first failure) of 5
-	// minutes; see "Retries and the outage budget" in the README. Lease
-	// writes (renew, take, release) and the fenced checkpoint writes of
-	// Save are retried within the lease they protect instead: at most
-	// until the lease would expire, or one LeaseSyncInterval.
+	// minutes; see "Retries and the outage budget" in the README; and the
+	// creation of the heartbeat item. Heartbeats, lease writes (take,
+	// release) and the fenced checkpoint writes of Save are retried within
+	// the leases they protect instead: at most until the leases would
+	// lapse, or one LeaseSyncInterval.
 	Retry shardflow.RetryPolicy
 
 	// Logger receives lease changes (Info) and retried failures (Warn).
@@ -370,11 +379,13 @@ func (s *Store) Save(ctx context.Context, stream, shardID string, cp shardflow.C
 	return nil
 }
 
-// SyncLeases renews this instance's leases of stream, takes free and
-// expired ones, balances with other instances and returns the eligible
-// shards this instance holds. See [shardflow.Leaser] and the package
-// documentation for the algorithm. A table that is missing or has the
-// wrong key fails it with a *TableError.
+// SyncLeases writes this instance's heartbeat when due (which keeps every
+// lease it holds), takes free and expired leases of stream, balances with
+// other instances and returns the eligible shards this instance holds. See
+// [shardflow.Leaser] and the package documentation for the algorithm. A
+// table that is missing or has the wrong key fails it with a *TableError;
+// a newer process started with this Owner fails it, and every later call,
+// with a permanent *checkpoint.OwnerConflictError.
 func (s *Store) SyncLeases(ctx context.Context, stream string, eligible []string) ([]string, error) {
 	if err := s.checkReady(ctx); err != nil {
 		return nil, err
@@ -403,11 +414,12 @@ func (s *Store) RecordLoad(stream, shardID string, records, bytes int) {
 func (s *Store) Leave(ctx context.Context) error { return s.m.Leave(ctx) }
 
 // LeaseSyncInterval is how often the source calls SyncLeases:
-// RenewInterval/2 (1.67s by default).
+// RenewInterval/2 (1.33s by default).
 func (s *Store) LeaseSyncInterval() time.Duration { return s.m.SyncInterval() }
 
-// LeaseDuration is Options.LeaseDuration (10s by default): how long a lease may go
-// unrenewed before another instance takes it.
+// LeaseDuration is Options.LeaseDuration (8s by default): the most time
+// between an instance's last heartbeat and the moment others may take its
+// leases (it gives them up a RenewInterval sooner).
 func (s *Store) LeaseDuration() time.Duration { return s.m.LeaseDuration() }
 
 // Item attributes besides the key.

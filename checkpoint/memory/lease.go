@@ -16,9 +16,10 @@ import (
 // means its documented default; negative durations are refused by
 // [Store.Instance] with a *shardflow.ConfigError.
 type InstanceOptions struct {
-	// LeaseOptions are the lease timings, the same as the DynamoDB
-	// store's: LeaseDuration (default 10s), RenewInterval (default
-	// LeaseDuration/3) and HandoffTimeout (default 40s).
+	// LeaseOptions are the lease timings and cap, the same as the
+	// DynamoDB store's: LeaseDuration (default 8s), RenewInterval (the
+	// heartbeat's, default LeaseDuration/3), HandoffTimeout (default 40s)
+	// and MaxLeasesPerInstance (default 0, no limit).
 	checkpoint.LeaseOptions
 
 	// Logger receives lease changes (Info) and failures (Warn). Default:
@@ -38,8 +39,9 @@ type InstanceOptions struct {
 // [shardflow.Leaser] and fenced [shardflow.CheckpointStore]. Give each
 // pipeline in the process its own Instance of one Store, and they divide
 // the shards between them as instances sharing a DynamoDB table do, with
-// the same algorithm (see package checkpoint/dynamodb): leases renewed,
-// expired leases taken, balanced by count with graceful handoffs.
+// the same algorithm (see package checkpoint/dynamodb): one heartbeat per
+// instance, the leases of dead instances taken, balanced by load (see
+// RecordLoad) or count with graceful handoffs.
 //
 // An Instance is safe for concurrent use. Its checkpoints and leases are
 // the Store's: Store.Checkpoint and Store.Checkpoints see them, and
@@ -62,8 +64,11 @@ var (
 )
 
 // Instance returns a new instance view of s named owner (a unique id is made
-// up when owner is ""). Two Instances must not share an owner name. It
-// fails only on bad options, with a *shardflow.ConfigError.
+// up when owner is ""). An Instance made with the name of an earlier one
+// stands for a restart of the same process: at its first SyncLeases it
+// takes that one's heartbeat entry and leases, and the earlier Instance's
+// next SyncLeases fails with *checkpoint.OwnerConflictError. It fails only
+// on bad options, with a *shardflow.ConfigError.
 func (s *Store) Instance(owner string, optFns ...func(*InstanceOptions)) (*Instance, error) {
 	var o InstanceOptions
 	for _, fn := range optFns {
@@ -129,9 +134,11 @@ func (in *Instance) Save(ctx context.Context, stream, shardID string, cp shardfl
 	return in.m.Checkpoint(ctx, stream, shardID, cp)
 }
 
-// SyncLeases renews this instance's leases, takes free and expired ones,
-// balances with the other instances, and returns the eligible shards it
-// holds. See [shardflow.Leaser].
+// SyncLeases writes this instance's heartbeat when due (which keeps every
+// lease it holds), takes free and expired leases, balances with the other
+// instances, and returns the eligible shards it holds. See
+// [shardflow.Leaser]. Once a newer Instance with the same owner name synced,
+// it fails with a permanent *checkpoint.OwnerConflictError.
 func (in *Instance) SyncLeases(ctx context.Context, stream string, eligible []string) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -161,8 +168,9 @@ func (in *Instance) ReleaseLease(ctx context.Context, stream, shardID string) er
 // RenewInterval/2.
 func (in *Instance) LeaseSyncInterval() time.Duration { return in.m.SyncInterval() }
 
-// LeaseDuration is how long a lease may go unrenewed before another
-// instance takes it.
+// LeaseDuration is the most time between an instance's last heartbeat and
+// the moment others may take its leases (it gives them up a RenewInterval
+// sooner).
 func (in *Instance) LeaseDuration() time.Duration { return in.m.LeaseDuration() }
 
 // ResetCheckpoint is [Store.ResetCheckpoint] of the instance's store.

@@ -36,12 +36,12 @@
 // An Instance records the lease metrics of the DynamoDB store, through
 // InstanceOptions.MeterProvider, else the provider of the pipeline whose
 // source uses it, else the global OpenTelemetry provider; each has the
-// attribute stream: shardflow.lease.held (gauge: leases held and renewed,
-// those being handed over included), shardflow.lease.taken (free or
+// attribute stream: shardflow.lease.held (gauge: leases held, those being
+// handed over included), shardflow.lease.taken (free or
 // expired leases taken), shardflow.lease.stolen (leases another instance
 // handed over on request), shardflow.lease.handed_over (leases handed to
 // another instance that asked), shardflow.lease.lost (leases lost without
-// a hand-over) and shardflow.lease.renew_failures (renewals due that
+// a hand-over) and shardflow.lease.renew_failures (heartbeats that
 // failed). A plain Store records none.
 package memory
 

@@ -40,7 +40,7 @@ var counterDefs = [nCounters]struct{ name, unit, desc string }{
 	cStolen:        {MetricStolen, "{lease}", "Leases this instance took from a live owner that handed them over for balance."},
 	cHandedOver:    {MetricHandedOver, "{lease}", "Leases this instance handed over to another instance that asked for them."},
 	cLost:          {MetricLost, "{lease}", "Leases this instance lost without handing them over: taken by another instance, freed or reset, or not renewed for the lease duration."},
-	cRenewFailures: {MetricRenewFailures, "{call}", "Renewals of a held lease that failed: the table could not be read or written in time."},
+	cRenewFailures: {MetricRenewFailures, "{call}", "Heartbeats of this instance (which keep its leases) that failed: the table could not be written in time."},
 }
 
 // metrics are a Manager's instruments, all made from one provider.

@@ -7,45 +7,84 @@
 // # Algorithm
 //
 // Every lease item holds an owner ("" when free), a counter and an optional
-// want (the instance that asked the owner to hand the lease over). Each write
-// is conditional on the owner and counter it expects, so two instances can
-// never both believe they won the same write.
+// want (the instance the lease is reserved for). Each write is conditional
+// on the owner and counter it expects, so two instances can never both
+// believe they won the same write. Lease items are written only when a
+// lease changes hands (take, release) and when a checkpoint is saved.
 //
-//   - Renew: the owner bumps the counter every RenewInterval.
-//   - Expiry: an instance notes on its own monotonic clock when it last saw a
-//     lease's owner or counter change; a lease unchanged for LeaseDuration is
-//     expired. Wall clocks of different hosts are never compared.
-//   - Renewal time: each take and renewal also writes, in the same
-//     conditional write, the owner's wall-clock time of the attempt
-//     ([Change.RenewedAt]), for operators (shardflow status shows an
-//     approximate expiry from it); a release removes it. The algorithm
-//     never reads it.
-//   - Take: free leases, expired leases and leases of shards with no item yet
-//     (created with attribute_not_exists) are taken up to the target,
-//     ceil(eligible shards / live instances); live instances are the owners of
-//     unexpired leases plus this one.
-//   - Steal, gracefully: an instance below target while the busiest instance
-//     holds at least two leases more than it sets want on one of the
-//     busiest instance's leases (one outstanding request at a time, so at
-//     most one steal per round). So the counts of any two instances end up
-//     at most one apart, an instance holding no lease included, although
-//     others cannot see it until it holds one. The
-//     owner's next sync stops returning the lease, so the source closes the
-//     shard's lane (final checkpoint) and releases it; the thief then takes
-//     it. A free lease wanted by another instance is left to that instance
-//     for a LeaseDuration. An owner keeps renewing a lease it is handing over
-//     for at most HandoffTimeout; after that it expires like any other.
+//   - Heartbeat: one item per table ([MembersTable]) holds an entry per
+//     instance: its incarnation (random per process), a heartbeat counter,
+//     and per stream it syncs the shards it reads with their load, its total
+//     load and its outstanding request. Each instance writes only its own
+//     entry, every RenewInterval, in one write that returns every entry:
+//     the liveness of the whole group in one call. The write is conditional
+//     on the entry's incarnation being this process's (or the entry being
+//     absent); the first write of a process is not, so that a restart with
+//     the same owner id takes the entry over.
+//   - Validity: an instance holds its leases while its heartbeat succeeds;
+//     when none succeeded for LeaseDuration less one RenewInterval (from
+//     when it was sent) it gives every lease up, without writing.
+//   - Expiry: an instance notes on its own monotonic clock when it last saw
+//     each member's heartbeat counter change (at its own heartbeat, or at a
+//     read of the heartbeat item it makes at once when a member would expire
+//     by now); a member unchanged for LeaseDuration less one RenewInterval
+//     is dead and its leases are expired. Seen up to a RenewInterval late,
+//     a dead member's leases are taken at most LeaseDuration (and a sync
+//     interval) after its last heartbeat, never before it gave them up. A
+//     lease whose owner has no entry (an older shardflow version, which
+//     renews lease items) is expired once its item's owner and counter did
+//     not change for LeaseDuration. Wall clocks of different hosts are
+//     never compared.
+//   - Reads: lease items are cached per stream and read in full (one
+//     BatchGetItem per 100 shards) only when something may have changed
+//     them: the first sync, a change of the eligible shards or of the
+//     members, published counts short of the shards (a lease was
+//     released), a write refused, an expiry due for a non-member's lease,
+//     and every 3 × LeaseDuration as a safety net. While this instance
+//     waits for leases it asked for, it reads only those items.
+//   - Renewal time: each take also writes the owner's wall-clock time
+//     ([Change.RenewedAt]) and each heartbeat its own, for operators; a
+//     release removes it. The algorithm never reads it.
+//   - Take: free leases, expired leases and leases of shards with no item
+//     yet (created with attribute_not_exists) are taken up to the target,
+//     ceil(eligible shards / live members syncing the stream), members that
+//     hold nothing included, and at most MaxLeasesPerInstance. Items naming
+//     this owner id that it does not hold (an earlier process with the same
+//     id, or this one after its heartbeat lapsed) are taken back at once,
+//     bumping the counter, so that the earlier process's checkpoints are
+//     refused.
+//   - Balance: when the stream's measured load is above a small floor, an
+//     instance below the mean load by more than 10% asks the busiest member
+//     above it by more than 10% for the shards (from that member's
+//     published loads) that bring one of the two closest to the mean
+//     without overshooting: never a shard whose load is more than half
+//     their difference, so a hot shard stays put and the others move away
+//     from its owner. Otherwise, by count: an instance below target asks
+//     the member holding the most leases, if it holds at least two more,
+//     for up to half the difference. The request (shards and owner) is
+//     published in the asker's heartbeat, at once; one request at a time
+//     per stream. The owner sees it at its next heartbeat and stops
+//     returning those shards, so the source closes their lanes (final
+//     checkpoint) and releases them, the release reserving each for the
+//     asker (the item's want); the asker polls only those items and takes
+//     them. A free lease reserved for another live member is left to it for
+//     a LeaseDuration. An owner frees a lease it is handing over after
+//     HandoffTimeout if its source did not.
 //   - Fencing: a checkpoint is written only if the item still has this
 //     instance as owner and the counter it last wrote.
 //   - Loss: a lease found taken, freed or reset by another instance (or an
 //     operator) is not taken back in the Sync that notices it, so that the
 //     caller stops the shard's reader, whose position may be stale; it may
 //     be taken at a later Sync, and read from the table's checkpoint.
+//   - Owner conflict: a heartbeat refused by its condition means another
+//     process took this owner id over: this one gives up every lease
+//     without writing, and every later Sync fails with a permanent
+//     *checkpoint.OwnerConflictError.
 //   - Uncertain writes: a write that fails its condition is settled by
 //     re-reading the item. If it shows the write, an earlier attempt whose
-//     answer was lost landed; if it names this instance with a later
-//     counter, a write of its own landed unseen (a renewal cancelled at
-//     shutdown), and the write is made again from that counter.
+//     answer was lost landed; a take back of an item already naming this
+//     owner id is never settled so (another process with the id makes the
+//     same change).
 //
 // # Metrics
 //
@@ -56,12 +95,12 @@
 // expired leases taken), shardflow.lease.stolen (taken from a live owner
 // that handed them over on request), shardflow.lease.handed_over (handed
 // to another instance that asked), shardflow.lease.lost (lost without a
-// hand-over: found taken, freed or reset, or not renewed for the lease
-// duration), all {lease}, and shardflow.lease.renew_failures {call}
-// (renewals due that could not be made: the table could not be read or
-// written within the lease's retry window; a renewal refused because
-// another instance holds the lease counts as lost instead). Each lease
-// change is counted once, where the algorithm decides it.
+// hand-over: found taken, freed or reset, given up when the heartbeat
+// lapsed, or given up to a process that took the owner id over), all
+// {lease}, and shardflow.lease.renew_failures {call} (heartbeats due that
+// could not be written within the sync's retry window: one per failed
+// heartbeat, whatever the number of leases). Each lease change is counted
+// once, where the algorithm decides it.
 package lease
 
 import (
