@@ -84,7 +84,11 @@
 // With Options.Aggregate, small entries bound for the same predicted shard
 // are packed into KPL aggregated records (magic, protobuf, MD5), which the
 // KCL and shardflow's Kinesis source de-aggregate. An aggregate never
-// exceeds Options.AggregateMaxBytes, computed exactly. An entry whose data
+// exceeds Options.AggregateMaxBytes: it is sized as its records are queued
+// with a bound that is exact when no partition key repeats but in a row
+// (distinct keys, or one hot key), and encoded, a little smaller otherwise
+// (keys shared in its key table), by the request goroutine that sends it.
+// An entry whose data
 // begins with the KPL magic is always sent inside an aggregate, so that
 // de-aggregating readers get back the bytes put, not what they would take
 // for inner records.
@@ -97,6 +101,44 @@
 // key order kept in ordered mode), and each reports the outcome of that
 // re-send, once. A reader that does not filter by hash range reads those
 // members twice.
+//
+// # Rate limit
+//
+// With Options.Aggregate or Options.Ordered, the sink holds each predicted
+// shard to Options.RateLimit, a share of the shard's write limit (default
+// 1: 100 %), as the KPL's RateLimit does: per shard, a token bucket of
+// 1,000 records/s and one of 1 MiB/s (data plus partition key; an
+// aggregate counts as one record of its full size), at that share, each
+// holding 0.9 s of it. Records beyond a shard's budget wait in its queue
+// and go as soon as the budget allows; the records of other shards are not
+// held back by them. Nothing is dropped: once Options.MaxBufferedRecords or
+// MaxBufferedBytes is reached, Write and Put block, so a producer faster
+// than its stream slows down to the stream's pace instead of being
+// throttled, and a Flush or Close waits as long as the budget needs (Close
+// gives up on what is left when its context ends, as ever). Records held
+// back are counted by the metric shardflow.sink.rate_limited.
+//
+// The default is the whole limit and no more, where the KPL's is 150 %: a
+// throttled entry is retried here after a backoff from 100 ms, and with
+// Options.Ordered its shard sends nothing else meanwhile, so asking a shard
+// for more than it takes slows it down. On kinesisfake with AWS' limits, a
+// producer writing as fast as it can fills every shard to 97-100 % of the
+// binding limit with no entry throttled (the package's tests); without
+// the rate limit, 31-67 % of its entries are throttled. The budget is the
+// sink's own: several producers writing to one shard share its limit, and
+// Kinesis throttles what they send together beyond it, which the sink
+// retries.
+//
+// Retries and ordering: an entry sent again (throttled, a failed call, a
+// misrouted aggregate) is not held back again, but charged to its shard's
+// budget, so newer records of the shard wait for it; in ordered mode a
+// shard's retried entries still go before any newer one. Buckets are per
+// shard ID: after a split or merge (a new shard map), the buckets of closed
+// shards are dropped and each child starts with its own full budget, as
+// Kinesis gives it. Records predicted in a gap of the shard map (while the
+// stream reshards) are not held back. Without Aggregate and Ordered the
+// sink predicts no shard (it calls no ListShards), so there is no rate
+// limit, and RateLimit must be 0 or negative.
 //
 // # Dead letters
 //
@@ -151,6 +193,8 @@
 //     PutRecords calls, failed ones included (buckets from 5 ms to 30 s).
 //   - shardflow.sink.putrecords.entries ({record}): histogram of the entries
 //     per call (buckets up to 499, and 500: full requests).
+//   - shardflow.sink.rate_limited ({record}): records that waited for
+//     their shard's budget (Options.RateLimit) before they were sent.
 //   - shardflow.sink.buffered.records ({record}) and
 //     shardflow.sink.buffered.bytes (By): records held from acceptance until
 //     their outcome is known, and their bytes, against
@@ -167,8 +211,9 @@
 // # Goroutines and shutdown
 //
 // New and NewProducer start nothing. A request goroutine starts when a
-// request is due and a slot is free, and ends when no request is left; the
-// linger is a timer. So a pipeline whose Run returned (it flushes the sink
+// request is due and a slot is free, and ends when no request is left (it
+// also encodes the request's KPL aggregates, off the writer's goroutine);
+// the linger and the rate limit's waits are one timer. So a pipeline whose Run returned (it flushes the sink
 // and waits for every acknowledgement) leaves no goroutine behind. Close
 // stops a Sink or Producer for good, bounded by its context; Flush and Close
 // are idempotent and safe to call concurrently.
