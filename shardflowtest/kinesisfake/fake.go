@@ -90,6 +90,10 @@ type Fake struct {
 	mu        sync.Mutex
 	streams   map[string]*stream
 	iterators map[string]iterator
+	// forgotten is the highest number of an iterator forgotten once
+	// expired (see issue): iterators are numbered in the order issued, so
+	// every one up to it had expired.
+	forgotten int
 	nextIter  int
 	seq       *big.Int
 	inject    func(op string, input any) error
@@ -107,8 +111,9 @@ type Fake struct {
 
 type stream struct {
 	name       string
-	shards     []*shard // in creation order
-	listShards window   // ListShards calls, with lim
+	shards     []*shard          // in creation order; add with addShard
+	byID       map[string]*shard // shards by id
+	listShards window            // ListShards calls, with lim
 }
 
 type shard struct {
@@ -233,7 +238,7 @@ func (f *Fake) CreateStream(_ context.Context, in *kinesis.CreateStreamInput, _ 
 		if i == n-1 {
 			end = new(big.Int).Set(maxHashKey)
 		}
-		st.shards = append(st.shards, &shard{id: shardID(len(st.shards)), start: start, end: end, startSeq: f.nextSeq(), changed: make(chan struct{})})
+		st.addShard(&shard{id: shardID(len(st.shards)), start: start, end: end, startSeq: f.nextSeq(), changed: make(chan struct{})})
 	}
 	f.streams[name] = st
 	return &kinesis.CreateStreamOutput{}, nil
@@ -263,13 +268,15 @@ func (f *Fake) lookup(name, arn *string) (*stream, error) {
 	return st, nil
 }
 
-func (st *stream) shard(id string) *shard {
-	for _, s := range st.shards {
-		if s.id == id {
-			return s
-		}
+func (st *stream) shard(id string) *shard { return st.byID[id] }
+
+// addShard appends a new shard to the stream.
+func (st *stream) addShard(s *shard) {
+	if st.byID == nil {
+		st.byID = make(map[string]*shard)
 	}
-	return nil
+	st.shards = append(st.shards, s)
+	st.byID[s.id] = s
 }
 
 func invalidArgument(msg string) error {
@@ -609,9 +616,29 @@ func startIndex(s *shard, typ types.ShardIteratorType, seq *string, ts *time.Tim
 // issue records a new iterator. Called with f.mu held.
 func (f *Fake) issue(stream, shard string, next int) string {
 	f.nextIter++
+	if f.nextIter%4096 == 0 {
+		// Forget expired iterators, so that a long run does not keep
+		// every iterator it was ever given. A caller of a forgotten one
+		// gets the same ExpiredIteratorException as before.
+		now := time.Now()
+		for tok, it := range f.iterators {
+			if now.Sub(it.issued) > IteratorLifetime {
+				delete(f.iterators, tok)
+				if n, err := strconv.Atoi(strings.TrimPrefix(tok, "iter-")); err == nil {
+					f.forgotten = max(f.forgotten, n)
+				}
+			}
+		}
+	}
 	tok := "iter-" + strconv.Itoa(f.nextIter)
 	f.iterators[tok] = iterator{stream: stream, shard: shard, next: next, issued: time.Now()}
 	return tok
+}
+
+// forgot reports whether tok is an iterator forgotten once expired.
+func (f *Fake) forgot(tok string) bool {
+	n, err := strconv.Atoi(strings.TrimPrefix(tok, "iter-"))
+	return err == nil && strings.HasPrefix(tok, "iter-") && n <= f.forgotten
 }
 
 // GetRecords returns up to Limit (default 10,000) records from the
@@ -624,6 +651,9 @@ func (f *Fake) GetRecords(_ context.Context, in *kinesis.GetRecordsInput, _ ...f
 		return nil, err
 	}
 	it, ok := f.iterators[aws.ToString(in.ShardIterator)]
+	if !ok && f.forgot(aws.ToString(in.ShardIterator)) {
+		return nil, &types.ExpiredIteratorException{Message: aws.String("Iterator expired")}
+	}
 	if !ok {
 		return nil, invalidArgument("invalid ShardIterator")
 	}
@@ -728,9 +758,9 @@ func (f *Fake) SplitShard(_ context.Context, in *kinesis.SplitShardInput, _ ...f
 	}
 	p.endSeq = f.nextSeq()
 	lo := &shard{id: shardID(len(st.shards)), parent: p.id, start: p.start, end: new(big.Int).Sub(at, big.NewInt(1)), startSeq: f.nextSeq(), changed: make(chan struct{})}
-	st.shards = append(st.shards, lo)
+	st.addShard(lo)
 	hi := &shard{id: shardID(len(st.shards)), parent: p.id, start: at, end: p.end, startSeq: f.nextSeq(), changed: make(chan struct{})}
-	st.shards = append(st.shards, hi)
+	st.addShard(hi)
 	p.notify()
 	return &kinesis.SplitShardOutput{}, nil
 }
@@ -761,7 +791,7 @@ func (f *Fake) MergeShards(_ context.Context, in *kinesis.MergeShardsInput, _ ..
 	a.endSeq = f.nextSeq()
 	b.endSeq = f.nextSeq()
 	c := &shard{id: shardID(len(st.shards)), parent: a.id, adjacentParent: b.id, start: lo.start, end: hi.end, startSeq: f.nextSeq(), changed: make(chan struct{})}
-	st.shards = append(st.shards, c)
+	st.addShard(c)
 	a.notify()
 	b.notify()
 	return &kinesis.MergeShardsOutput{}, nil
