@@ -29,6 +29,12 @@ its end). A closed shard that has children and is not read to its end is an unfi
 parent: its children are not read until it is (the table marks it closed*). It only
 reads: it never writes to the table or the stream.
 
+Below the shards, INSTANCE lists the relays of the table's heartbeat item (each writes its
+own entry every third of the lease duration): how long ago its last heartbeat was, and,
+as of that heartbeat, how many shards of --stream it read and their bytes per second. A
+relay whose heartbeat is older than the lease duration is dead; a live relay removes its
+entry after three lease durations.
+
 EXPIRES is when the lease runs out unless its owner proves itself alive again: the owner's
 last heartbeat (its entry in the table's "#instances" item, on the owner's clock; for an
 owner with no entry there, such as an older relay, the item's lease_renewed_at) plus
@@ -67,15 +73,29 @@ document with every field in full:
                              checkpoint) or TRIM_HORIZON (no checkpoint)
       error                  why the read failed ("" when it did not)
     unfinished_parent      closed, with children, and not read to its end
-  unfinished_parents     the shard ids of the unfinished parents`
+  unfinished_parents     the shard ids of the unfinished parents
+  instances[]            the relays in the table's heartbeat item, as of their last
+                         heartbeat (dead ones stay listed until a live one removes them):
+    owner                  the relay's owner id
+    renewed_at             its time of its last heartbeat (RFC 3339)
+    held, bytes_per_second the shards of --stream it reads and their load`
 
 // statusReport is `shardflow status --json`; statusDoc documents it.
 type statusReport struct {
-	Stream            string        `json:"stream"`
-	Table             string        `json:"table"`
-	At                time.Time     `json:"at"`
-	Shards            []statusShard `json:"shards"`
-	UnfinishedParents []string      `json:"unfinished_parents"`
+	Stream            string           `json:"stream"`
+	Table             string           `json:"table"`
+	At                time.Time        `json:"at"`
+	Shards            []statusShard    `json:"shards"`
+	UnfinishedParents []string         `json:"unfinished_parents"`
+	Instances         []statusInstance `json:"instances"`
+}
+
+// statusInstance is one entry of the table's heartbeat item.
+type statusInstance struct {
+	Owner          string    `json:"owner"`
+	RenewedAt      time.Time `json:"renewed_at"`
+	Held           int       `json:"held"`
+	BytesPerSecond int64     `json:"bytes_per_second"`
 }
 
 type statusShard struct {
@@ -242,7 +262,20 @@ func readStatus(ctx context.Context, kc statusAPI, store *dynamostore.Store, str
 	if err != nil {
 		return nil, err
 	}
-	rep := &statusReport{Stream: stream, At: time.Now().UTC().Round(time.Millisecond), Shards: make([]statusShard, len(shards)), UnfinishedParents: []string{}}
+	rep := &statusReport{Stream: stream, At: time.Now().UTC().Round(time.Millisecond), Shards: make([]statusShard, len(shards)),
+		UnfinishedParents: []string{}, Instances: []statusInstance{}}
+	var members []dynamostore.Member
+	if err := callRetrying(ctx, log, "read the heartbeat item", func() error {
+		var err error
+		members, err = store.Members(ctx)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	for _, m := range members {
+		rep.Instances = append(rep.Instances, statusInstance{Owner: m.Owner, RenewedAt: m.RenewedAt.UTC(),
+			Held: m.Held[stream], BytesPerSecond: m.BytesPerSecond[stream]})
+	}
 	children := map[string][]string{}
 	for _, sh := range shards {
 		for _, p := range []*string{sh.ParentShardId, sh.AdjacentParentShardId} {
@@ -380,7 +413,16 @@ func printStatus(w io.Writer, rep *statusReport) error {
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
-	return nil
+	if len(rep.Instances) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE	HEARTBEAT	HELD	BYTES/S")
+	for _, in := range rep.Instances {
+		fmt.Fprintf(tw, "%s	%s ago	%d	%d\n", in.Owner, roughly(rep.At.Sub(in.RenewedAt)), in.Held, in.BytesPerSecond)
+	}
+	return tw.Flush()
 }
 
 // seqDigits is how many trailing digits of a sequence number the table

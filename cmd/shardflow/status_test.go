@@ -144,6 +144,16 @@ func TestStatusShowsLeasesCheckpointsLagAndWritesNothing(t *testing.T) {
 	for i := range got.Shards {
 		ms(got.Shards[i].Lag)
 	}
+	// relay-a's heartbeat entry, written by its SyncLeases before it took
+	// shard 0: as of that heartbeat it held nothing.
+	var beatAt time.Time
+	if len(got.Instances) == 1 {
+		beatAt = got.Instances[0].RenewedAt
+	}
+	if beatAt.Before(taking.Truncate(time.Millisecond)) || beatAt.After(taken) {
+		t.Errorf("relay-a's heartbeat at %v; want within its SyncLeases, [%v, %v]", beatAt, taking, taken)
+	}
+	want.Instances = []statusInstance{{Owner: "relay-a", RenewedAt: beatAt}}
 	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(statusReport{}, "At")); diff != "" {
 		t.Errorf("status --json mismatch (-want +got):\n%s", diff)
 	}
@@ -341,7 +351,12 @@ func TestStatusTablePrintsEachCase(t *testing.T) {
 			{ShardID: "shardId-3", State: "open", ParentShardID: "shardId-1",
 				Lag: &statusLag{Iterator: "TRIM_HORIZON", Error: "get records: throttled"}},
 			{ShardID: "shardId-4", State: "open", ParentShardID: "shardId-1", Lease: &statusLease{Owner: "web-3", Counter: 2}, Lag: lag(1240)},
-		}, UnfinishedParents: []string{"shardId-1"}}
+		}, UnfinishedParents: []string{"shardId-1"},
+		Instances: []statusInstance{
+			{Owner: "web-1", RenewedAt: at.Add(-1200 * time.Millisecond), Held: 1, BytesPerSecond: 52000},
+			{Owner: "web-2", RenewedAt: at.Add(-3*time.Minute - 20*time.Second), Held: 1},
+			{Owner: "web-3", RenewedAt: at.Add(-2 * time.Second), Held: 1, BytesPerSecond: 800},
+		}}
 	var b strings.Builder
 	if err := printStatus(&b, rep); err != nil {
 		t.Fatal(err)
@@ -358,6 +373,11 @@ shardId-4  open     web-3  2        ?               -                          1
 shardId-2: web-3 asked for the lease (a hand-over is under way)
 shardId-3: lag not read: get records: throttled
 * shardId-1 is closed and not read to its end: its children shardId-3, shardId-4 wait for it
+
+INSTANCE  HEARTBEAT  HELD  BYTES/S
+web-1     1s ago     1     52000
+web-2     3m ago     1     0
+web-3     2s ago     1     800
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("status table mismatch (-want +got):\n%s", diff)
