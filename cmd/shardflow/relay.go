@@ -21,7 +21,8 @@ import (
 )
 
 const relayDoc = `Copies every record of --from to --to, with its partition key and explicit hash key,
-until interrupted. The records of each partition key are written in the order they were
+until interrupted. --from takes several streams separated by commas (--from a,b,c): one
+relay reads them all, and with --table relays share their shards through one table. The records of each partition key are written in the order they were
 read, even when PutRecords fails some entries and they are retried; --unordered gives
 that up for throughput. With --table, shard checkpoints and leases are kept in that
 DynamoDB table (create it with "shardflow create-table"): a restarted relay resumes after
@@ -53,6 +54,7 @@ shows stream and shard names and health.`
 type relayConfig struct {
 	aws             awsFlags
 	from, to        string
+	streams         []string // --from, split at its commas
 	table           string
 	start           kinesissource.StartingPosition
 	efo             string // consumer name; "": poll
@@ -67,9 +69,9 @@ type relayConfig struct {
 
 func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, error) {
 	c := &relayConfig{}
-	fs := newFlagSet("relay", "relay --from S --to S [flags]", relayDoc)
+	fs := newFlagSet("relay", "relay --from S[,S...] --to S [flags]", relayDoc)
 	c.aws.register(fs.FlagSet, true, true)
-	fs.StringVar(&c.from, "from", "", "stream to read (name or ARN)")
+	fs.StringVar(&c.from, "from", "", "stream to read (name or ARN); several separated by commas")
 	fs.StringVar(&c.to, "to", "", "stream to write (name or ARN)")
 	fs.StringVar(&c.table, "table", "", "DynamoDB table of checkpoints and leases (default: none: start at --start each time)")
 	startAt := fs.String("start", "trim-horizon", "where shards with no checkpoint start: latest or trim-horizon")
@@ -87,11 +89,22 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, err
 	if err := noArgs(positional); err != nil {
 		return nil, err
 	}
-	switch {
-	case c.from == "" || c.to == "":
+	if c.from == "" || c.to == "" {
 		return nil, usagef("--from and --to are required")
-	case c.from == c.to:
-		return nil, usagef("--from and --to are the same stream %q: the relay would copy its own output forever", c.from)
+	}
+	seen := make(map[string]bool)
+	for name := range strings.SplitSeq(c.from, ",") {
+		name = strings.TrimSpace(name)
+		switch {
+		case name == "":
+			return nil, usagef("--from %q: an empty stream name", c.from)
+		case name == c.to:
+			return nil, usagef("--from and --to are the same stream %q: the relay would copy its own output forever", name)
+		case seen[name]:
+			return nil, usagef("--from names stream %q twice", name)
+		}
+		seen[name] = true
+		c.streams = append(c.streams, name)
 	}
 	if err := checkShutdownTimeout(*timeout); err != nil {
 		return nil, err
@@ -105,8 +118,10 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, err
 	default:
 		return nil, usagef("--start %q: want latest or trim-horizon", *startAt)
 	}
-	if err := checkEFO(c.from, c.efo); err != nil {
-		return nil, err
+	for _, name := range c.streams {
+		if err := checkEFO(name, c.efo); err != nil {
+			return nil, err
+		}
 	}
 	c.logger = logger()
 	return c, nil
@@ -215,7 +230,11 @@ type relay struct {
 // newRelay builds the pipeline that copies c.from to c.to, counting in
 // stats, and recording metrics through c.meterProvider.
 func newRelay(kc relayAPI, store shardflow.CheckpointStore, c *relayConfig, stats *relayStats) (*relay, error) {
-	src, err := kinesissource.New(kc, c.from, func(o *kinesissource.Options) {
+	streams := make([]kinesissource.Stream, len(c.streams))
+	for i, name := range c.streams {
+		streams[i] = kinesissource.Stream{Name: name}
+	}
+	src, err := kinesissource.NewStreams(kc, streams, func(o *kinesissource.Options) {
 		o.Store = store
 		o.InitialPosition = c.start
 		o.Logger = c.logger

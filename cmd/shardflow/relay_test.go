@@ -133,3 +133,60 @@ func outputByKey(t *testing.T, f *kinesisfake.Fake) map[string][]int {
 	}
 	return got
 }
+
+// TestRelayCopiesSeveralStreams relays two input streams, named in one
+// --from, into one output stream.
+func TestRelayCopiesSeveralStreams(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := kinesisfake.New()
+		for name, shards := range map[string]int32{"in-a": 2, "in-b": 1, "out": 2} {
+			if _, err := f.CreateStream(t.Context(), &kinesis.CreateStreamInput{StreamName: aws.String(name), ShardCount: aws.Int32(shards)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const perStream = 30
+		for _, in := range []string{"in-a", "in-b"} {
+			for n := range perStream {
+				key := fmt.Sprintf("%s-%02d", in, n%7)
+				if _, err := f.PutRecord(t.Context(), &kinesis.PutRecordInput{StreamName: aws.String(in), PartitionKey: aws.String(key),
+					Data: fmt.Appendf(nil, "%s/%d", key, n)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		c, err := parseRelayFlags([]string{"--from", "in-a, in-b", "--to", "out", "--log-level", "error"}, io.Discard, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- runRelay(ctx, f, nil, c, &relayStats{}) }()
+		var got map[string][]int
+		for {
+			got = outputByKey(t, f)
+			n := 0
+			for _, seqs := range got {
+				n += len(seqs)
+			}
+			if n >= 2*perStream {
+				break
+			}
+			time.Sleep(100 * time.Millisecond) // virtual time: the source polls
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("relay: %v", err)
+		}
+		for _, in := range []string{"in-a", "in-b"} {
+			n := 0
+			for key, seqs := range got {
+				if strings.HasPrefix(key, in+"-") {
+					n += len(seqs)
+				}
+			}
+			if n != perStream {
+				t.Errorf("%d records of %s in the output; want %d", n, in, perStream)
+			}
+		}
+	})
+}
