@@ -45,7 +45,11 @@ func (s *aggregateScheduler) add(r *record) {
 		}
 		s.pack(q, flushing, now)
 	}
-	if flushing {
+	// A request holding a quarter of the buffer caps goes now, full or
+	// not: small records fill the buffer long before 5 MiB of aggregates,
+	// and the writer would then wait for each request in turn instead of
+	// packing the next one while this one is sent.
+	if flushing || s.open.records >= s.e.o.MaxBufferedRecords/4 || s.open.bytes >= s.e.o.MaxBufferedBytes/4 {
 		s.seal()
 	}
 	s.e.armLocked(s.openSince.Add(s.e.o.linger))

@@ -83,6 +83,9 @@ func newScheduler(e *engine) (scheduler, error) {
 type requests struct {
 	batch  *batcher.Batcher[wire]
 	sealed [][]wire
+	// open counts the records and bytes (as accepted) of the open batch:
+	// an aggregate holds many.
+	open struct{ records, bytes int }
 }
 
 func newRequests(maxEntries, maxBytes int, linger time.Duration) (requests, error) {
@@ -99,6 +102,15 @@ func (rq *requests) addWire(w wire) {
 	if !rq.batch.Fits(w.size) {
 		rq.seal()
 	}
+	if w.many == nil {
+		rq.open.records++
+		rq.open.bytes += w.one.size
+	} else {
+		rq.open.records += len(w.many)
+		for _, r := range w.many {
+			rq.open.bytes += r.size
+		}
+	}
 	if rq.batch.Add(w, w.size) {
 		rq.seal()
 	}
@@ -106,6 +118,7 @@ func (rq *requests) addWire(w wire) {
 
 // seal hands the open batch to the request slots.
 func (rq *requests) seal() {
+	rq.open.records, rq.open.bytes = 0, 0
 	if b, _ := rq.batch.Flush(context.Background()); len(b) > 0 {
 		rq.sealed = append(rq.sealed, b)
 	}
