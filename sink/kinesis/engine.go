@@ -384,8 +384,9 @@ func (e *engine) kickLocked() {
 // worker is what a request slot reuses from job to job: the outcomes of a
 // call, and the aggregator that encodes its aggregates.
 type worker struct {
-	comps []completion
-	agg   kpl.Aggregator
+	comps  []completion
+	silent []*record // written, reported to nobody (see succeed)
+	agg    kpl.Aggregator
 }
 
 // workers keeps the workers of request slots that ended, so that a slot

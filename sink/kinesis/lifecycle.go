@@ -87,7 +87,7 @@ func (e *engine) close(ctx context.Context) error {
 		err = fmt.Errorf("close %q: %d record(s) not written: %w", e.stream, n, cause)
 	}
 	e.mu.Unlock()
-	e.complete(comps)
+	e.complete(comps, nil)
 	e.wg.Wait()     // the request goroutines fail what they hold and stop
 	e.stopMetrics() // no record is left: the buffered gauges end
 	e.mu.Lock()

@@ -35,9 +35,10 @@ func (e *engine) run(j job, wk *worker) {
 	// complete reports outcomes, then keeps the slice for the next round,
 	// cleared so that it holds no record.
 	complete := func(comps []completion) {
-		e.complete(comps)
+		e.complete(comps, wk.silent)
 		clear(comps)
-		wk.comps = comps[:0]
+		clear(wk.silent)
+		wk.comps, wk.silent = comps[:0], wk.silent[:0]
 	}
 	for round := 0; len(pending) > 0; round++ {
 		comps := wk.comps[:0]
@@ -101,7 +102,7 @@ func (e *engine) run(j job, wk *worker) {
 						pending[i] = w
 						continue
 					}
-					comps = e.succeed(comps, &w, shard, aws.ToString(res.SequenceNumber))
+					comps = e.succeed(comps, &wk.silent, &w, shard, aws.ToString(res.SequenceNumber))
 				case retryableEntry(code):
 					throttled++
 					refused = addCode(refused, code)
@@ -255,11 +256,23 @@ func closedCause(life context.Context) error {
 	return fmt.Errorf("%w: %w", ErrClosed, cause)
 }
 
-func (e *engine) succeed(comps []completion, w *wire, shard, seq string) []completion {
+// succeed adds the outcomes of a wire entry written. With silent not nil,
+// the records nobody is told about (a Producer's, put without a callback,
+// which reports failures only) go there, with no Result to make.
+func (e *engine) succeed(comps []completion, silent *[]*record, w *wire, shard, seq string) []completion {
+	quiet := silent != nil && e.collect != nil
 	if w.many == nil {
+		if quiet && w.one.done == nil {
+			*silent = append(*silent, w.one)
+			return comps
+		}
 		return append(comps, completion{r: w.one, shard: shard, seq: seq})
 	}
 	for i, r := range w.many {
+		if quiet && r.done == nil {
+			*silent = append(*silent, r)
+			continue
+		}
 		comps = append(comps, completion{r: r, shard: shard, seq: seq, sub: uint64(i), aggregated: true})
 	}
 	return comps
@@ -281,13 +294,17 @@ func (e *engine) failAll(comps []completion, ws []wire, code, msg string, err er
 }
 
 // complete reports outcomes, counts them in the metrics, then frees their
-// buffer space. Callbacks and metrics come before a Flush waiting for these
-// records returns.
-func (e *engine) complete(comps []completion) {
-	if len(comps) == 0 {
+// buffer space: comps, and silent, records written that report to nobody
+// (see succeed). Callbacks and metrics come before a Flush waiting for
+// these records returns.
+func (e *engine) complete(comps []completion, silent []*record) {
+	if len(comps) == 0 && len(silent) == 0 {
 		return
 	}
-	written, bytes := 0, 0
+	written, bytes := len(silent), 0
+	for _, r := range silent {
+		bytes += r.size
+	}
 	var lost []codeCount
 	for i := range comps {
 		c := &comps[i]
@@ -310,7 +327,7 @@ func (e *engine) complete(comps []completion) {
 	}
 	e.metrics().settled(written, bytes, lost)
 	e.mu.Lock()
-	e.bufRecords -= len(comps)
+	e.bufRecords -= len(comps) + len(silent)
 	e.bufBytes -= bytes
 	for _, c := range comps {
 		if c.err != nil {
@@ -319,13 +336,21 @@ func (e *engine) complete(comps []completion) {
 	}
 	// Records of one request share their Flush epoch but for the few put
 	// while a Flush began: count them off by runs, not one map update each.
-	epoch, n := comps[0].r.epoch, 0
-	for _, c := range comps {
-		if c.r.epoch != epoch {
+	var epoch uint64
+	n := 0
+	count := func(r *record) {
+		if n > 0 && r.epoch != epoch {
 			e.settleEpochLocked(epoch, n)
-			epoch, n = c.r.epoch, 0
+			n = 0
 		}
+		epoch = r.epoch
 		n++
+	}
+	for i := range comps {
+		count(comps[i].r)
+	}
+	for _, r := range silent {
+		count(r)
 	}
 	e.settleEpochLocked(epoch, n)
 	e.notifyLocked()
@@ -367,7 +392,7 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 		w := &pending[i]
 		shard, seq := aws.ToString(out.Records[i].ShardId), aws.ToString(out.Records[i].SequenceNumber)
 		if w.many == nil {
-			comps = e.succeed(comps, w, shard, seq)
+			comps = e.succeed(comps, nil, w, shard, seq)
 			continue
 		}
 		if err != nil {
@@ -375,7 +400,7 @@ func (e *engine) resolveMismatch(comps []completion, pending []wire, idx []int, 
 			continue
 		}
 		if m.holdsAll(shard, w.many) {
-			comps = e.succeed(comps, w, shard, seq)
+			comps = e.succeed(comps, nil, w, shard, seq)
 			continue
 		}
 		// Re-sending is a retry like any other: it spends the records'
@@ -437,7 +462,7 @@ func (e *engine) requeue(recs []*record) bool {
 		for i, r := range recs {
 			comps[i] = failed(r, &PutError{Stream: e.stream, PartitionKey: r.e.PartitionKey, Err: cause})
 		}
-		e.complete(comps)
+		e.complete(comps, nil)
 		return false
 	}
 	defer e.mu.Unlock()
