@@ -61,6 +61,9 @@ import (
 	kinesissink "github.com/shardflow/shardflow/sink/kinesis"
 )
 
+// phases: print the length of each run's put phase (-phases).
+var phases bool
+
 type config struct {
 	endpoint string
 	target   string
@@ -80,6 +83,7 @@ func main() {
 	flag.IntVar(&c.shards, "shards", 4, "shards of each stream")
 	flag.IntVar(&c.reps, "reps", 5, "runs of each producer per target, interleaved")
 	flag.StringVar(&c.profile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.BoolVar(&phases, "phases", false, "print how long each run took to put its records, before the wait for their outcomes")
 	flag.Parse()
 	if c.profile != "" {
 		f, err := os.Create(c.profile)
@@ -125,9 +129,6 @@ func shardflowProducer(ctx context.Context, client *kinesis.Client, stream strin
 	p, err := kinesissink.NewProducer(client, stream, func(o *kinesissink.Options) {
 		o.Aggregate = true
 		o.RateLimit = -1 // neither endpoint enforces Kinesis' limits, and the peer has none
-		if v := os.Getenv("PEERS_MAXBUF"); v != "" {
-			o.MaxBufferedRecords, _ = strconv.Atoi(v)
-		}
 		o.Logger = slog.New(slog.DiscardHandler)
 	})
 	if err != nil {
@@ -140,8 +141,8 @@ func shardflowProducer(ctx context.Context, client *kinesis.Client, stream strin
 			return 0, err
 		}
 	}
-	if os.Getenv("PEERS_PHASES") != "" {
-		fmt.Println("    put phase", time.Since(t0))
+	if phases {
+		fmt.Printf("    put phase %v\n", time.Since(t0))
 	}
 	if err := p.Close(ctx); err != nil {
 		if be, ok := errors.AsType[*kinesissink.BatchError](err); ok {
@@ -161,8 +162,8 @@ func shardBlindProducer(_ context.Context, client *kinesis.Client, stream string
 			return 0, err
 		}
 	}
-	if os.Getenv("PEERS_PHASES") != "" {
-		fmt.Println("    put phase", time.Since(t0))
+	if phases {
+		fmt.Printf("    put phase %v\n", time.Since(t0))
 	}
 	p.Stop()
 	return int(p.failed.Load()), nil
