@@ -41,8 +41,9 @@ owner with no entry there, such as an older relay, the item's lease_renewed_at) 
 --lease-duration, from the time of the run: "in 7s", "expired 3m ago"; "-" for a free
 lease, "?" for an item written by a relay too old to record the time. It is approximate:
 the relays never read it. Each decides on its own clock: another relay takes the leases of
-an owner once it has seen the owner's heartbeat unchanged for the lease duration, up to
-half of it later than EXPIRES says; and EXPIRES is off by as much as the owner's clock is.
+an owner once it has seen the owner's heartbeat unchanged for two thirds of the lease
+duration (it sees each heartbeat up to a third late), which is before EXPIRES or up to a
+sixth of the lease duration after it; and EXPIRES is off by as much as the owner's clock is.
 A live owner writes its heartbeat every third of the lease duration, so a healthy lease
 shows "in" two thirds to all of it. A lease still owned and long expired has an owner that
 stopped (it died, or is cut off from the table), and no other relay took it over: none is

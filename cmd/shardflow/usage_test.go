@@ -23,7 +23,7 @@ func TestHelpPrintsUsageAndExitsZero(t *testing.T) {
 		{[]string{"tail", "-h"}, []string{"usage: shardflow tail", "-efo", "enhanced fan-out", "deregistered at exit if tail registered it"}},
 		{[]string{"help", "create-stream"}, []string{"usage: shardflow create-stream NAME", "-shards"}},
 		{[]string{"help", "status"}, []string{"usage: shardflow status --stream S --table T", "-json", "millis_behind_latest",
-			"-lease-duration", "(default 10s)", "EXPIRES", "expires_at", "approximate"}},
+			"-lease-duration", "(default 8s)", "EXPIRES", "expires_at", "approximate"}},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
