@@ -21,22 +21,26 @@ import "time"
 // (one write to a shared item, whatever the number of leases it holds);
 // lease items are written only when a lease changes hands and when a
 // checkpoint is saved. An instance holds its leases while its heartbeat
-// succeeds: when no heartbeat succeeded for LeaseDuration it stops reading
-// every shard. The others see each member's heartbeat at each of their own;
-// a member whose heartbeat did not change for LeaseDuration on the
-// observer's clock is dead, and its leases are taken at once.
+// succeeds: when none succeeded for LeaseDuration less one RenewInterval
+// (from when it was sent) it stops reading every shard. The others see each
+// member's heartbeat at each of their own, up to a RenewInterval after it
+// was written; a member whose heartbeat did not change for LeaseDuration
+// less one RenewInterval on the observer's clock is dead, and its leases
+// are taken at once.
 //
 // With the defaults an instance that dies without releasing its leases has
-// them taken by the others about LeaseDuration after its last heartbeat
-// (8s), at most LeaseDuration + RenewInterval + RenewInterval/2 (12s) in
-// the worst phase: an observer first sees the last heartbeat at its own
-// next heartbeat (up to RenewInterval later) and checks a member about to
-// expire at its next sync (every RenewInterval/2), with one read of the
-// heartbeat item.
+// them taken by the others at most LeaseDuration plus a sync interval
+// (RenewInterval/2) after its last heartbeat, 9.3s: an observer checks a
+// member about to expire at its next sync, with one read of the heartbeat
+// item. A table outage (or a stall of the instance) shorter than
+// LeaseDuration less two RenewIntervals (2.7s) costs no lease; one shorter
+// than LeaseDuration less one RenewInterval (5.3s) does not when it starts
+// just after a heartbeat.
 type LeaseOptions struct {
-	// LeaseDuration is how long an instance whose heartbeat cannot be
-	// written keeps its leases, and how long others wait after its last
-	// heartbeat before they take them. Default: 8s.
+	// LeaseDuration is the most time between an instance's last heartbeat
+	// and the moment the others may take its leases; the instance itself
+	// gives them up one RenewInterval sooner when its heartbeat cannot be
+	// written. Default: 8s.
 	LeaseDuration time.Duration
 
 	// RenewInterval is how often each instance writes its heartbeat (one
