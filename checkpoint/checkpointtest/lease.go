@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/shardflow/shardflow"
+	"github.com/shardflow/shardflow/checkpoint"
 )
 
 // LeaseStore is a checkpoint store that also leases shards to instances.
@@ -405,6 +406,37 @@ var leaseCases = []struct {
 		}
 		if cp, ok, err := a.Load(t.Context(), stream, shards[0]); err != nil || ok {
 			t.Errorf("Load after the reset = %+v, %v, %v; want no checkpoint", cp, ok, err)
+		}
+	}},
+	{"a second instance with the owner id of a running one takes its leases at once, and the first one fails for good", func(t *testing.T, newInstance NewInstance, stream string) {
+		first := newInstance(t, "a")
+		shards := shardIDs(2)
+		if held, err := first.SyncLeases(t.Context(), stream, shards); err != nil || len(held) != 2 {
+			t.Fatalf("first SyncLeases = %v, %v", held, err)
+		}
+		if err := first.Save(t.Context(), stream, shards[0], seq(5)); err != nil {
+			t.Fatal(err)
+		}
+		second := newInstance(t, "a") // a restart with a stable owner id
+		if held, err := second.SyncLeases(t.Context(), stream, shards); err != nil || !slices.Equal(held, shards) {
+			t.Fatalf("second SyncLeases = %v, %v; want every shard at its first sync", held, err)
+		}
+		if err := first.Save(t.Context(), stream, shards[0], seq(6)); !errors.Is(err, shardflow.ErrLeaseLost) {
+			t.Errorf("first instance's Save = %v; want ErrLeaseLost", err)
+		}
+		sleep(t, 2*first.LeaseSyncInterval()) // its heartbeat is due
+		for range 2 {
+			_, err := first.SyncLeases(t.Context(), stream, shards)
+			var oc *checkpoint.OwnerConflictError
+			if !errors.As(err, &oc) || !errors.Is(err, checkpoint.ErrOwnerTaken) {
+				t.Errorf("first instance's SyncLeases = %v; want an *OwnerConflictError", err)
+			}
+		}
+		if held, err := second.SyncLeases(t.Context(), stream, shards); err != nil || !slices.Equal(held, shards) {
+			t.Errorf("second SyncLeases = %v, %v; want every shard kept", held, err)
+		}
+		if got, _, _ := second.Load(t.Context(), stream, shards[0]); got != seq(5) {
+			t.Errorf("checkpoint = %+v; want 5, the first instance's later Save refused", got)
 		}
 	}},
 	{"a cancelled context fails SyncLeases", func(t *testing.T, newInstance NewInstance, stream string) {
