@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/checkpoint"
+	"github.com/shardflow/shardflow/checkpoint/internal/lease"
 	"github.com/shardflow/shardflow/checkpoint/memory"
 	"github.com/shardflow/shardflow/internal/retry"
 )
@@ -490,5 +492,57 @@ func TestALeavingInstanceShardsAreTakenWithoutWaitingForExpiry(t *testing.T) {
 			t.Errorf("%d lease items; want 8", members)
 		}
 		g.end()
+	})
+}
+
+// A lease owned by an instance with no heartbeat entry (an older shardflow
+// version) is judged by the old rule: expired once its item did not change
+// for the lease duration. While its counter keeps changing it is left to
+// its owner, and a warning names that owner, once.
+func TestALeaseOfAnOlderVersionIsJudgedByItsItemAndItsOwnerIsNamedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tb := newTable()
+		tb.items["st/s0"] = &lease.Lease{ShardID: "s0", Owner: "old", Counter: 1}
+		m, log := newLoggedManager(t, tb, "a")
+		ld := m.LeaseDuration()
+		for i := range 4 { // the old owner renews every lease duration / 3
+			if held, err := m.Sync(t.Context(), "st", []string{"s0"}); err != nil || len(held) != 0 {
+				t.Fatalf("Sync %d = %v, %v; want nothing: old renews s0", i, held, err)
+			}
+			time.Sleep(3 * ld)
+			tb.mu.Lock()
+			tb.items["st/s0"].Counter++
+			tb.mu.Unlock()
+		}
+		n := 0
+		log.mu.Lock()
+		for _, msg := range log.msgs {
+			if strings.HasPrefix(msg, "a lease owner that is not a member keeps renewing") {
+				n++
+			}
+		}
+		log.mu.Unlock()
+		if n != 1 {
+			t.Errorf("warned %d times about the older owner; want once", n)
+		}
+		// The old owner stops: its lease expires a lease duration after
+		// this instance last saw it change.
+		start := time.Now()
+		for {
+			held, err := m.Sync(t.Context(), "st", []string{"s0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(held) == 1 {
+				break
+			}
+			if time.Since(start) > 5*ld {
+				t.Fatalf("the older owner's lease not taken %v after it stopped", time.Since(start))
+			}
+			time.Sleep(m.SyncInterval())
+		}
+		if took := time.Since(start); took < ld {
+			t.Errorf("taken %v after the older owner stopped; want at least the lease duration %v", took, ld)
+		}
 	})
 }
