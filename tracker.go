@@ -88,13 +88,10 @@ type slot struct {
 	failed  bool
 }
 
-func newTracker(limit int, clock *atomic.Int64, onFail func(error)) *tracker {
-	return newSavingTracker(limit, 0, nil, clock, onFail)
-}
-
-// newSavingTracker is newTracker that emits at most every records past the
-// last saved checkpoint (see markSaved) and calls onDue, with mu held (it
-// must not block), once half of them are retired. every 0 turns it off.
+// newSavingTracker returns the tracker of a lane that keeps at most limit
+// records in flight. With every > 0 it lets at most every records be emitted past the last
+// saved checkpoint (see markSaved) and calls onDue, with mu held (it must
+// not block), once half of them are retired. every 0 turns that off.
 func newSavingTracker(limit, every int, onDue func(), clock *atomic.Int64, onFail func(error)) *tracker {
 	// One slot more than the limit keeps the last retired slot, whose
 	// position is the checkpoint candidate, from being reused while head
