@@ -65,9 +65,19 @@ func benchKeys(n int) []string {
 }
 
 // benchProducer puts b.N 100-byte records through a Producer into the
-// discard client and reports records/s. The discard client has no write
-// limits, so Options.RateLimit is off unless fns turn it on.
+// discard client and reports records/s and the process's CPU time per
+// record (every goroutine's: the request goroutines' and the garbage
+// collector's too). The partition keys are 10,000 keys in turn. The discard
+// client has no write limits, so Options.RateLimit is off unless fns turn
+// it on.
 func benchProducer(b *testing.B, fns ...func(*kinesissink.Options)) {
+	benchProducerKeys(b, 10000, fns...)
+}
+
+// benchProducerKeys is benchProducer with nkeys partition keys in turn; 0:
+// a key of its own for every record, as bench/peers puts them (made before
+// the timer starts).
+func benchProducerKeys(b *testing.B, nkeys int, fns ...func(*kinesissink.Options)) {
 	client := &discardClient{fake: newFake(b, 4)}
 	fns = append([]func(*kinesissink.Options){noRateLimit}, fns...)
 	p, err := kinesissink.NewProducer(client, stream, append(fns, quiet)...)
@@ -75,21 +85,40 @@ func benchProducer(b *testing.B, fns ...func(*kinesissink.Options)) {
 		b.Fatal(err)
 	}
 	data := make([]byte, 100)
-	keys := benchKeys(10000)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.SetBytes(100)
-	i := 0
-	for b.Loop() {
-		if err := p.PutEntry(ctx, kinesissink.Entry{Data: data, PartitionKey: keys[i%len(keys)]}, nil); err != nil {
+	put := func(key string) {
+		if err := p.PutEntry(ctx, kinesissink.Entry{Data: data, PartitionKey: key}, nil); err != nil {
 			b.Fatal(err)
 		}
-		i++
+	}
+	var cpu0 time.Duration
+	if nkeys > 0 {
+		keys := benchKeys(nkeys)
+		cpu0 = cpuTime()
+		i := 0
+		for b.Loop() {
+			put(keys[i%len(keys)])
+			i++
+		}
+	} else {
+		// b.N is known before the loop only in this form.
+		keys := benchKeys(b.N)
+		b.ResetTimer()
+		cpu0 = cpuTime()
+		for i := range b.N {
+			put(keys[i])
+		}
+		b.StopTimer()
 	}
 	if err := p.Close(ctx); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+	if cpu := cpuTime() - cpu0; cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/record")
+	}
 }
 
 // BenchmarkProducer is the producer's cost per 100-byte record, request
@@ -102,6 +131,13 @@ func BenchmarkProducer(b *testing.B) {
 // second per core packed into aggregates and sent.
 func BenchmarkProducerAggregated(b *testing.B) {
 	benchProducer(b, func(o *kinesissink.Options) { o.Aggregate = true })
+}
+
+// BenchmarkProducerAggregatedDistinctKeys is BenchmarkProducerAggregated
+// with a partition key of its own for every record, as bench/peers puts
+// them: no key repeats, so nothing about a key can be reused.
+func BenchmarkProducerAggregatedDistinctKeys(b *testing.B) {
+	benchProducerKeys(b, 0, func(o *kinesissink.Options) { o.Aggregate = true })
 }
 
 // BenchmarkProducerOrderedAggregated adds ordered mode.
