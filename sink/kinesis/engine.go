@@ -11,7 +11,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/shardflow/shardflow"
-	"github.com/shardflow/shardflow/internal/kpl"
 )
 
 // Result is the outcome of one record.
@@ -386,7 +385,7 @@ func (e *engine) kickLocked() {
 type worker struct {
 	comps  []completion
 	silent []*record // written, reported to nobody (see succeed)
-	agg    kpl.Aggregator
+	agg    aggEncoder
 }
 
 // workers keeps the workers of request slots that ended, so that a slot

@@ -11,7 +11,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/shardflow/shardflow"
 	"github.com/shardflow/shardflow/internal/awserr"
-	"github.com/shardflow/shardflow/internal/kpl"
 	"github.com/shardflow/shardflow/internal/retry"
 )
 
@@ -153,21 +152,16 @@ func (e *engine) run(j job, wk *worker) {
 // encode encodes the KPL aggregates of a job, which the scheduler packed
 // (members and exact size) but left unencoded, with a, outside the
 // engine's lock.
-func (e *engine) encode(ws []wire, a *kpl.Aggregator) {
+func (e *engine) encode(ws []wire, a *aggEncoder) {
 	for i := range ws {
 		w := &ws[i]
 		if w.many == nil || w.data != nil {
 			continue
 		}
-		a.Reset()
-		for _, r := range w.many {
-			a.Add(r.e.PartitionKey, r.e.ExplicitHashKey, r.e.Data)
-		}
-		w.data = a.Encode()
+		w.data = a.encode(w.many)
 		// At most the size it was packed with (aggBound), and now exact.
 		w.size = len(w.data) + len(w.pk)
 	}
-	a.Reset() // hold no record's data
 }
 
 // chargeRetry charges entries sent again to their shards' budgets: they
