@@ -35,7 +35,7 @@ func TestAggEncoderMatchesKPLAggregator(t *testing.T) {
 			if len(e.Data) == 0 {
 				e.Data = []byte{1}
 			}
-			h, err := e.validate(MaxRecordBytesLimit)
+			h, err := e.validate(MaxRecordBytesLimit, hashPartitionKey)
 			if err != nil {
 				t.Fatal(err)
 			}

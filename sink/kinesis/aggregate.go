@@ -2,6 +2,7 @@ package kinesissink
 
 import (
 	"math/bits"
+	"slices"
 	"time"
 
 	"github.com/shardflow/shardflow/internal/kpl"
@@ -230,10 +231,19 @@ func wrappedSize(e *Entry) int {
 // nothing.
 func takeAggregate(q *queue, limit int, inFlight map[string]int) (w wire, keys []string, ok bool) {
 	var a aggBound
-	var members []*record
+	var members []*record // in ordered mode; else old[:i], cloned below
+	var first *record     // the first member
 	var held map[string]bool
 	old := q.recs
 	kept := q.recs[:0]
+	take := func(r *record) {
+		if first == nil {
+			first = r
+		}
+		if inFlight != nil {
+			members = append(members, r)
+		}
+	}
 	i := 0
 	for ; i < len(old); i++ {
 		r := old[i]
@@ -248,19 +258,24 @@ func takeAggregate(q *queue, limit int, inFlight map[string]int) (w wire, keys [
 			}
 		}
 		pk := r.e.PartitionKey
-		if len(members) > 0 {
-			pk = members[0].e.PartitionKey
+		if first != nil {
+			pk = first.e.PartitionKey
 		}
 		if a.with(r.e.PartitionKey, r.e.ExplicitHashKey, len(r.e.Data))+len(pk) > limit {
-			if len(members) == 0 {
+			if first == nil {
 				// Too large to share an aggregate: it goes alone.
-				members = append(members, r)
+				take(r)
 				i++
 			}
 			break
 		}
 		a.add(r.e.PartitionKey, r.e.ExplicitHashKey, len(r.e.Data))
-		members = append(members, r)
+		take(r)
+	}
+	if inFlight == nil {
+		// Nothing skipped: the members are the head of the queue, in a
+		// slice of their own, allocated once at its size.
+		members = slices.Clone(old[:i])
 	}
 	q.recs = append(kept, old[i:]...)
 	clear(old[len(q.recs):])
@@ -292,9 +307,9 @@ func takeAggregate(q *queue, limit int, inFlight map[string]int) (w wire, keys [
 	// The aggregate is encoded (protobuf and MD5, the costly part) by the
 	// request goroutine that sends it (engine.encode), not here under the
 	// engine's lock on the writer's goroutine.
-	first := members[0].e
-	return wire{many: members, pk: first.PartitionKey, ehk: first.ExplicitHashKey,
-		size: a.size + len(first.PartitionKey), shard: q.id, routed: true}, keys, true
+	head := first.e
+	return wire{many: members, pk: head.PartitionKey, ehk: head.ExplicitHashKey,
+		size: a.size + len(head.PartitionKey), shard: q.id, routed: true}, keys, true
 }
 
 // aggBound sizes a KPL aggregate as records are added, with no map: a

@@ -149,6 +149,9 @@ type engine struct {
 	stream string
 	o      settings
 	sched  scheduler
+	// hashKey hashes partition keys for the modes that route records by
+	// shard; nil in the plain mode, which needs no hash (no MD5 per record).
+	hashKey func(string) u128
 	// collect gets the failed outcomes of a Producer's records put without
 	// a callback; nil for a Sink, whose records have acks.
 	collect func(Result)
@@ -182,8 +185,9 @@ type engine struct {
 	wake     chan struct{} // closed on progress while somebody waits
 
 	bufRecords, bufBytes int
-	seq                  uint64 // of the next record accepted
-	stamp                bool   // records need their acceptance time (record.accepted)
+	seq                  uint64   // of the next record accepted
+	slab                 []record // zero records for newRecordLocked
+	stamp                bool     // records need their acceptance time (record.accepted)
 
 	epoch       uint64         // Flush generation of new records
 	outstanding map[uint64]int // records not done, by epoch
@@ -237,6 +241,9 @@ func newEngine(client API, stream, component string, optFns []func(*Options)) (*
 	if e.sched, err = newScheduler(e); err != nil {
 		return nil, err
 	}
+	if e.sched.routed() {
+		e.hashKey = hashPartitionKey
+	}
 	e.life, e.abort = context.WithCancelCause(context.Background())
 	return e, nil
 }
@@ -279,7 +286,7 @@ func (e *engine) urgentLocked() bool { return e.flushing > 0 || e.waiting > 0 }
 // (a Producer's record without a callback) to collect when it failed, else
 // through ack.
 func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done func(Result)) error {
-	hash, err := ent.validate(e.o.MaxRecordBytes)
+	hash, err := ent.validate(e.o.MaxRecordBytes, e.hashKey)
 	if err != nil {
 		return err
 	}
@@ -294,14 +301,14 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 			return err
 		}
 	}
-	r := &record{e: ent, hash: hash, size: ent.size(), ack: ack, done: done}
+	size := ent.size()
 	e.mu.Lock()
 	for {
 		if e.closed {
 			e.mu.Unlock()
 			return ErrClosed
 		}
-		if e.bufRecords+1 <= e.o.MaxBufferedRecords && e.bufBytes+r.size <= e.o.MaxBufferedBytes {
+		if e.bufRecords+1 <= e.o.MaxBufferedRecords && e.bufBytes+size <= e.o.MaxBufferedBytes {
 			break
 		}
 		// The buffer is full: lingering cannot fill a request any more, so
@@ -323,8 +330,10 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 		e.mu.Lock()
 		e.waiting--
 	}
+	r := e.newRecordLocked()
+	*r = record{e: ent, hash: hash, size: size, ack: ack, done: done}
 	e.bufRecords++
-	e.bufBytes += r.size
+	e.bufBytes += size
 	r.epoch = e.epoch
 	e.outstanding[r.epoch]++
 	r.seq = e.seq
@@ -336,6 +345,21 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 	e.kickLocked()
 	e.mu.Unlock()
 	return nil
+}
+
+// recordSlab is how many records newRecordLocked allocates at once.
+const recordSlab = 64
+
+// newRecordLocked returns a zero record, cut from a slab of recordSlab
+// records: one allocation, not one per record (records accepted together
+// are done together, so a slab is not held long by one of them).
+func (e *engine) newRecordLocked() *record {
+	if len(e.slab) == 0 {
+		e.slab = make([]record, recordSlab)
+	}
+	r := &e.slab[0]
+	e.slab = e.slab[1:]
+	return r
 }
 
 // acceptedAt returns when r was accepted: its stamp, or now for a record

@@ -41,9 +41,13 @@ type Entry struct {
 func (e *Entry) size() int { return len(e.Data) + len(e.PartitionKey) }
 
 // validate checks e against Kinesis' limits and returns the 128-bit hash key
-// it is routed by.
-func (e *Entry) validate(maxRecordBytes int) (u128, error) {
-	n := utf8.RuneCountInString(e.PartitionKey)
+// it is routed by: its explicit hash key, else hashKey of its partition key
+// (none when hashKey is nil: the plain mode does not route records).
+func (e *Entry) validate(maxRecordBytes int, hashKey func(string) u128) (u128, error) {
+	n := len(e.PartitionKey) // as many characters or more: count them only when too many
+	if n > MaxPartitionKeyLen {
+		n = utf8.RuneCountInString(e.PartitionKey)
+	}
 	switch {
 	case n == 0 || n > MaxPartitionKeyLen:
 		return u128{}, &ValidationError{Field: "PartitionKey", Reason: fmt.Sprintf("must be 1 to %d characters, got %d", MaxPartitionKeyLen, n)}
@@ -62,7 +66,10 @@ func (e *Entry) validate(maxRecordBytes int) (u128, error) {
 		}
 		return h, nil
 	}
-	return hashPartitionKey(e.PartitionKey), nil
+	if hashKey == nil {
+		return u128{}, nil
+	}
+	return hashKey(e.PartitionKey), nil
 }
 
 // hashPartitionKey is Kinesis' routing hash: the MD5 of the key, read as a
