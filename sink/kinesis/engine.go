@@ -242,7 +242,7 @@ func newEngine(client API, stream, component string, optFns []func(*Options)) (*
 		return nil, err
 	}
 	if e.sched.routed() {
-		e.hashKey = hashPartitionKey
+		e.hashKey = newKeyCache().hash
 	}
 	e.life, e.abort = context.WithCancelCause(context.Background())
 	return e, nil
