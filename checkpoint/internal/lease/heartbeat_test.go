@@ -546,3 +546,22 @@ func TestALeaseOfAnOlderVersionIsJudgedByItsItemAndItsOwnerIsNamedOnce(t *testin
 		}
 	})
 }
+
+// Instances started at once find one of them holding every shard (it saw
+// no other when it synced first). The others then ask it for their shares
+// in one round: each for a window of its shards of its own, so that no two
+// requests name the same shard and none waits for a request to lapse.
+func TestAColdStartOfManyInstancesIsBalancedWithinAFewHeartbeats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGroup(t, 400, nil)
+		for i := range 16 {
+			g.start(fmt.Sprintf("i%02d", i))
+		}
+		took := g.waitFor("balanced", 10*time.Minute, g.countsBalanced)
+		t.Logf("16 instances on 400 shards balanced %v after a cold start", took)
+		if limit := 6 * lease.DefaultLeaseDuration / 3; took > limit {
+			t.Errorf("balanced after %v (virtual); want within six heartbeat intervals (%v)", took, limit)
+		}
+		g.end()
+	})
+}

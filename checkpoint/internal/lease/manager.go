@@ -965,11 +965,27 @@ func (m *Manager) pickByCount(have, need int, live map[string]StreamInfo) (strin
 		return "", nil
 	}
 	n := min(need, (len(live[busiest].Shards)-have)/2)
+	// Every member short of leases asks the busiest one, and they see the
+	// same heartbeat item: each takes its own window of the busiest's
+	// shards, by its rank among them, so that their requests do not name
+	// the same shards (a shard asked for twice goes to one of them, and
+	// the other waits for its request to lapse).
 	ids := sortedKeys(live[busiest].Shards)
-	mrand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
-	ids = ids[:n]
-	slices.Sort(ids)
-	return busiest, ids
+	short := []string{m.me}
+	for owner, si := range live {
+		if owner != busiest && len(si.Shards)+2 <= len(live[busiest].Shards) {
+			short = append(short, owner)
+		}
+	}
+	slices.Sort(short)
+	rank := slices.Index(short, m.me)
+	start := (rank * n) % len(ids)
+	pick := make([]string, 0, n)
+	for i := range n {
+		pick = append(pick, ids[(start+i)%len(ids)])
+	}
+	slices.Sort(pick)
+	return busiest, pick
 }
 
 // take takes a free or expired lease, or creates the lease of a shard that
