@@ -304,12 +304,14 @@ func deleteStream(ctx context.Context, client *kinesis.Client, name string) {
 func report(title string, samples [][]sample) {
 	fmt.Printf("\n%s: median (min–max) of %d runs\n", title, len(samples[0]))
 	rates := make([][]float64, len(sides))
+	cpus := make([][]float64, len(sides))
 	for i, side := range sides {
 		var cpu []float64
 		for _, s := range samples[i] {
 			rates[i] = append(rates[i], s.recordsPerSec)
 			cpu = append(cpu, us(s.cpuPerRecord))
 		}
+		cpus[i] = cpu
 		fmt.Printf("  %-10s %9.0f (%.0f–%.0f) records/s   %.2f (%.2f–%.2f) µs CPU/record\n", side.name,
 			medianF(rates[i]), slices.Min(rates[i]), slices.Max(rates[i]), medianF(cpu), slices.Min(cpu), slices.Max(cpu))
 	}
@@ -321,6 +323,14 @@ func report(title string, samples [][]sample) {
 	}
 	fmt.Printf("  shardflow / a8m design: %.2f× (median of medians), per round %.2f (%.2f–%.2f)\n",
 		medianF(rates[0])/medianF(rates[1]), medianF(ratios), slices.Min(ratios), slices.Max(ratios))
+	// CPU per record likewise, round by round: below 1, shardflow spends
+	// less CPU per record than the peer.
+	var cpuRatios []float64
+	for r := range cpus[0] {
+		cpuRatios = append(cpuRatios, cpus[0][r]/cpus[1][r])
+	}
+	fmt.Printf("  CPU per record, shardflow / a8m design: per round %.2f (%.2f–%.2f)\n",
+		medianF(cpuRatios), slices.Min(cpuRatios), slices.Max(cpuRatios))
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -20,6 +20,35 @@ type aggEncoder struct {
 	pk, ehk keyTable
 	idx     []uint32 // per member: its partition key's, then its explicit hash key's, index
 	seed    maphash.Seed
+	// spare are buffers of aggregates whose request is done, to encode
+	// the next ones into (engine.reclaim): at most maxSpare.
+	spare [][]byte
+}
+
+// maxSpare is how many spare buffers an aggEncoder keeps.
+const maxSpare = 16
+
+// reuse keeps buf, the encoding of an aggregate nothing refers to any more,
+// for a next aggregate.
+func (a *aggEncoder) reuse(buf []byte) {
+	if len(a.spare) < maxSpare {
+		a.spare = append(a.spare, buf[:0])
+	}
+}
+
+// buffer returns an empty buffer of at least n bytes: a spare one when one
+// is large enough.
+func (a *aggEncoder) buffer(n int) []byte {
+	for len(a.spare) > 0 {
+		last := len(a.spare) - 1
+		buf := a.spare[last]
+		a.spare[last] = nil
+		a.spare = a.spare[:last]
+		if cap(buf) >= n {
+			return buf
+		}
+	}
+	return make([]byte, 0, n)
 }
 
 // keyTable assigns table indexes to distinct keys in first-seen order.
@@ -118,7 +147,7 @@ func (a *aggEncoder) encode(recs []*record) []byte {
 		}
 		body += protoFieldLen(rec)
 	}
-	dst := make([]byte, 0, kpl.Overhead+body)
+	dst := a.buffer(kpl.Overhead + body)
 	dst = append(dst, kpl.Magic...)
 	for _, k := range a.pk.keys {
 		dst = appendField(dst, 1<<3|2, k)

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/shardflow/shardflow"
@@ -152,6 +153,9 @@ type engine struct {
 	// hashKey hashes partition keys for the modes that route records by
 	// shard; nil in the plain mode, which needs no hash (no MD5 per record).
 	hashKey func(string) u128
+	// sdkClient: the client is a *kinesis.Client, which keeps no entry's
+	// data once PutRecords returns, so aggregate buffers are reused.
+	sdkClient bool
 	// collect gets the failed outcomes of a Producer's records put without
 	// a callback; nil for a Sink, whose records have acks.
 	collect func(Result)
@@ -235,6 +239,7 @@ func newEngine(client API, stream, component string, optFns []func(*Options)) (*
 		log = slog.Default()
 	}
 	e.setLogger(log)
+	_, e.sdkClient = client.(*kinesis.Client)
 	e.mp, e.ownMeter = o.MeterProvider, o.MeterProvider != nil
 	e.lim = newLimiter(s.rateLimit)
 	e.stamp = o.RecordTTL > 0 || o.Ordered || !o.Aggregate

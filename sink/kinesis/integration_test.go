@@ -213,6 +213,15 @@ func TestEmulatorProducerWritesEachRecordOnce(t *testing.T) {
 	}{
 		{"plain", 1500, func(*kinesissink.Options) {}},
 		{"ordered and aggregated", 3000, func(o *kinesissink.Options) { o.Ordered = true; o.Aggregate = true }},
+		// Small aggregates in many requests: a request goroutine encodes
+		// aggregates into the buffers of its earlier ones (the client is
+		// a *kinesis.Client), which must hold nothing of theirs.
+		{"aggregated, buffers reused", 6000, func(o *kinesissink.Options) {
+			o.Aggregate = true
+			o.AggregateMaxBytes = 2048
+			o.MaxBufferedRecords = 800
+			o.MaxInFlight = 2
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

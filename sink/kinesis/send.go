@@ -143,10 +143,27 @@ func (e *engine) run(j job, wk *worker) {
 			t.Stop()
 		}
 	}
+	e.reclaim(j.wires, &wk.agg)
 	e.mu.Lock()
 	e.sched.release(j)
 	e.kickLocked()
 	e.mu.Unlock()
+}
+
+// reclaim keeps the buffers of a done job's aggregates for the next ones,
+// when the client is the SDK's: a *kinesis.Client is done with a request's
+// data once PutRecords returns (it copied it into the request body), while
+// another implementation of API may keep it.
+func (e *engine) reclaim(ws []wire, a *aggEncoder) {
+	if !e.sdkClient {
+		return
+	}
+	for i := range ws {
+		if w := &ws[i]; w.many != nil && w.data != nil {
+			a.reuse(w.data)
+			w.data = nil
+		}
+	}
 }
 
 // encode encodes the KPL aggregates of a job, which the scheduler packed
