@@ -68,14 +68,32 @@ type shardMap struct {
 // shardOf returns the open shard whose range holds h, or "" when none does
 // (a gap while the stream reshards).
 func (m *shardMap) shardOf(h u128) string {
-	i, found := slices.BinarySearchFunc(m.open, h, func(r shardRange, h u128) int { return r.start.cmp(h) })
-	if !found {
-		i--
+	if i := m.indexOf(h); i >= 0 {
+		return m.open[i].id
 	}
+	return ""
+}
+
+// indexOf returns the index in m.open of the shard whose range holds h, or
+// -1 when none does.
+func (m *shardMap) indexOf(h u128) int {
+	// The last shard starting at or before h: a binary search written out
+	// (slices.BinarySearchFunc with a comparison function costs several
+	// times more, per record).
+	lo, hi := 0, len(m.open)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if s := m.open[mid].start; s.hi < h.hi || (s.hi == h.hi && s.lo <= h.lo) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	i := lo - 1
 	if i < 0 || m.open[i].end.cmp(h) < 0 {
-		return ""
+		return -1
 	}
-	return m.open[i].id
+	return i
 }
 
 // holds reports whether shard id's range holds h; ok is false when the map
