@@ -565,3 +565,39 @@ func TestAColdStartOfManyInstancesIsBalancedWithinAFewHeartbeats(t *testing.T) {
 		g.end()
 	})
 }
+
+// A hot shard's owner above the mean by more than the hysteresis is
+// relieved even when every other instance is below the mean by less than
+// it (its excess spread over four others is small for each).
+func TestAHotShardsOwnerIsRelievedWhenTheOthersAreOnlySlightlyBelowTheMean(t *testing.T) {
+	for run := range 5 {
+		t.Run(fmt.Sprint(run), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				g := newGroup(t, 100, nil)
+				for _, id := range g.shards {
+					g.rate[id] = 1_000
+				}
+				g.rate[g.shards[3]] = 10_000
+				for i := range 5 {
+					g.start(fmt.Sprintf("i%d", i))
+				}
+				within := func() bool {
+					l, mean := g.loads()
+					if g.total() != 100 {
+						return false
+					}
+					for _, v := range l {
+						if math.Abs(v-mean) > 0.2*mean {
+							return false
+						}
+					}
+					return true
+				}
+				took := g.waitFor("within ±20% of the mean load", 15*time.Minute, within)
+				l, mean := g.loads()
+				t.Logf("within ±20%% of the mean after %v: %v (mean %.0f)", took, l, mean)
+				g.end()
+			})
+		})
+	}
+}

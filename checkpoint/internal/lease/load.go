@@ -15,8 +15,8 @@ const (
 	// loadFloor is the total load of a stream, in bytes per second, below
 	// which leases are balanced by count rather than by load.
 	loadFloor = 1024
-	// hysteresis is how far from the mean load an instance must be before
-	// it asks for a lease (below mean×(1−h)) or is asked (above
+	// hysteresis is how far above the mean load the busiest instance must
+	// be before an instance below the mean asks it for a lease (above
 	// mean×(1+h)), so that leases do not flap.
 	hysteresis = 0.1
 )
@@ -118,8 +118,7 @@ func (m *Manager) ownLoad(stream string, mine map[string]*held) float64 {
 }
 
 // pickByLoad chooses, when this instance's load of stream is below the
-// mean by more than the hysteresis, the busiest member above the mean by
-// more than it, and the shards of that member that best narrow both gaps
+// mean, the busiest member above the mean by more than the hysteresis, and the shards of that member that best narrow both gaps
 // without overshooting: never a shard whose load is more than half their
 // difference (a hot shard stays put; the others move away from its owner).
 func (m *Manager) pickByLoad(stream string, mine map[string]*held, live map[string]StreamInfo) (string, []string) {
@@ -132,7 +131,13 @@ func (m *Manager) pickByLoad(stream string, mine map[string]*held, live map[stri
 		total += float64(si.Bytes)
 	}
 	mean := total / float64(len(live)+1)
-	if my >= mean*(1-hysteresis) {
+	// Below the mean is enough to ask, as long as the busiest member is
+	// above it by more than the hysteresis: when the others are all a
+	// little below the mean (a hot shard's owner holds their excess), none
+	// of them would be below it by the hysteresis, and the busiest would
+	// never be relieved. Each move takes at most half the two members'
+	// difference, so no lease goes back.
+	if my >= mean {
 		return "", nil
 	}
 	owners := sortedKeys(live)
