@@ -21,12 +21,25 @@ const keyCacheSlots = 8192
 // allocation, while a working set that changes still moves in. It is safe
 // for concurrent use without a lock: a slot holds an immutable entry.
 //
-// Memory: the slots (128 KiB), and an entry per slot taken (48 bytes and a
-// copy of the key), so at most about 2.5 MiB with keys of 256 characters.
+// A lookup that misses costs more than nothing (a hash, and a slot that is
+// often out of the processor's caches): up to half an MD5 while the
+// producer writes megabytes of requests. So the cache watches a sixteenth
+// of its lookups: when fewer than an eighth of the keyCacheWindow last
+// watched ones hit, it goes cold, and only one key in 16, at random, is
+// looked up (and, when missing, remembered) until the watched lookups hit
+// again. Keys that never repeat then pay a sixteenth of a lookup each.
 type keyCache struct {
-	seed  maphash.Seed
-	slots [keyCacheSlots]keyCacheSlot
+	seed maphash.Seed
+	// cold: lookups hit too seldom to pay. samples and hits count the
+	// watched lookups of the current window; they are approximate when
+	// several goroutines put at once, which only moves a window a little.
+	cold          atomic.Bool
+	samples, hits atomic.Int32
+	slots         [keyCacheSlots]keyCacheSlot
 }
+
+// keyCacheWindow is how many watched lookups keyCache judges itself by.
+const keyCacheWindow = 64
 
 // keyCacheSlot is a slot of keyCache. tag is the maphash of the key last put in
 // it, so that a key not remembered is told apart without reading the entry
@@ -47,12 +60,23 @@ func newKeyCache() *keyCache { return &keyCache{seed: maphash.MakeSeed()} }
 
 // hash returns hashPartitionKey(key).
 func (c *keyCache) hash(key string) u128 {
+	cold := c.cold.Load()
+	if cold && rand.Uint32()%16 != 0 {
+		return hashPartitionKey(key)
+	}
 	tag := maphash.String(c.seed, key)
+	watched := cold || tag%(16*keyCacheSlots) < keyCacheSlots // 1 in 16, by bits the slot index does not use
 	slot := &c.slots[tag%keyCacheSlots]
 	if slot.tag.Load() == tag {
 		if kh := slot.kh.Load(); kh != nil && kh.key == key {
+			if watched {
+				c.watch(true)
+			}
 			return kh.h
 		}
+	}
+	if watched {
+		c.watch(false)
 	}
 	h := hashPartitionKey(key)
 	if slot.kh.Load() == nil || rand.Uint32()%64 == 0 {
@@ -62,4 +86,19 @@ func (c *keyCache) hash(key string) u128 {
 		slot.tag.Store(tag)
 	}
 	return h
+}
+
+// watch counts a watched lookup, and at the end of a window judges whether
+// the cache is worth its lookups.
+func (c *keyCache) watch(hit bool) {
+	hits := c.hits.Load()
+	if hit {
+		hits = c.hits.Add(1)
+	}
+	if c.samples.Add(1) < keyCacheWindow {
+		return
+	}
+	c.cold.Store(hits < keyCacheWindow/8)
+	c.samples.Store(0)
+	c.hits.Store(0)
 }

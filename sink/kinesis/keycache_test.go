@@ -1,6 +1,7 @@
 package kinesissink
 
 import (
+	"hash/maphash"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,17 +22,48 @@ func TestKeyCacheHashesAsMD5(t *testing.T) {
 			}
 		}
 	}
-	taken := 0
 	for i := range c.slots {
-		if kh := c.slots[i].kh.Load(); kh != nil {
-			taken++
-			if kh.h != hashPartitionKey(kh.key) {
-				t.Fatalf("slot %d holds %q with a hash not its own", i, kh.key)
+		if kh := c.slots[i].kh.Load(); kh != nil && kh.h != hashPartitionKey(kh.key) {
+			t.Fatalf("slot %d holds %q with a hash not its own", i, kh.key)
+		}
+	}
+}
+
+// The cache goes cold while keys do not repeat, and warm again once they
+// do; warm, a small working set is remembered whole.
+func TestKeyCacheGoesColdAndWarm(t *testing.T) {
+	t.Parallel()
+	c := newKeyCache()
+	hot := func() {
+		for range 200 {
+			for i := range 100 {
+				c.hash("hot-" + strconv.Itoa(i))
 			}
 		}
 	}
-	if taken < keyCacheSlots*9/10 {
-		t.Errorf("%d of %d slots taken after %d keys", taken, keyCacheSlots, 8*keyCacheSlots)
+	hot()
+	if c.cold.Load() {
+		t.Fatal("cold while 100 keys are put again and again")
+	}
+	for i := range 100 {
+		k := "hot-" + strconv.Itoa(i)
+		tag := maphash.String(c.seed, k)
+		if kh := c.slots[tag%keyCacheSlots].kh.Load(); kh == nil || kh.key != k {
+			// Two of the 100 keys may share a slot; the first keeps it.
+			if kh == nil || !strings.HasPrefix(kh.key, "hot-") {
+				t.Errorf("key %q is not remembered", k)
+			}
+		}
+	}
+	for i := range 100 * 16 * keyCacheWindow {
+		c.hash("once-" + strconv.Itoa(i))
+	}
+	if !c.cold.Load() {
+		t.Fatal("warm while no key is put twice")
+	}
+	hot()
+	if c.cold.Load() {
+		t.Fatal("still cold after 20,000 puts of 100 keys")
 	}
 }
 
