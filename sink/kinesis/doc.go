@@ -102,6 +102,28 @@
 // re-send, once. A reader that does not filter by hash range reads those
 // members twice.
 //
+// # CPU and memory per record
+//
+// The ordered and aggregating modes route every record to its predicted
+// shard, which takes the MD5 of its partition key (an explicit hash key is
+// parsed instead); the plain mode routes nothing and hashes nothing. A
+// sink remembers the MD5 of up to 8,192 recent partition keys (one slot
+// per key, found by a cheap hash; a key in use takes its slot from
+// another only once in 64 misses), so that keys put again and again (a
+// customer, a device) are hashed once: a repeated key costs about a
+// seventh of an MD5. The cache watches a sixteenth of its lookups and,
+// while fewer than an eighth of them hit (keys that do not repeat, random
+// keys), looks up only one key in 16, so such keys pay almost nothing for
+// it. Its memory is 128 KiB of slots and, per remembered key, 32 bytes and
+// a copy of the key: at most about 2.5 MiB, with keys of 256 characters.
+//
+// Accepted records are allocated 64 at a time. A request goroutine encodes
+// its aggregates with no map of keys, and, when the client is a
+// *kinesis.Client, into the buffers of its earlier aggregates whose request
+// returned (the SDK has copied their data into the request body by then),
+// keeping at most 16 of them; another implementation of [API] may keep the
+// data it is given, so it always gets new buffers.
+//
 // # Rate limit
 //
 // With Options.Aggregate or Options.Ordered, the sink holds each predicted
