@@ -335,8 +335,10 @@ func (e *engine) accept(ctx context.Context, ent Entry, ack shardflow.Ack, done 
 		e.mu.Lock()
 		e.waiting--
 	}
+	// Field by field: the record is zero, and a composite literal would
+	// be built aside and copied whole, with write barriers for all of it.
 	r := e.newRecordLocked()
-	*r = record{e: ent, hash: hash, size: size, ack: ack, done: done}
+	r.e, r.hash, r.size, r.ack, r.done = ent, hash, size, ack, done
 	e.bufRecords++
 	e.bufBytes += size
 	r.epoch = e.epoch
