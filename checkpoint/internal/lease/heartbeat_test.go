@@ -601,3 +601,40 @@ func TestAHotShardsOwnerIsRelievedWhenTheOthersAreOnlySlightlyBelowTheMean(t *te
 		})
 	}
 }
+
+// A reader's goroutine releases its lease (and saves checkpoints) while the
+// source's coordinator syncs: the two must not race on the lease cache.
+// (Run with -race.)
+func TestReleasesAndCheckpointsDoNotRaceWithSyncs(t *testing.T) {
+	store := memory.New()
+	ctx := t.Context()
+	shards := make([]string, 64)
+	for i := range shards {
+		shards[i] = fmt.Sprintf("shardId-%012d", i)
+	}
+	in, err := store.Instance("a", func(o *memory.InstanceOptions) { o.Logger = slog.New(slog.DiscardHandler) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		held, err := in.SyncLeases(ctx, "st", shards)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for range 5 {
+				if _, err := in.SyncLeases(ctx, "st", shards); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+		for _, id := range held {
+			wg.Go(func() {
+				_ = in.Save(ctx, "st", id, shardflow.Checkpoint{SequenceNumber: "1"})
+				_ = in.ReleaseLease(ctx, "st", id)
+			})
+		}
+		wg.Wait()
+	}
+}

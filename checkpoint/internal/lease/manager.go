@@ -733,7 +733,15 @@ func (m *Manager) expiredLocked(stream string, l Lease, now time.Time) bool {
 // It returns the leases given up for HandoffTimeout, to be freed.
 func (m *Manager) reconcile(ctx context.Context, stream string, st *streamState, mine map[string]*held, eligible map[string]bool, now time.Time) []string {
 	m.mu.Lock()
-	cache := st.cache
+	// The items of the held leases as cached, copied under the lock: a
+	// Release or Checkpoint on a reader's goroutine updates the cache
+	// meanwhile (cacheSet).
+	cache := make(map[string]Lease, len(mine))
+	for id := range mine {
+		if l, ok := st.cache[id]; ok {
+			cache[id] = l
+		}
+	}
 	asks := make(map[string]string) // shard → the live member asking this one for it
 	for owner, p := range m.peers {
 		si := p.m.Streams[stream]
