@@ -49,8 +49,10 @@ type Leaser interface {
 	// LeaseSyncInterval is how often SyncLeases must be called for this
 	// instance to keep its leases.
 	LeaseSyncInterval() time.Duration
-	// LeaseDuration is how long a lease may go unrenewed before another
-	// instance takes it. A source's hand-over must end well within it.
+	// LeaseDuration is about how long after an instance stops proving
+	// itself alive (a renewal, or a heartbeat for stores that keep one per
+	// instance) others take its leases. A source's hand-over must end well
+	// within it.
 	LeaseDuration() time.Duration
 }
 
