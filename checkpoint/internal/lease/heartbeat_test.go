@@ -302,6 +302,11 @@ func TestARestartWithTheSameOwnerReclaimsAtOnceAndTheOldIncarnationFails(t *test
 		}
 		time.Sleep(old.LeaseSyncInterval() * 2) // the old process's heartbeat is due
 		for range 3 {
+			// The restarted process syncs as a source does, every
+			// LeaseSyncInterval.
+			if held, err := renewed.SyncLeases(ctx, "st", shards); err != nil || !slices.Equal(held, shards) {
+				t.Errorf("restarted process's SyncLeases = %v, %v; want every shard kept", held, err)
+			}
 			held, err := old.SyncLeases(ctx, "st", shards)
 			var oc *checkpoint.OwnerConflictError
 			if !errors.Is(err, checkpoint.ErrOwnerTaken) || !errors.As(err, &oc) || oc.Owner != "pod-1" || !retry.IsPermanent(err) || len(held) != 0 {

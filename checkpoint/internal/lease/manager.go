@@ -52,6 +52,11 @@ type Manager struct {
 	taken     error            // the owner id was taken over: every Sync fails with it
 	streams   map[string]*streamState
 	warned    map[string]bool // warnings logged once
+	// gaveUp holds, by lease, the counter of each lease this instance
+	// gave up without writing (its heartbeat lapsed, or came late): an
+	// item still naming it with that counter was taken by nobody since,
+	// and is taken back at once.
+	gaveUp map[key]int64
 
 	loads sync.Map // key → *load, fed by RecordLoad
 
@@ -91,6 +96,7 @@ type streamState struct {
 	stale     bool             // read in full at the next Sync
 	nextRead  time.Time        // when a lease owned by a non-member may expire
 	stole     time.Time        // when this instance last took a lease it asked for
+	synced    bool             // a Sync of the stream ran to its end
 }
 
 // held is a lease this instance holds. io orders the writes of the lease
@@ -135,6 +141,7 @@ func New(t Table, o Options) (*Manager, error) {
 		peers:   make(map[string]*peer),
 		streams: make(map[string]*streamState),
 		warned:  make(map[string]bool),
+		gaveUp:  make(map[key]int64),
 	}
 	m.meters.mp = o.MeterProvider
 	m.log.Store(o.Logger)
@@ -259,6 +266,9 @@ func (m *Manager) Sync(ctx context.Context, stream string, eligible []string) ([
 			return nil, err
 		}
 	}
+	m.mu.Lock()
+	st.synced = true
+	m.mu.Unlock()
 	return m.active(m.heldOf(stream), isEligible), nil
 }
 
@@ -310,9 +320,19 @@ func (m *Manager) heartbeat(ctx context.Context, stream string, force bool) erro
 		return err
 	}
 	m.mu.Lock()
+	// The previous heartbeat's leases ran out before this one was sent
+	// (a sync of many leases, a pause of the process): others may have
+	// taken any of them meanwhile. Give them all up; those nobody took
+	// are taken back at once (gaveUp).
+	late := m.beaten && sent.Sub(m.lastBeat) >= m.validity()
+	gap := sent.Sub(m.lastBeat)
 	m.beatN, m.beaten, m.lastBeat = entry.Beat, true, sent
 	m.mu.Unlock()
 	m.observeMembers(ms, time.Now())
+	if late && m.giveUpAll(ctx) > 0 {
+		m.logger().Warn("heartbeat came later than the leases' validity; gave up every lease to take back those nobody took",
+			"since_last", gap.Round(time.Millisecond), "validity", m.validity())
+	}
 	return nil
 }
 
@@ -354,6 +374,16 @@ func (m *Manager) lapse(ctx context.Context, now time.Time) bool {
 		m.mu.Unlock()
 		return false
 	}
+	m.mu.Unlock()
+	m.giveUpAll(ctx)
+	return true
+}
+
+// giveUpAll gives up every held lease without writing, noting each one's
+// counter in gaveUp, and makes every stream's next Sync read all lease
+// items. It returns how many it gave up.
+func (m *Manager) giveUpAll(ctx context.Context) int {
+	m.mu.Lock()
 	hs := make(map[key]*held, len(m.held))
 	for k, h := range m.held {
 		hs[k] = h
@@ -362,13 +392,16 @@ func (m *Manager) lapse(ctx context.Context, now time.Time) bool {
 		st.stale = true // read everything again once the table answers
 	}
 	m.mu.Unlock()
+	n := 0
 	for k, h := range hs {
 		h.io.Lock()
 		if !h.gone {
+			n++
 			h.gone = true
 			h.renewing.Store(false)
 			m.mu.Lock()
 			m.lost[k] = true
+			m.gaveUp[k] = h.counter
 			m.mu.Unlock()
 			if !h.handingOver && !h.lossCounted {
 				h.lossCounted = true
@@ -379,7 +412,7 @@ func (m *Manager) lapse(ctx context.Context, now time.Time) bool {
 		h.io.Unlock()
 		m.drop(k.stream, k.shard, h)
 	}
-	return true
+	return n
 }
 
 // publishLocked returns what this instance publishes in its heartbeat about
@@ -759,13 +792,16 @@ func (m *Manager) reconcile(ctx context.Context, stream string, st *streamState,
 		l, ok := cache[id]
 		switch {
 		case h.gone:
-		case !ok || l.Owner != m.me || l.Counter < h.counter:
+		case !ok || l.Owner != m.me || l.Counter != h.counter:
+			// Taken, freed or reset; or, with this owner id and another
+			// counter, taken over by another process with this owner id
+			// (its heartbeat will soon make this one's fail). Every
+			// write of this instance settles its own outcome, so a
+			// counter it did not write is never its own.
 			h.gone = true
 			h.renewing.Store(false)
 			m.noteLost(ctx, stream, id, l, h)
 		default:
-			// A write of ours whose answer was lost did land.
-			h.counter = max(h.counter, l.Counter)
 			if !h.givingUp.IsZero() {
 				break
 			}
@@ -854,9 +890,13 @@ func (m *Manager) balance(ctx context.Context, stream string, st *streamState, e
 			continue
 		}
 		switch {
-		case l.Owner == m.me:
-			// Named by an earlier process with this owner id (or by this
-			// one before its heartbeat lapsed): ours at once.
+		case l.Owner == m.me && (!st.synced || m.gaveUp[key{stream, id}] == l.Counter):
+			// Named by an earlier process with this owner id (at this
+			// instance's first sync of the stream), or by this one
+			// before it gave the lease up without writing, and taken by
+			// nobody since: ours at once. An item naming this owner id
+			// with a counter this instance did not write belongs to
+			// another process with this id: never taken back.
 			reclaim = append(reclaim, candidate{shard: id, lease: l, exists: true})
 		case l.Owner == "" && l.Want == m.me:
 			from := ""
@@ -882,6 +922,16 @@ func (m *Manager) balance(ctx context.Context, stream string, st *streamState, e
 	mrand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
 	var errs []error
 	took := func(c candidate) {
+		if len(errs) > 0 {
+			return // the owner id was taken over: take nothing more
+		}
+		// Taking many leases takes a while (a write each): keep the
+		// heartbeat going meanwhile, or the leases already held would
+		// run out, and others would take them.
+		if err := m.heartbeat(ctx, stream, false); errors.Is(err, checkpoint.ErrOwnerTaken) {
+			errs = append(errs, err)
+			return
+		}
 		ok, err := m.take(ctx, stream, st, c)
 		switch {
 		case err != nil && retry.IsPermanent(err):

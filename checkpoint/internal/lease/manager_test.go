@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -558,4 +559,103 @@ func (f *faulty) Remove(ctx context.Context, owner, inc string, beat int64) erro
 		return errDown
 	}
 	return f.table.Remove(ctx, owner, inc, beat)
+}
+
+// slowTable takes 5ms (on the bubble's clock) for each lease it creates.
+type slowTable struct{ *table }
+
+func (t slowTable) Create(ctx context.Context, stream, id, owner string, renewedAt time.Time) error {
+	time.Sleep(5 * time.Millisecond)
+	return t.table.Create(ctx, stream, id, owner, renewedAt)
+}
+
+// A sync that takes many leases (here 2,000 at 5ms each: 10s, longer than
+// the leases' validity) keeps the instance's heartbeat going, so that the
+// others do not call it dead and take the leases it holds and reads.
+func TestALongSyncKeepsTheHeartbeatGoing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		tb := slowTable{newTable()}
+		a, b := newManager(t, tb, "a"), newManager(t, tb, "b")
+		if held, err := a.Sync(ctx, "orders", []string{"o0"}); err != nil || len(held) != 1 {
+			t.Fatalf("a.Sync(orders) = %v, %v", held, err)
+		}
+		var mu sync.Mutex
+		var bHeld []string
+		took := false
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ctx.Err() == nil {
+				held, _ := b.Sync(ctx, "orders", []string{"o0"})
+				mu.Lock()
+				bHeld = held
+				took = took || slices.Contains(held, "o0")
+				mu.Unlock()
+				select {
+				case <-ctx.Done():
+				case <-time.After(b.SyncInterval()):
+				}
+			}
+		}()
+		clicks := make([]string, 2000)
+		for i := range clicks {
+			clicks[i] = fmt.Sprintf("c%04d", i)
+		}
+		start := time.Now()
+		if held, err := a.Sync(ctx, "clicks", clicks); err != nil || len(held) == 0 {
+			t.Fatalf("a.Sync(clicks) = %d shards, %v", len(held), err)
+		}
+		t.Logf("a's first sync of 2,000 shards took %v (virtual)", time.Since(start))
+		if held, err := a.Sync(ctx, "orders", []string{"o0"}); err != nil || !slices.Equal(held, []string{"o0"}) {
+			t.Errorf("a.Sync(orders) after its long sync = %v, %v; want o0 still held", held, err)
+		}
+		if err := a.Checkpoint(ctx, "orders", "o0", shardflow.Checkpoint{SequenceNumber: "9"}); err != nil {
+			t.Errorf("a's checkpoint of o0 after its long sync: %v", err)
+		}
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		if took {
+			t.Errorf("b took o0 while a held and read it (b holds %v): a's heartbeat stopped during its long sync", bHeld)
+		}
+	})
+}
+
+// Two live processes with one owner id never share a lease: once the newer
+// took it over (bumping its counter), the older one's checkpoints are
+// refused, also when its next sync comes before its refused heartbeat.
+func TestAnOlderProcessWithTheSameOwnerIdNeverSharesALease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		tb := newTable()
+		p1 := newManager(t, tb, "x")
+		if held, err := p1.Sync(ctx, "st", []string{"a"}); err != nil || len(held) != 1 {
+			t.Fatalf("p1.Sync = %v, %v", held, err)
+		}
+		if err := p1.Checkpoint(ctx, "st", "a", shardflow.Checkpoint{SequenceNumber: "1"}); err != nil {
+			t.Fatal(err)
+		}
+		p2 := newManager(t, tb, "x")
+		if held, err := p2.Sync(ctx, "st", []string{"a"}); err != nil || len(held) != 1 {
+			t.Fatalf("p2.Sync = %v, %v", held, err)
+		}
+		// p1 syncs again (a shard was discovered) before its heartbeat is
+		// due: it must not adopt p2's counter nor take the lease back.
+		held, _ := p1.Sync(ctx, "st", []string{"a", "b"})
+		if slices.Contains(held, "a") {
+			t.Errorf("p1.Sync = %v after p2 took a over; want a gone", held)
+		}
+		if err := p1.Checkpoint(ctx, "st", "a", shardflow.Checkpoint{SequenceNumber: "5"}); !errors.Is(err, shardflow.ErrLeaseLost) {
+			t.Errorf("p1's checkpoint after p2 took the lease over = %v; want ErrLeaseLost", err)
+		}
+		if err := p2.Checkpoint(ctx, "st", "a", shardflow.Checkpoint{SequenceNumber: "2"}); err != nil {
+			t.Errorf("p2's checkpoint: %v", err)
+		}
+		if cp := tb.cps["st/a"]; cp.SequenceNumber != "2" {
+			t.Errorf("checkpoint %q; want p2's 2", cp.SequenceNumber)
+		}
+	})
 }
