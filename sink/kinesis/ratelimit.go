@@ -71,7 +71,10 @@ func newLimiter(share float64) *limiter {
 	}
 	l := &limiter{recRate: share * ShardRecordsPerSecond, byteRate: share * ShardBytesPerSecond, buckets: make(map[string]*bucket)}
 	burst := (time.Second - sendMargin).Seconds()
-	l.recCap, l.byteCap = burst*l.recRate, burst*l.byteRate
+	// A bucket holds at least one record, or a small share would never
+	// admit any (an entry larger than the bytes cap goes when the bucket
+	// is full, into debt).
+	l.recCap, l.byteCap = max(1, burst*l.recRate), burst*l.byteRate
 	return l
 }
 

@@ -237,6 +237,40 @@ func TestLimiterBuckets(t *testing.T) {
 	})
 }
 
+// A share so small that 0.9 s of it is less than one record still sends:
+// one record per 1/(share*1,000) seconds.
+func TestATinyRateLimitStillSends(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newLimitedFake(t, 1)
+		p, err := NewProducer(f, testStream, func(o *Options) {
+			o.Ordered = true
+			o.RateLimit = 0.0005 // half a record a second
+			o.Logger = slog.New(slog.DiscardHandler)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			if err := p.Put(t.Context(), []byte("x"), "k"+strconv.Itoa(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := p.Flush(ctx); err != nil {
+			t.Fatalf("Flush: %v; want the 3 records written at half a record a second", err)
+		}
+		if took := time.Since(start); took < 4*time.Second {
+			t.Errorf("3 records written in %v (virtual) at half a record a second; want about 4s", took)
+		}
+		if err := p.Close(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 func TestRateLimitOptions(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
