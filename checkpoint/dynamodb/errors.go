@@ -3,6 +3,7 @@ package dynamostore
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
@@ -20,6 +21,14 @@ var (
 	// ErrKeySchema is wrapped by the *TableError of a store whose table's
 	// key is not one string HASH key named Options.KeyAttribute.
 	ErrKeySchema = errors.New("dynamostore: table key schema does not match")
+
+	// ErrHeartbeatItemFull is wrapped by the *TableError of a heartbeat
+	// refused because the heartbeat item ("#instances") would pass
+	// DynamoDB's 400 KB item limit. Each instance's entry names the shards
+	// it reads (about 30 bytes each), so one table serves about 12,000
+	// leased shards, all streams and instances together. Give each
+	// application (or each very large stream) a table of its own.
+	ErrHeartbeatItemFull = errors.New("dynamostore: heartbeat item is full")
 )
 
 // TableError reports a table the store cannot use: it does not exist
@@ -73,6 +82,12 @@ func (s *Store) classify(op string, err error) error {
 	if _, ok := errors.AsType[*types.ResourceNotFoundException](err); ok {
 		s.resetReady()
 		return retry.Permanent(s.noTable(err))
+	}
+	if api, ok := errors.AsType[smithy.APIError](err); ok && api.ErrorCode() == "ValidationException" &&
+		strings.Contains(api.ErrorMessage(), "Item size") {
+		return retry.Permanent(&TableError{Table: s.table, Err: ErrHeartbeatItemFull,
+			Reason: "the heartbeat item \"" + MembersKey + "\" reached DynamoDB's 400 KB item limit: one table serves about 12,000 leased shards (all streams and instances); give each application or very large stream a table of its own",
+			Cause:  err})
 	}
 	if api, ok := errors.AsType[smithy.APIError](err); ok && api.ErrorCode() == "ValidationException" {
 		s.resetReady()
