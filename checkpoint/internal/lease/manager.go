@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -872,9 +873,30 @@ func (m *Manager) balance(ctx context.Context, stream string, st *streamState, e
 		}
 	}
 	target := (len(eligible) + len(live)) / (len(live) + 1) // ceil
+	// What this instance holds of every other stream, and has asked for
+	// there: MaxLeasesPerInstance caps the instance, not each stream, and
+	// counts are balanced across streams too.
+	elsewhere := 0
+	for k, h := range m.held {
+		if k.stream != stream && h.renewing.Load() && h.givingUp.IsZero() {
+			elsewhere++
+		}
+	}
+	for s, w := range m.wants {
+		if s != stream {
+			elsewhere += len(w.shards)
+		}
+	}
+	totals := make(map[string]int, len(live)) // live members' leases of every stream
+	for owner := range live {
+		for _, si := range m.peers[owner].m.Streams {
+			totals[owner] += len(si.Shards)
+		}
+	}
 	limit := m.o.MaxLeasesPerInstance
 	if limit > 0 {
 		m.cappedLocked(len(eligible), stream)
+		limit = max(0, limit-elsewhere)
 		target = min(target, limit)
 	} else {
 		limit = len(eligible) + 1
@@ -969,7 +991,10 @@ func (m *Manager) balance(ctx context.Context, stream string, st *streamState, e
 	// by count.
 	from, ids := m.pickByLoad(stream, mine, live)
 	if from == "" && !m.loaded(stream, live) && have < target {
-		from, ids = m.pickByCount(have, min(target, limit)-have, live)
+		from, ids = m.pickByCount(have, min(target, limit)-have, 2, live, target)
+		if from == "" && have < limit {
+			from, ids = m.pickAcrossStreams(have, have+elsewhere, live, totals)
+		}
 	}
 	if from == "" {
 		return false, nil
@@ -1007,22 +1032,30 @@ func (m *Manager) forgetWantLocked(stream string, st *streamState, mine map[stri
 }
 
 // pickByCount asks the member holding the most leases, if it holds at
-// least two more than this instance, for up to need of them (at most half
+// least gap (two, or one across streams) more than this instance, for up to need of them (at most half
 // the difference). "Above target" alone is not enough: with four shards
 // and three instances the target is two, and 2/2/0 would pass for
 // balanced, leaving an instance that lost its leases idle for good.
-func (m *Manager) pickByCount(have, need int, live map[string]StreamInfo) (string, []string) {
+func (m *Manager) pickByCount(have, need, gap int, live map[string]StreamInfo, target ...int) (string, []string) {
+	if need <= 0 {
+		return "", nil
+	}
+	if len(target) > 0 {
+		if from, ids := m.matchDonor(have, need, target[0], live); from != "" {
+			return from, ids
+		}
+	}
 	busiest := ""
 	for owner, si := range live {
 		n := len(si.Shards)
-		if n >= have+2 && (busiest == "" || n > len(live[busiest].Shards) || n == len(live[busiest].Shards) && owner < busiest) {
+		if n >= have+gap && (busiest == "" || n > len(live[busiest].Shards) || n == len(live[busiest].Shards) && owner < busiest) {
 			busiest = owner
 		}
 	}
-	if busiest == "" || need <= 0 {
+	if busiest == "" {
 		return "", nil
 	}
-	n := min(need, (len(live[busiest].Shards)-have)/2)
+	n := min(need, max(1, (len(live[busiest].Shards)-have)/2))
 	// Every member short of leases asks the busiest one, and they see the
 	// same heartbeat item: each takes its own window of the busiest's
 	// shards, by its rank among them, so that their requests do not name
@@ -1044,6 +1077,87 @@ func (m *Manager) pickByCount(have, need int, live map[string]StreamInfo) (strin
 	}
 	slices.Sort(pick)
 	return busiest, pick
+}
+
+// matchDonor divides the excess of the members above target between the
+// members below it, the same way on every instance (they see the same
+// heartbeat item): donors in order of most leases, askers in order of
+// owner id, each asker's need laid after the needs of those before it
+// over the donors' excesses laid end to end. It returns the donor and the
+// shards of this instance's part, or "" when its part falls beyond the
+// excess. Several members above target (after a cold start, whoever synced
+// before seeing the others) are thus drained at once, each by its own
+// askers, without two asking for one shard.
+func (m *Manager) matchDonor(have, need, target int, live map[string]StreamInfo) (string, []string) {
+	type donor struct {
+		owner  string
+		excess int
+	}
+	var donors []donor
+	askers := []string{m.me}
+	needs := map[string]int{m.me: need}
+	for owner, si := range live {
+		n := len(si.Shards)
+		switch {
+		case n > target && n >= have+2:
+			donors = append(donors, donor{owner, n - target})
+		case n < target:
+			askers = append(askers, owner)
+			needs[owner] = target - n
+		}
+	}
+	if len(donors) == 0 {
+		return "", nil
+	}
+	slices.SortFunc(donors, func(a, b donor) int {
+		if a.excess != b.excess {
+			return b.excess - a.excess
+		}
+		return strings.Compare(a.owner, b.owner)
+	})
+	slices.Sort(askers)
+	start := 0
+	for _, a := range askers {
+		if a == m.me {
+			break
+		}
+		start += needs[a]
+	}
+	for _, d := range donors {
+		if start >= d.excess {
+			start -= d.excess
+			continue
+		}
+		n := min(need, d.excess-start)
+		ids := sortedKeys(live[d.owner].Shards)
+		pick := slices.Clone(ids[start : start+n])
+		slices.Sort(pick)
+		return d.owner, pick
+	}
+	return "", nil
+}
+
+// pickAcrossStreams balances counts across the streams of an instance
+// group: when no member holds two more leases of this stream than this
+// instance (streams of one or two shards never do), it asks the member
+// holding the most leases in all, if that is at least two more than this
+// instance holds in all (mine, with those it asked for), for one lease of
+// this stream, of which that member must hold more than this instance.
+// Moving one lease narrows the gap of totals without reversing it, so no
+// lease goes back; each stream's Sync moves at most one.
+func (m *Manager) pickAcrossStreams(have, mine int, live map[string]StreamInfo, totals map[string]int) (string, []string) {
+	busiest := ""
+	for owner, si := range live {
+		n := totals[owner]
+		if n >= mine+2 && len(si.Shards) > have &&
+			(busiest == "" || n > totals[busiest] || n == totals[busiest] && owner < busiest) {
+			busiest = owner
+		}
+	}
+	if busiest == "" {
+		return "", nil
+	}
+	return m.pickByCount(have, 1, 1, map[string]StreamInfo{busiest: live[busiest]})
 }
 
 // take takes a free or expired lease, or creates the lease of a shard that

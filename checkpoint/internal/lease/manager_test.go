@@ -608,19 +608,18 @@ func TestALongSyncKeepsTheHeartbeatGoing(t *testing.T) {
 			t.Fatalf("a.Sync(clicks) = %d shards, %v", len(held), err)
 		}
 		t.Logf("a's first sync of 2,000 shards took %v (virtual)", time.Since(start))
-		if held, err := a.Sync(ctx, "orders", []string{"o0"}); err != nil || !slices.Equal(held, []string{"o0"}) {
-			t.Errorf("a.Sync(orders) after its long sync = %v, %v; want o0 still held", held, err)
-		}
+		// a still holds o0 (b may ask for it, to balance counts, but a
+		// hands it over only at its next sync of orders).
 		if err := a.Checkpoint(ctx, "orders", "o0", shardflow.Checkpoint{SequenceNumber: "9"}); err != nil {
 			t.Errorf("a's checkpoint of o0 after its long sync: %v", err)
 		}
-		cancel()
-		<-done
 		mu.Lock()
-		defer mu.Unlock()
 		if took {
 			t.Errorf("b took o0 while a held and read it (b holds %v): a's heartbeat stopped during its long sync", bHeld)
 		}
+		mu.Unlock()
+		cancel()
+		<-done
 	})
 }
 
@@ -657,5 +656,126 @@ func TestAnOlderProcessWithTheSameOwnerIdNeverSharesALease(t *testing.T) {
 		if cp := tb.cps["st/a"]; cp.SequenceNumber != "2" {
 			t.Errorf("checkpoint %q; want p2's 2", cp.SequenceNumber)
 		}
+	})
+}
+
+// syncStreams syncs m on every stream every SyncInterval until ctx ends,
+// releasing what it is no longer told it holds (as the source does), and
+// records how many leases it holds in all and how often one moved.
+func syncStreams(ctx context.Context, m *lease.Manager, streams map[string][]string, mu *sync.Mutex, total *int, moves *int) {
+	last := map[string][]string{}
+	for ctx.Err() == nil {
+		n := 0
+		for stream, shards := range streams {
+			held, err := m.Sync(ctx, stream, shards)
+			if err != nil {
+				held = last[stream]
+			}
+			for _, id := range last[stream] {
+				if !slices.Contains(held, id) {
+					_ = m.Release(ctx, stream, id)
+					mu.Lock()
+					*moves++
+					mu.Unlock()
+				}
+			}
+			last[stream] = held
+			n += len(held)
+		}
+		mu.Lock()
+		*total = n
+		mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(m.SyncInterval()):
+		}
+	}
+}
+
+// Many small streams (here six of one shard) are divided between the
+// instances too, though no stream alone has enough shards to move one;
+// then no lease moves.
+func TestCountsAreBalancedAcrossStreamsOfOneShard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		tb := newTable()
+		streams := map[string][]string{}
+		for i := range 6 {
+			streams[fmt.Sprintf("s%d", i)] = []string{"shardId-0"}
+		}
+		var mu sync.Mutex
+		totals, moves := make([]int, 3), 0
+		var wg sync.WaitGroup
+		for i := range 3 {
+			m := newManager(t, tb, fmt.Sprintf("i%d", i))
+			wg.Go(func() { syncStreams(ctx, m, streams, &mu, &totals[i], &moves) })
+			if i == 0 {
+				time.Sleep(time.Second) // i0 takes every stream's shard first
+			}
+		}
+		balanced := func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return totals[0] == 2 && totals[1] == 2 && totals[2] == 2
+		}
+		start := time.Now()
+		for !balanced() {
+			if time.Since(start) > 5*time.Minute {
+				mu.Lock()
+				t.Fatalf("leases held by the three instances %v after 5 minutes; want 2 each", totals)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("balanced 2/2/2 across six 1-shard streams %v after the first instance took them all", time.Since(start))
+		// Requests under way when it first balanced may still move a
+		// lease or two; then none moves.
+		mu.Lock()
+		before, quiet := moves, time.Now()
+		mu.Unlock()
+		for time.Since(quiet) < time.Minute {
+			if time.Since(start) > 10*time.Minute {
+				t.Fatal("leases still moving 10 minutes after the start")
+			}
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			if moves != before {
+				before, quiet = moves, time.Now()
+			}
+			mu.Unlock()
+		}
+		time.Sleep(2 * time.Minute)
+		mu.Lock()
+		if moves != before || !(totals[0] == 2 && totals[1] == 2 && totals[2] == 2) {
+			t.Errorf("after balancing: %d more moves, holdings %v; want none and 2 each", moves-before, totals)
+		}
+		mu.Unlock()
+		cancel()
+		wg.Wait()
+	})
+}
+
+// MaxLeasesPerInstance caps what an instance holds in all streams.
+func TestMaxLeasesPerInstanceCountsEveryStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		tb := newTable()
+		m, err := lease.New(tb, lease.Options{Owner: "a", LeaseOptions: checkpoint.LeaseOptions{MaxLeasesPerInstance: 2},
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams := map[string][]string{"s0": {"a", "b"}, "s1": {"a", "b"}, "s2": {"a", "b"}}
+		var mu sync.Mutex
+		total, moves := 0, 0
+		done := make(chan struct{})
+		go func() { defer close(done); syncStreams(ctx, m, streams, &mu, &total, &moves) }()
+		time.Sleep(time.Minute)
+		mu.Lock()
+		if total != 2 {
+			t.Errorf("the instance holds %d leases of three streams; want MaxLeasesPerInstance = 2", total)
+		}
+		mu.Unlock()
+		cancel()
+		<-done
 	})
 }
