@@ -157,3 +157,46 @@ func TestCheckpointEveryPausesReadingWhileCheckpointsCannotBeSaved(t *testing.T)
 		}
 	})
 }
+
+// stuckStore never finishes a save of shard "a" until ctx ends.
+type stuckStore struct{ *memory.Store }
+
+func (s stuckStore) Save(ctx context.Context, stream, shardID string, cp shardflow.Checkpoint) error {
+	if shardID == "a" {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return s.Store.Save(ctx, stream, shardID, cp)
+}
+
+// A save that does not return holds up its own shard (CheckpointEvery
+// pauses it), not the others: saves of different shards run concurrently.
+func TestCheckpointEveryAStuckSaveHoldsUpOnlyItsShard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const every, n = 10, 200
+		store := stuckStore{memory.New()}
+		src := shardflowtest.NewSource[int]("s", func(o *shardflowtest.SourceOptions) { o.Store = store }).
+			AddShard("a", ints(n)...).AddShard("b", ints(n)...).AddShard("c", ints(n)...)
+		sink := shardflowtest.NewSink[int]()
+		ctx, cancel := context.WithCancel(t.Context())
+		errc := runAsync(ctx, shardflow.Source(src, func(o *shardflow.Options) {
+			o.CheckpointInterval = time.Hour
+			o.CheckpointEvery = every
+			o.DrainTimeout = time.Second
+		}).Sink(sink))
+		synctest.Wait()
+		for _, sh := range []string{"b", "c"} {
+			// Saved within CheckpointEvery of its end (the last records
+			// wait for the interval's save).
+			cp, _ := store.Checkpoint("s", sh)
+			if at, _ := strconv.Atoi(cp.SequenceNumber); at < n-every {
+				t.Errorf("shard %s checkpointed at %q while shard a's save hangs; want at least %d of %d", sh, cp.SequenceNumber, n-every, n)
+			}
+		}
+		if got := len(sink.Items()); got != 2*n+every {
+			t.Errorf("the sink got %d records; want %d: shards b and c whole, a paused at CheckpointEvery", got, 2*n+every)
+		}
+		cancel()
+		<-errc
+	})
+}

@@ -171,6 +171,7 @@ type Lane[T any] struct {
 	saveMu    sync.Mutex
 	savedHead uint64
 	saveDue   atomic.Bool // CheckpointEvery asks for a save (see run.saveDue)
+	saving    atomic.Bool // checkpointLoop runs a save of the lane
 
 	sinkStats *nodeStats // the sink stage's (of the first key worker, with ByKey); set by Open
 }

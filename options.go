@@ -32,9 +32,12 @@ type Options struct {
 	// shard (on DynamoDB one conditional UpdateItem, 1 write capacity
 	// unit). A shard read at its full 1,000 records/s with CheckpointEvery
 	// 1,000 writes about twice a second. While a checkpoint cannot be
-	// saved (the store is down), the shard's reading pauses once
-	// CheckpointEvery records are past the last save. Keep it at least
-	// twice the largest Batch size, or batches wait for their linger time.
+	// saved (the store is down, or one save hangs), the shard's reading
+	// pauses once CheckpointEvery records are past the last save; saves of
+	// different shards run concurrently, so other shards go on. Keep it at
+	// least twice the largest Batch size (times the workers of a ByKey
+	// before the Batch, each of which fills batches of its own), or batches
+	// wait for their linger time.
 	// Default: 0, off (saves only every CheckpointInterval). Must not be
 	// negative. It has no effect without a checkpoint store.
 	CheckpointEvery int

@@ -230,6 +230,9 @@ type laneHandle interface {
 	waitIdle(ctx context.Context) error
 	saveProgress(ctx context.Context, end bool) error
 	takeSaveDue() bool
+	saveAsked() bool
+	startSave() bool // false: a save of the lane's is under way
+	endSave()
 	laneKey() string
 
 	// For metrics, the watchdog and Status.
@@ -248,6 +251,22 @@ func (l *Lane[T]) progress() (head, tail uint64, last Position, err error) { ret
 func (l *Lane[T]) laneKey() string { return l.key }
 
 func (l *Lane[T]) takeSaveDue() bool { return l.saveDue.Swap(false) }
+
+func (l *Lane[T]) saveAsked() bool { return l.saveDue.Load() }
+
+func (l *Lane[T]) startSave() bool { return l.saving.CompareAndSwap(false, true) }
+
+func (l *Lane[T]) endSave() {
+	l.saving.Store(false)
+	// A save asked for (CheckpointEvery) while this one ran was skipped:
+	// wake the loop for it.
+	if l.saveDue.Load() {
+		select {
+		case l.r.saveDue <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // run is the state of one Pipeline.Run.
 type run struct {
@@ -363,9 +382,15 @@ func (r *run) stopDrainClock() {
 
 // checkpointLoop saves every lane's checkpoint that moved, each interval,
 // and the checkpoints of the lanes that asked for a save (CheckpointEvery).
+// Saves of different lanes run concurrently (at most saveConcurrency at a
+// time), so that one slow or stuck save holds up only its own shard; a
+// lane whose save is still under way is skipped until it is done.
 func (r *run) checkpointLoop(ctx context.Context) {
 	t := time.NewTicker(r.opts.CheckpointInterval)
 	defer t.Stop()
+	sem := make(chan struct{}, saveConcurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		due := false
 		select {
@@ -376,12 +401,29 @@ func (r *run) checkpointLoop(ctx context.Context) {
 			due = true
 		}
 		for _, l := range r.openLanes() {
-			if due && !l.takeSaveDue() {
+			if due && !l.saveAsked() {
 				continue
 			}
-			if err := l.saveProgress(ctx, false); err != nil && ctx.Err() == nil && !errors.Is(err, ErrLeaseLost) {
-				r.log.Warn("checkpoint not saved; retrying next interval", "err", err)
+			if !l.startSave() {
+				continue // its last save is still under way: endSave wakes the loop if asked
 			}
+			l.takeSaveDue()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				l.endSave()
+				return
+			}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				defer l.endSave()
+				if err := l.saveProgress(ctx, false); err != nil && ctx.Err() == nil && !errors.Is(err, ErrLeaseLost) {
+					r.log.Warn("checkpoint not saved; retrying next interval", "err", err)
+				}
+			})
 		}
 	}
 }
+
+// saveConcurrency bounds the checkpoint saves checkpointLoop runs at once.
+const saveConcurrency = 16
