@@ -26,7 +26,9 @@ relay reads them all, and with --table relays share their shards through one tab
 read, even when PutRecords fails some entries and they are retried; --unordered gives
 that up for throughput. With --table, shard checkpoints and leases are kept in that
 DynamoDB table (create it with "shardflow create-table"): a restarted relay resumes after
-the last checkpoint, and several relays share the shards. Delivery is at-least-once.
+the last checkpoint, and several relays share the shards; give each relay a stable --owner
+(the pod or host name) and a restarted one takes its shards back at once instead of after
+the lease duration. Delivery is at-least-once.
 
 With --efo NAME it reads --from by enhanced fan-out through the stream consumer NAME,
 registered if missing and kept at exit (every relay of one copy uses the same NAME):
@@ -56,6 +58,7 @@ type relayConfig struct {
 	from, to        string
 	streams         []string // --from, split at its commas
 	table           string
+	owner           string // --owner; "": the store's default
 	start           kinesissource.StartingPosition
 	efo             string // consumer name; "": poll
 	unordered       bool
@@ -74,6 +77,8 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, err
 	fs.StringVar(&c.from, "from", "", "stream to read (name or ARN); several separated by commas")
 	fs.StringVar(&c.to, "to", "", "stream to write (name or ARN)")
 	fs.StringVar(&c.table, "table", "", "DynamoDB table of checkpoints and leases (default: none: start at --start each time)")
+	fs.StringVar(&c.owner, "owner", "", "this relay's identity in --table (default: host-pid-random, new each run); "+
+		"a stable name, such as the pod name, lets a restarted relay take its shards back at once")
 	startAt := fs.String("start", "trim-horizon", "where shards with no checkpoint start: latest or trim-horizon")
 	fs.StringVar(&c.efo, "efo", "", efoUsage+"; kept at exit")
 	fs.BoolVar(&c.unordered, "unordered", false,
@@ -105,6 +110,9 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayConfig, err
 		}
 		seen[name] = true
 		c.streams = append(c.streams, name)
+	}
+	if c.owner != "" && c.table == "" {
+		return nil, usagef("--owner %q needs --table: the identity is the relay's in the lease table", c.owner)
 	}
 	if err := checkShutdownTimeout(*timeout); err != nil {
 		return nil, err
@@ -162,7 +170,10 @@ func cmdRelay(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		if err != nil {
 			return err
 		}
-		s, err := dynamostore.New(dc, c.table, func(o *dynamostore.Options) { o.Logger = c.logger })
+		s, err := dynamostore.New(dc, c.table, func(o *dynamostore.Options) {
+			o.Logger = c.logger
+			o.Owner = c.owner
+		})
 		if err != nil {
 			return err
 		}

@@ -97,6 +97,7 @@ func TestUsageErrorsExitTwoWithTheReason(t *testing.T) {
 		{[]string{"relay", "--from", "a,x", "--to", "x"}, `--from and --to are the same stream "x"`},
 		{[]string{"relay", "--from", "a,,b", "--to", "x"}, `--from "a,,b": an empty stream name`},
 		{[]string{"relay", "--from", "a,b,a", "--to", "x"}, `--from names stream "a" twice`},
+		{[]string{"relay", "--from", "a", "--to", "x", "--owner", "pod-1"}, `--owner "pod-1" needs --table`},
 		{[]string{"relay", "--from", "a", "--to", "b", "stray"}, `unexpected argument "stray"`},
 		{[]string{"relay", "--from", "a", "--to", "b", "--ordered"}, "flag provided but not defined: -ordered"},
 		{[]string{"tail", "--stream", "s", "--efo", "my viewer"}, `--efo "my viewer": "my viewer" is not 1 to 128 letters`},

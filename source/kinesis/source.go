@@ -119,7 +119,7 @@ type Options struct {
 	// releases the lease (one more conditional write, of at most 5s), when
 	// it hands a shard to another instance or the pipeline stops. Only
 	// used with a Leaser store. Default: half the store's LeaseDuration
-	// (5s with the stores' default lease of 10s), or 30s when the store
+	// (4s with the stores' default lease of 8s), or 30s when the store
 	// reports no lease duration.
 	//
 	// It must be below the store's LeaseDuration, or New returns a
