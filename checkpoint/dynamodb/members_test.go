@@ -164,7 +164,7 @@ func TestADeletedHeartbeatItemIsMadeAgain(t *testing.T) {
 	table := awstest.CreateTable(t, dc)
 	stream := awstest.UniqueName(t, "st")
 	s := newStore(t, dc, table, func(o *dynamostore.Options) {
-		o.Owner, o.LeaseDuration = "a", 600*time.Millisecond
+		o.Owner, o.LeaseDuration = "a", 3*time.Second // the beat that makes the item again has 2s on a loaded machine
 		o.Logger = slog.New(slog.DiscardHandler)
 	})
 	if _, err := s.SyncLeases(t.Context(), stream, []string{"s0"}); err != nil {

@@ -50,7 +50,7 @@ func TestEachCommandsUsageListsOnlyItsFlags(t *testing.T) {
 	}{
 		{"put", append([]string{"aggregate", "log-level", "ordered", "partition-key", "shutdown-timeout", "stream"}, awsK...)},
 		{"tail", append([]string{"efo", "format", "from", "log-level", "max", "shutdown-timeout", "stream"}, awsK...)},
-		{"relay", append([]string{"efo", "from", "log-level", "metrics-addr", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
+		{"relay", append([]string{"efo", "from", "log-level", "metrics-addr", "owner", "shutdown-timeout", "start", "table", "to", "unordered"}, awsKD...)},
 		{"checkpoints", append([]string{"log-level", "reset", "stream", "table"}, awsKD...)},
 		{"status", append([]string{"json", "lease-duration", "log-level", "stream", "table"}, awsKD...)},
 		{"create-stream", append([]string{"shards", "wait"}, awsK...)},
