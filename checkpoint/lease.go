@@ -57,8 +57,8 @@ type LeaseOptions struct {
 	// HandoffTimeout (half of LeaseDuration by default). Default: 40s.
 	HandoffTimeout time.Duration
 
-	// MaxLeasesPerInstance caps the leases an instance holds: it never
-	// takes nor asks for more. 0 means no limit. When the live instances
+	// MaxLeasesPerInstance caps the leases an instance holds, in all the
+	// streams it syncs: it never takes nor asks for more. 0 means no limit. When the live instances
 	// times the cap is less than the eligible shards, the rest of the
 	// shards stay unread (the store logs a warning once).
 	MaxLeasesPerInstance int

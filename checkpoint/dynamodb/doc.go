@@ -121,7 +121,11 @@
 //     (lease_wanted_by) for the asking instance, which then takes it. An
 //     owner that does not release within HandoffTimeout frees the lease.
 //     A shard whose load is more than half the gap between the two stays
-//     put: the owner of a hot shard ends up reading fewer others.
+//     put: the owner of a hot shard ends up reading fewer others. By
+//     count, members short of their share divide the excess of every
+//     member above it between them the same way on every instance (no two
+//     ask for one shard), and counts are balanced across the streams of
+//     the group too; MaxLeasesPerInstance counts every stream.
 //   - Identity: Options.Owner is the instance's identity. Set it to a
 //     stable name (the pod name, the host name) and a restarted process
 //     takes back the leases of its previous run at its first sync, bumping
