@@ -32,7 +32,7 @@ reads: it never writes to the table or the stream.
 Below the shards, INSTANCE lists the relays of the table's heartbeat item (each writes its
 own entry every third of the lease duration): how long ago its last heartbeat was, and,
 as of that heartbeat, how many shards of --stream it read and their bytes per second. A
-relay whose heartbeat is older than the lease duration is dead; a live relay removes its
+relay whose heartbeat is older than the lease duration is dead (marked so); a live relay removes its
 entry after three lease durations.
 
 EXPIRES is when the lease runs out unless its owner proves itself alive again: the owner's
@@ -79,7 +79,9 @@ document with every field in full:
                          heartbeat (dead ones stay listed until a live one removes them):
     owner                  the relay's owner id
     renewed_at             its time of its last heartbeat (RFC 3339)
-    held, bytes_per_second the shards of --stream it reads and their load`
+    held, bytes_per_second the shards of --stream it reads and their load
+    dead                   its last heartbeat is older than --lease-duration ("(dead)"
+                           in the table)`
 
 // statusReport is `shardflow status --json`; statusDoc documents it.
 type statusReport struct {
@@ -97,6 +99,10 @@ type statusInstance struct {
 	RenewedAt      time.Time `json:"renewed_at"`
 	Held           int       `json:"held"`
 	BytesPerSecond int64     `json:"bytes_per_second"`
+	// Dead: its last heartbeat is older than --lease-duration (on the
+	// relay's clock): the others take, or took, its shards; its entry goes
+	// after three lease durations.
+	Dead bool `json:"dead"`
 }
 
 type statusShard struct {
@@ -275,7 +281,7 @@ func readStatus(ctx context.Context, kc statusAPI, store *dynamostore.Store, str
 	}
 	for _, m := range members {
 		rep.Instances = append(rep.Instances, statusInstance{Owner: m.Owner, RenewedAt: m.RenewedAt.UTC(),
-			Held: m.Held[stream], BytesPerSecond: m.BytesPerSecond[stream]})
+			Held: m.Held[stream], BytesPerSecond: m.BytesPerSecond[stream], Dead: rep.At.Sub(m.RenewedAt) > leaseDuration})
 	}
 	children := map[string][]string{}
 	for _, sh := range shards {
@@ -421,7 +427,11 @@ func printStatus(w io.Writer, rep *statusReport) error {
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE	HEARTBEAT	HELD	BYTES/S")
 	for _, in := range rep.Instances {
-		fmt.Fprintf(tw, "%s	%s ago	%d	%d\n", in.Owner, roughly(rep.At.Sub(in.RenewedAt)), in.Held, in.BytesPerSecond)
+		dead := ""
+		if in.Dead {
+			dead = " (dead)"
+		}
+		fmt.Fprintf(tw, "%s	%s ago%s	%d	%d\n", in.Owner, roughly(rep.At.Sub(in.RenewedAt)), dead, in.Held, in.BytesPerSecond)
 	}
 	return tw.Flush()
 }

@@ -354,7 +354,7 @@ func TestStatusTablePrintsEachCase(t *testing.T) {
 		}, UnfinishedParents: []string{"shardId-1"},
 		Instances: []statusInstance{
 			{Owner: "web-1", RenewedAt: at.Add(-1200 * time.Millisecond), Held: 1, BytesPerSecond: 52000},
-			{Owner: "web-2", RenewedAt: at.Add(-3*time.Minute - 20*time.Second), Held: 1},
+			{Owner: "web-2", RenewedAt: at.Add(-3*time.Minute - 20*time.Second), Held: 1, Dead: true},
 			{Owner: "web-3", RenewedAt: at.Add(-2 * time.Second), Held: 1, BytesPerSecond: 800},
 		}}
 	var b strings.Builder
@@ -374,10 +374,10 @@ shardId-2: web-3 asked for the lease (a hand-over is under way)
 shardId-3: lag not read: get records: throttled
 * shardId-1 is closed and not read to its end: its children shardId-3, shardId-4 wait for it
 
-INSTANCE  HEARTBEAT  HELD  BYTES/S
-web-1     1s ago     1     52000
-web-2     3m ago     1     0
-web-3     2s ago     1     800
+INSTANCE  HEARTBEAT      HELD  BYTES/S
+web-1     1s ago         1     52000
+web-2     3m ago (dead)  1     0
+web-3     2s ago         1     800
 `
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("status table mismatch (-want +got):\n%s", diff)
