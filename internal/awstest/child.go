@@ -17,14 +17,22 @@ import (
 // exits, with status 1 and the error on stderr if child failed; otherwise it
 // runs the tests.
 func ChildMain(m *testing.M, envVar string, child func() error) {
-	if os.Getenv(envVar) == "1" {
-		if err := child(); err != nil {
-			fmt.Fprintln(os.Stderr, "child:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	ServeChild(envVar, child)
 	os.Exit(m.Run())
+}
+
+// ServeChild runs child and exits, as [ChildMain] does, when the environment
+// variable envVar is "1", and returns otherwise. A package has one TestMain:
+// its other kinds of child process call ServeChild from an init function.
+func ServeChild(envVar string, child func() error) {
+	if os.Getenv(envVar) != "1" {
+		return
+	}
+	if err := child(); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 // Child is a copy of the running test binary started by [StartChild].

@@ -38,16 +38,7 @@ const crashEvery = 200
 
 var processStart = time.Now()
 
-func init() {
-	if os.Getenv(crashRelayEnv) != "1" {
-		return
-	}
-	if err := runCrashRelay(); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func init() { awstest.ServeChild(crashRelayEnv, runCrashRelay) }
 
 // runCrashRelay is a relay with a stable identity (RELAY_OWNER) and
 // CheckpointEvery: Kinesis source with DynamoDB checkpoints and leases ->

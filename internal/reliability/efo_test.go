@@ -31,16 +31,7 @@ import (
 // package has one TestMain, so this child is started from init, before it.
 const efoRelayEnv = "SHARDFLOW_RELIABILITY_EFO_RELAY"
 
-func init() {
-	if os.Getenv(efoRelayEnv) != "1" {
-		return
-	}
-	if err := runEFORelay(); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func init() { awstest.ServeChild(efoRelayEnv, runEFORelay) }
 
 // runEFORelay is one relay process reading by enhanced fan-out through the
 // consumer RELAY_EFO: Kinesis source with DynamoDB checkpoints and leases

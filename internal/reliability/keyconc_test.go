@@ -37,16 +37,7 @@ const keyConcWorkers = 16
 // for every worker of a shard to have keys of its own.
 const keyConcKeys = 96
 
-func init() {
-	if os.Getenv(keyConcRelayEnv) != "1" {
-		return
-	}
-	if err := runKeyConcRelay(); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func init() { awstest.ServeChild(keyConcRelayEnv, runKeyConcRelay) }
 
 // runKeyConcRelay is runRelay with the relay's stages on 16 key workers per
 // shard (by partition key), behind a handler that waits a random 0-4ms, so
